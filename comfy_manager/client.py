@@ -1,0 +1,240 @@
+"""ComfyUI's HTTP + websocket protocol: upload, queue a prompt, follow it, collect its output files.
+
+Every wait has a deadline. Completion is read from the websocket (`executing` with `node: null`) and
+confirmed from `/history`; if the socket drops, the client falls back to polling `/history`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import requests
+import websocket
+
+log = logging.getLogger(__name__)
+
+ProgressCallback = Callable[[int, int], None]
+
+
+class ComfyError(RuntimeError):
+    """ComfyUI refused or failed a prompt, or could not be reached."""
+
+
+class PromptRejected(ComfyError):
+    """POST /prompt answered 400: the graph did not validate (the message lists node_errors)."""
+
+
+class PromptFailed(ComfyError):
+    """A node raised while the prompt ran (websocket `execution_error`)."""
+
+
+class PromptTimedOut(ComfyError):
+    """The prompt did not finish before its deadline."""
+
+
+class ConnectionLost(ComfyError):
+    """The instance stopped answering (killed, crashed, or restarted and forgot the prompt)."""
+
+
+@dataclass(frozen=True)
+class ComfyOutputFile:
+    node_id: str
+    kind: str  # the history key it came under: images, gifs, audio, ...
+    filename: str
+    subfolder: str
+    type: str  # output | temp
+
+
+@dataclass(frozen=True)
+class PromptResult:
+    prompt_id: str
+    outputs: list[ComfyOutputFile]
+    seconds: float
+
+
+def describe_node_errors(body: dict) -> str:
+    """Turns a 400 body from POST /prompt into one readable paragraph."""
+    parts = []
+    error = body.get("error") or {}
+    if isinstance(error, dict) and error.get("message"):
+        parts.append(error["message"] + (f": {error['details']}" if error.get("details") else ""))
+    for node_id, node_error in (body.get("node_errors") or {}).items():
+        for item in node_error.get("errors", []):
+            detail = item.get("details") or item.get("message", "")
+            parts.append(f"node {node_id} ({node_error.get('class_type', '?')}): {detail}")
+    return "; ".join(parts) or json.dumps(body)[:500]
+
+
+def collect_output_files(history_entry: dict) -> list[ComfyOutputFile]:
+    """Every file any output node reported, whatever key it used (images, gifs, audio, video...)."""
+    files = []
+    for node_id, node_outputs in (history_entry.get("outputs") or {}).items():
+        for kind, items in node_outputs.items():
+            if not isinstance(items, list):
+                continue
+            for item in items:
+                if isinstance(item, dict) and item.get("filename"):
+                    files.append(ComfyOutputFile(node_id, kind, item["filename"],
+                                                 item.get("subfolder", ""), item.get("type", "output")))
+    return files
+
+
+class ComfyClient:
+    """Talks to one ComfyUI instance at base_url (http://127.0.0.1:PORT)."""
+
+    def __init__(self, base_url: str, http_timeout_s: float = 30.0):
+        self.base_url = base_url.rstrip("/")
+        self.ws_url = "ws" + self.base_url[len("http"):] + "/ws"
+        self.http_timeout_s = http_timeout_s
+        self.client_id = uuid.uuid4().hex
+
+    def upload(self, path: Path, name: str) -> str:
+        """Uploads a file (image, video or audio) to the instance's input folder; returns its name there."""
+        with open(path, "rb") as f:
+            response = self._http("post", "/upload/image", files={"image": (name, f)},
+                                  data={"type": "input", "overwrite": "true"})
+        stored = response.json()
+        return f"{stored['subfolder']}/{stored['name']}" if stored.get("subfolder") else stored["name"]
+
+    def run_prompt(self, graph: dict, timeout_s: float, on_progress: ProgressCallback | None = None,
+                   is_alive: Callable[[], bool] | None = None) -> PromptResult:
+        """Queues graph, follows it to the end and returns its output files."""
+        started = time.monotonic()
+        deadline = started + timeout_s
+        ws = self._connect_ws()
+        try:
+            prompt_id = self.queue_prompt(graph)
+            self._follow(ws, prompt_id, deadline, on_progress, is_alive)
+        finally:
+            if ws is not None:
+                ws.close()
+        entry = self._history_entry(prompt_id, deadline, is_alive)
+        return PromptResult(prompt_id, collect_output_files(entry), time.monotonic() - started)
+
+    def queue_prompt(self, graph: dict) -> str:
+        response = self._http("post", "/prompt", json={"prompt": graph, "client_id": self.client_id},
+                              check=False)
+        if response.status_code == 400:
+            raise PromptRejected(describe_node_errors(response.json()))
+        if not response.ok:
+            raise ComfyError(f"POST /prompt answered {response.status_code}: {response.text[:300]}")
+        return response.json()["prompt_id"]
+
+    def download(self, output: ComfyOutputFile, dest: Path) -> Path:
+        params = {"filename": output.filename, "subfolder": output.subfolder, "type": output.type}
+        with requests.get(f"{self.base_url}/view", params=params, stream=True,
+                          timeout=self.http_timeout_s) as response:
+            response.raise_for_status()
+            with open(dest, "wb") as f:
+                for chunk in response.iter_content(chunk_size=1 << 20):
+                    f.write(chunk)
+        return dest
+
+    def interrupt(self) -> None:
+        try:
+            self._http("post", "/interrupt", json={})
+        except ComfyError:
+            pass
+
+    # -- internals -------------------------------------------------------------------------------
+
+    def _http(self, method: str, path: str, check: bool = True, **kwargs) -> requests.Response:
+        try:
+            response = requests.request(method, self.base_url + path, timeout=self.http_timeout_s, **kwargs)
+        except requests.RequestException as exc:
+            raise ConnectionLost(f"{method.upper()} {path} failed: {exc}") from exc
+        if check and not response.ok:
+            raise ComfyError(f"{method.upper()} {path} answered {response.status_code}: {response.text[:300]}")
+        return response
+
+    def _connect_ws(self) -> websocket.WebSocket | None:
+        try:
+            return websocket.create_connection(f"{self.ws_url}?clientId={self.client_id}", timeout=10)
+        except (OSError, websocket.WebSocketException) as exc:
+            log.warning("websocket to %s failed (%s); following the prompt through /history", self.ws_url, exc)
+            return None
+
+    def _follow(self, ws, prompt_id: str, deadline: float, on_progress, is_alive) -> None:
+        """Reads events until our prompt ends; falls back to /history polling if the socket drops."""
+        last_poll = time.monotonic()
+        while ws is not None:
+            self._check_deadline(deadline, prompt_id)
+            if is_alive is not None and not is_alive():
+                raise ConnectionLost("the ComfyUI process exited while running the prompt")
+            ws.settimeout(max(0.1, min(2.0, deadline - time.monotonic())))
+            try:
+                message = ws.recv()
+            except websocket.WebSocketTimeoutException:
+                if time.monotonic() - last_poll > 10 and self._is_finished(prompt_id):
+                    return  # missed the end event
+                continue
+            except (OSError, websocket.WebSocketException) as exc:
+                log.warning("websocket closed while following %s (%s); polling /history", prompt_id, exc)
+                break
+            if not isinstance(message, str):
+                continue  # binary preview frames
+            event = json.loads(message)
+            data = event.get("data") or {}
+            if data.get("prompt_id") not in (None, prompt_id):
+                continue
+            kind = event.get("type")
+            if kind == "progress" and on_progress is not None:
+                on_progress(int(data.get("value", 0)), int(data.get("max", 0)))
+            elif kind == "executing" and data.get("node") is None and data.get("prompt_id") == prompt_id:
+                return
+            elif kind == "execution_error":
+                raise PromptFailed(
+                    f"node {data.get('node_id')} ({data.get('node_type')}) failed: "
+                    f"{data.get('exception_type', '')}: {data.get('exception_message', '').strip()}")
+            elif kind == "execution_interrupted":
+                raise PromptFailed(f"prompt {prompt_id} was interrupted")
+        while not self._is_finished(prompt_id):
+            self._check_deadline(deadline, prompt_id)
+            if is_alive is not None and not is_alive():
+                raise ConnectionLost("the ComfyUI process exited while running the prompt")
+            time.sleep(1.0)
+
+    def _is_finished(self, prompt_id: str) -> bool:
+        """True when /history holds the prompt; raises if it is neither there nor queued."""
+        history = self._http("get", f"/history/{prompt_id}").json()
+        if prompt_id in history:
+            return True
+        queue = self._http("get", "/queue").json()
+        queued = [item[1] for key in ("queue_running", "queue_pending") for item in queue.get(key, [])]
+        if prompt_id not in queued:
+            # A restarted instance forgets its queue and history.
+            raise ConnectionLost(f"prompt {prompt_id} is neither queued nor in the history")
+        return False
+
+    def _history_entry(self, prompt_id: str, deadline: float, is_alive) -> dict:
+        # /history can be written a moment after the last websocket event.
+        while True:
+            entry = self._http("get", f"/history/{prompt_id}").json().get(prompt_id)
+            if entry is not None:
+                status = entry.get("status") or {}
+                if status.get("status_str") == "error":
+                    raise PromptFailed(_history_error(status))
+                return entry
+            self._check_deadline(deadline, prompt_id)
+            if is_alive is not None and not is_alive():
+                raise ConnectionLost("the ComfyUI process exited before writing the history")
+            time.sleep(0.1)
+
+    @staticmethod
+    def _check_deadline(deadline: float, prompt_id: str) -> None:
+        if time.monotonic() > deadline:
+            raise PromptTimedOut(f"prompt {prompt_id} did not finish before its deadline")
+
+
+def _history_error(status: dict) -> str:
+    for name, data in status.get("messages", []):
+        if name == "execution_error":
+            return (f"node {data.get('node_id')} ({data.get('node_type')}) failed: "
+                    f"{data.get('exception_message', '').strip()}")
+    return "ComfyUI reported an error"

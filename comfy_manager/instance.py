@@ -1,0 +1,156 @@
+"""One ComfyUI process: its private folders, its port, its GPU, its log."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+
+import requests
+
+log = logging.getLogger(__name__)
+
+
+class InstanceDied(RuntimeError):
+    """A ComfyUI process exited or never became ready; the message carries its last log lines."""
+
+    def __init__(self, instance: "ComfyInstance", what: str):
+        self.instance_name = instance.name
+        self.log_tail = instance.log_tail()
+        super().__init__(f"ComfyUI {instance.name} {what}. Last log lines:\n{self.log_tail}")
+
+
+@dataclass(frozen=True)
+class InstanceSpec:
+    index: int
+    port: int
+    gpu: int | None  # None: runs on the CPU
+    root: Path  # private folder holding input/, output/, temp/, user/ and the log
+
+
+class ComfyInstance:
+    """Starts, watches and stops one ComfyUI process pinned to one GPU (or the CPU)."""
+
+    def __init__(self, spec: InstanceSpec, comfy_path: Path, python: str, extra_args: list[str]):
+        self.spec = spec
+        self.comfy_path = comfy_path
+        self.python = python
+        self.extra_args = extra_args
+        self.process: subprocess.Popen | None = None
+        self.started_at = 0.0
+        self.ready_after_s: float | None = None
+
+    @property
+    def name(self) -> str:
+        device = "cpu" if self.spec.gpu is None else f"gpu{self.spec.gpu}"
+        return f"{device}:{self.spec.port}"
+
+    @property
+    def gpu(self) -> int | None:
+        return self.spec.gpu
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.spec.port}"
+
+    @property
+    def input_dir(self) -> Path:
+        return self.spec.root / "input"
+
+    @property
+    def output_dir(self) -> Path:
+        return self.spec.root / "output"
+
+    @property
+    def log_path(self) -> Path:
+        return self.spec.root / "comfyui.log"
+
+    def command(self) -> list[str]:
+        root = self.spec.root
+        args = [
+            self.python, str(self.comfy_path / "main.py"),
+            "--listen", "127.0.0.1", "--port", str(self.spec.port),
+            "--input-directory", str(root / "input"),
+            "--output-directory", str(root / "output"),
+            "--temp-directory", str(root / "temp"),
+            "--user-directory", str(root / "user"),
+            "--database-url", f"sqlite:///{root / 'user' / 'comfyui.db'}",
+            "--front-end-root", str(root / "frontend"),
+            "--disable-metadata", "--disable-auto-launch", "--preview-method", "none",
+        ]
+        args += ["--cpu"] if self.spec.gpu is None else ["--cuda-device", str(self.spec.gpu)]
+        return args + self.extra_args
+
+    def start(self) -> None:
+        """Launches the process in its own process group; returns at once (see wait_ready)."""
+        root = self.spec.root
+        for sub in ("input", "output", "temp", "user", "frontend"):
+            folder = root / sub
+            if sub in ("input", "output") and folder.exists():
+                shutil.rmtree(folder)  # leftovers of an earlier run are never read
+            folder.mkdir(parents=True, exist_ok=True)
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        with open(self.log_path, "ab") as log_file:
+            log_file.write(f"\n=== starting: {' '.join(self.command())}\n".encode())
+            self.process = subprocess.Popen(
+                self.command(), cwd=self.comfy_path, stdout=log_file, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL, env=env, start_new_session=True,
+            )
+        self.started_at = time.monotonic()
+        self.ready_after_s = None
+        log.info("ComfyUI %s starting (pid %d, log %s)", self.name, self.process.pid, self.log_path)
+
+    def is_alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def is_responding(self, timeout_s: float = 2.0) -> bool:
+        try:
+            return requests.get(f"{self.url}/system_stats", timeout=timeout_s).ok
+        except requests.RequestException:
+            return False
+
+    def wait_ready(self, deadline: float) -> None:
+        """Blocks until the HTTP API answers; raises InstanceDied if it exits or the deadline passes."""
+        while True:
+            if not self.is_alive():
+                raise InstanceDied(self, f"exited with code {self.process.returncode if self.process else None} during start-up")
+            if self.is_responding():
+                self.ready_after_s = time.monotonic() - self.started_at
+                log.info("ComfyUI %s ready after %.1f s", self.name, self.ready_after_s)
+                return
+            if time.monotonic() > deadline:
+                raise InstanceDied(self, "did not answer before the start-up deadline")
+            time.sleep(0.25)
+
+    def stop(self, grace_s: float = 10.0) -> None:
+        """Stops the whole process group: SIGTERM, then SIGKILL after grace_s."""
+        process = self.process
+        if process is None or process.poll() is not None:
+            return
+        for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
+            try:
+                os.killpg(process.pid, sig)
+            except ProcessLookupError:
+                return
+            try:
+                process.wait(timeout=wait_s)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+        log.info("ComfyUI %s stopped", self.name)
+
+    def log_tail(self, lines: int = 25) -> str:
+        try:
+            with open(self.log_path, "rb") as f:
+                f.seek(0, os.SEEK_END)
+                f.seek(max(0, f.tell() - 64 * 1024))
+                tail = deque(f.read().decode(errors="replace").splitlines(), maxlen=lines)
+        except OSError:
+            return "(no log)"
+        return "\n".join(tail)

@@ -1,0 +1,149 @@
+"""The set of ComfyUI instances of this machine: started together, shared by every job through one queue."""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import shlex
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from comfy_manager.gpus import GpuInfo, discover_gpus
+from comfy_manager.instance import ComfyInstance, InstanceDied, InstanceSpec
+
+log = logging.getLogger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class PoolStartError(RuntimeError):
+    """No ComfyUI instance could be started."""
+
+
+def _default_python(comfy_home: Path) -> str:
+    venv_python = comfy_home / "venv" / "bin" / "python"
+    return str(venv_python) if venv_python.exists() else sys.executable
+
+
+@dataclass(frozen=True)
+class PoolSettings:
+    comfy_path: Path
+    python: str
+    instances_dir: Path
+    base_port: int = 8188
+    cpu_instances: int = 2
+    force_cpu: bool = False
+    startup_timeout_s: float = 300.0
+    extra_args: list[str] = field(default_factory=list)
+
+    @classmethod
+    def from_env(cls) -> "PoolSettings":
+        home = Path(os.environ.get("COMFYUI_HOME", REPO_ROOT / ".comfyui"))
+        return cls(
+            comfy_path=Path(os.environ.get("COMFYUI_PATH", home / "ComfyUI")),
+            python=os.environ.get("COMFYUI_PYTHON", _default_python(home)),
+            instances_dir=Path(os.environ.get("COMFY_INSTANCES_DIR", "/tmp/comfy-instances")),
+            base_port=int(os.environ.get("COMFY_BASE_PORT", "8188")),
+            cpu_instances=int(os.environ.get("COMFY_CPU_INSTANCES", "2")),
+            force_cpu=os.environ.get("COMFY_FORCE_CPU", "0") == "1",
+            startup_timeout_s=float(os.environ.get("COMFY_STARTUP_TIMEOUT_S", "300")),
+            extra_args=shlex.split(os.environ.get("COMFY_EXTRA_ARGS", "")),
+        )
+
+
+def instance_specs(settings: PoolSettings, gpus: list[GpuInfo]) -> list[InstanceSpec]:
+    """One instance per GPU; with no GPU (or force_cpu), settings.cpu_instances CPU instances."""
+    if gpus and not settings.force_cpu:
+        devices: list[int | None] = [gpu.index for gpu in gpus]
+    else:
+        devices = [None] * max(1, settings.cpu_instances)
+    return [
+        InstanceSpec(index=i, port=settings.base_port + i, gpu=device,
+                     root=settings.instances_dir / f"instance-{i}")
+        for i, device in enumerate(devices)
+    ]
+
+
+class InstancePool:
+    """Starts every instance at once and lends ready ones to segment runs, first come first served."""
+
+    def __init__(self, settings: PoolSettings):
+        self.settings = settings
+        self.instances: list[ComfyInstance] = []
+        self.gpus: list[GpuInfo] = []
+        self.startup_s = 0.0
+        self._free: queue.Queue[ComfyInstance] = queue.Queue()
+        self._lock = threading.Lock()
+
+    @property
+    def size(self) -> int:
+        return len(self.instances)
+
+    def start(self) -> None:
+        """Starts all instances in parallel; keeps those that become ready; raises if none does."""
+        if not (self.settings.comfy_path / "main.py").exists():
+            raise PoolStartError(
+                f"ComfyUI not found at {self.settings.comfy_path}: run scripts/install_comfyui.sh "
+                "or set COMFYUI_PATH")
+        started = time.monotonic()
+        self.gpus = discover_gpus()
+        specs = instance_specs(self.settings, self.gpus)
+        candidates = [ComfyInstance(spec, self.settings.comfy_path, self.settings.python,
+                                    self.settings.extra_args) for spec in specs]
+        deadline = time.monotonic() + self.settings.startup_timeout_s
+        for instance in candidates:
+            instance.start()
+        failures: list[str] = []
+        with ThreadPoolExecutor(max_workers=len(candidates)) as executor:
+            results = list(executor.map(lambda inst: self._await_ready(inst, deadline), candidates))
+        for instance, error in zip(candidates, results):
+            if error is None:
+                self.instances.append(instance)
+                self._free.put(instance)
+            else:
+                instance.stop()
+                failures.append(error)
+        self.startup_s = time.monotonic() - started
+        if not self.instances:
+            raise PoolStartError("no ComfyUI instance started:\n" + "\n\n".join(failures))
+        if failures:
+            log.warning("serving with %d of %d instances; failed: %s",
+                        len(self.instances), len(candidates), "\n".join(failures))
+        log.info("%d ComfyUI instance(s) ready in %.1f s: %s", len(self.instances), self.startup_s,
+                 ", ".join(inst.name for inst in self.instances))
+
+    @staticmethod
+    def _await_ready(instance: ComfyInstance, deadline: float) -> str | None:
+        try:
+            instance.wait_ready(deadline)
+            return None
+        except InstanceDied as exc:
+            return str(exc)
+
+    def acquire(self, timeout_s: float | None = None) -> ComfyInstance:
+        """Waits for a free instance (the longest waiter is served first)."""
+        try:
+            return self._free.get(timeout=timeout_s)
+        except queue.Empty:
+            raise TimeoutError(f"no ComfyUI instance became free within {timeout_s} s") from None
+
+    def release(self, instance: ComfyInstance) -> None:
+        self._free.put(instance)
+
+    def restart(self, instance: ComfyInstance) -> None:
+        """Restarts a dead or stuck instance and waits until it is ready again."""
+        with self._lock:
+            log.warning("restarting ComfyUI %s", instance.name)
+            instance.stop(grace_s=3.0)
+            instance.start()
+            instance.wait_ready(time.monotonic() + self.settings.startup_timeout_s)
+
+    def shutdown(self) -> None:
+        for instance in self.instances:
+            instance.stop()
+        self.instances = []

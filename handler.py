@@ -1,0 +1,43 @@
+"""RunPod entry point: starts the ComfyUI instances, then serves jobs through worker.job.run_job."""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+
+import runpod
+
+from comfy_manager import InstancePool, PoolSettings
+from worker.config import WorkerSettings
+from worker.errors import JobFailed, JobInputError
+from worker.job import run_job
+
+logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO"),
+                    format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+log = logging.getLogger("handler")
+ON_RUNPOD = "RUNPOD_WEBHOOK_POST_OUTPUT" in os.environ
+
+settings = WorkerSettings.from_env()
+pool = InstancePool(PoolSettings.from_env())
+
+
+def handler(job: dict) -> dict:
+    def progress(message: str) -> None:
+        if ON_RUNPOD:  # local test and serve-api modes have no endpoint to send progress to
+            runpod.serverless.progress_update(job, message)
+
+    try:
+        return run_job(job.get("input"), pool, settings, job_id=str(job.get("id", "job")), on_progress=progress)
+    except (JobInputError, JobFailed) as exc:
+        log.warning("job %s failed: %s", job.get("id"), exc)
+        return {"error": str(exc)}
+    except Exception as exc:  # the worker must go on serving
+        log.exception("job %s crashed", job.get("id"))
+        return {"error": f"internal error: {type(exc).__name__}: {exc}"}
+
+
+if __name__ == "__main__":
+    pool.start()
+    atexit.register(pool.shutdown)
+    runpod.serverless.start({"handler": handler})

@@ -1,0 +1,97 @@
+"""Test media: videos whose frames show their own index as a 16-cell bit pattern, and tones.
+
+A frame's index survives scaling, sharpening, h264 and cross-fades between identical frames, so a
+test can read back exactly which source frame ended up at each position of an output video.
+"""
+
+from __future__ import annotations
+
+import base64
+import subprocess
+from pathlib import Path
+
+import numpy as np
+
+COLUMNS, ROWS = 8, 2  # 16 bits: up to 65535 frames
+
+
+def index_frame(index: int, width: int, height: int) -> np.ndarray:
+    frame = np.full((height, width, 3), 16, dtype=np.uint8)
+    cell_w, cell_h = width // COLUMNS, height // ROWS
+    for bit in range(COLUMNS * ROWS):
+        if index >> bit & 1:
+            row, col = divmod(bit, COLUMNS)
+            frame[row * cell_h:(row + 1) * cell_h, col * cell_w:(col + 1) * cell_w] = 235
+    return frame
+
+
+def make_index_video(path: Path, frames: int, fps: float, width: int = 128, height: int = 64,
+                     with_audio_s: float | None = None) -> Path:
+    """An mp4 of `frames` frames, frame i showing i; optionally with a tone as its own audio."""
+    cmd = ["ffmpeg", "-nostdin", "-loglevel", "error", "-y", "-f", "rawvideo", "-pix_fmt", "rgb24",
+           "-s", f"{width}x{height}", "-r", str(fps), "-i", "pipe:0"]
+    if with_audio_s:
+        cmd += ["-f", "lavfi", "-i", f"sine=frequency=220:duration={with_audio_s}", "-c:a", "aac"]
+    cmd += ["-c:v", "libx264", "-preset", "ultrafast", "-crf", "8", "-pix_fmt", "yuv420p", str(path)]
+    process = subprocess.Popen(cmd, stdin=subprocess.PIPE)
+    for i in range(frames):
+        process.stdin.write(index_frame(i, width, height).tobytes())
+    process.stdin.close()
+    if process.wait() != 0:
+        raise RuntimeError("ffmpeg could not write the index video")
+    return path
+
+
+def read_indices(path: Path) -> list[int]:
+    """The index each frame of a video shows (see index_frame)."""
+    probe = subprocess.run(["ffprobe", "-v", "error", "-select_streams", "v:0", "-show_entries",
+                            "stream=width,height", "-of", "csv=p=0", str(path)],
+                           capture_output=True, text=True, check=True)
+    width, height = (int(v) for v in probe.stdout.strip().split(",")[:2])
+    raw = subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-i", str(path), "-f", "rawvideo",
+                          "-pix_fmt", "gray", "pipe:1"], capture_output=True, check=True).stdout
+    frames = np.frombuffer(raw, dtype=np.uint8).reshape(-1, height, width)
+    cell_w, cell_h = width // COLUMNS, height // ROWS
+    indices = []
+    for frame in frames:
+        value = 0
+        for bit in range(COLUMNS * ROWS):
+            row, col = divmod(bit, COLUMNS)
+            cell = frame[row * cell_h + cell_h // 4:(row + 1) * cell_h - cell_h // 4,
+                         col * cell_w + cell_w // 4:(col + 1) * cell_w - cell_w // 4]
+            if cell.mean() > 128:
+                value |= 1 << bit
+        indices.append(value)
+    return indices
+
+
+def make_tone(path: Path, seconds: float, rate: int = 16000, frequency: int = 440) -> Path:
+    subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-y", "-f", "lavfi", "-i",
+                    f"sine=frequency={frequency}:sample_rate={rate}:duration={seconds}", str(path)],
+                   check=True)
+    return path
+
+
+def make_image(path: Path, width: int = 96, height: int = 96) -> Path:
+    subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-y", "-f", "lavfi", "-i",
+                    f"testsrc2=size={width}x{height}", "-frames:v", "1", str(path)], check=True)
+    return path
+
+
+def b64(path: Path) -> str:
+    return base64.b64encode(path.read_bytes()).decode()
+
+
+def media_duration(path: Path, stream: str) -> float:
+    """Duration of the first audio ('a') or video ('v') stream, in seconds."""
+    out = subprocess.run(["ffprobe", "-v", "error", "-select_streams", f"{stream}:0", "-show_entries",
+                          "stream=duration", "-of", "csv=p=0", str(path)],
+                         capture_output=True, text=True, check=True).stdout.strip()
+    return float(out)
+
+
+def frame_count(path: Path) -> int:
+    out = subprocess.run(["ffprobe", "-v", "error", "-count_frames", "-select_streams", "v:0",
+                          "-show_entries", "stream=nb_read_frames", "-of", "csv=p=0", str(path)],
+                         capture_output=True, text=True, check=True).stdout.strip()
+    return int(out)

@@ -1,0 +1,268 @@
+"""One job from request to response: validate, plan, run segments on ComfyUI in parallel, stitch.
+
+run_job needs no runpod: tests and benchmarks call it directly with an InstancePool.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from pydantic import ValidationError
+
+from comfy_manager import ComfyClient, ComfyError, ComfyInstance, InstancePool, PromptRejected
+from worker import probe, segment_media
+from worker.config import WorkerSettings
+from worker.errors import JobFailed, JobInputError, describe_validation_error
+from worker.media_sources import fetch_media
+from worker.outputs import deliver
+from worker.planner import Segment, SegmentPlan, plan_segments, total_frames_for
+from worker.request import JobRequest
+from worker.response import JobResponse, SegmentReport, Timings
+from worker.stitch import stitch_segments
+from worker.summary import format_summary
+from worker.templates import WorkflowTemplate, available_templates
+
+log = logging.getLogger(__name__)
+
+ProgressFn = Callable[[str], None]
+VIDEO_SUFFIXES = (".mp4", ".webm", ".mkv", ".mov", ".avi", ".gif")
+
+
+@dataclass(frozen=True)
+class PreparedInputs:
+    """The job's media in its folder: what each segment is cut from, and the audio to mux."""
+
+    audio_tracks: list[Path]
+    final_audio: Path
+    image: Path | None
+    video: Path | None
+    duration_s: float
+
+
+@dataclass(frozen=True)
+class SegmentResult:
+    segment: Segment
+    path: Path
+    instance: ComfyInstance
+    seconds: float
+    comfy_seconds: float
+
+
+def parse_request(job_input: Any) -> JobRequest:
+    if not isinstance(job_input, dict):
+        raise JobInputError("input", "must be a JSON object")
+    try:
+        return JobRequest.model_validate(job_input)
+    except ValidationError as exc:
+        raise JobInputError("input", describe_validation_error(exc, list(JobRequest.model_fields))) from None
+
+
+def choose_template(request: JobRequest, settings: WorkerSettings) -> WorkflowTemplate:
+    templates = available_templates()
+    name = request.workflow or (settings.default_workflow_image if request.input_type == "image"
+                                else settings.default_workflow_video)
+    template = templates.get(name)
+    if template is None:
+        raise JobInputError("workflow", f"unknown workflow {name!r}; available: {', '.join(templates)}")
+    if template.spec.input_type != request.input_type:
+        raise JobInputError("input_type", f"workflow {name!r} takes input_type {template.spec.input_type!r}, "
+                                          f"not {request.input_type!r}")
+    if request.person_count not in template.spec.person_counts:
+        raise JobInputError("person_count", f"workflow {name!r} supports {template.spec.person_counts}")
+    return template
+
+
+def run_job(job_input: Any, pool: InstancePool, settings: WorkerSettings, job_id: str | None = None,
+            on_progress: ProgressFn | None = None) -> dict:
+    """Runs one job and returns the response as a dict; raises JobInputError / JobFailed."""
+    started = time.monotonic()
+    request = parse_request(job_input)
+    template = choose_template(request, settings)
+    job_id = job_id or uuid.uuid4().hex[:12]
+    work_dir = settings.job_work_dir / f"{_safe(job_id)}-{uuid.uuid4().hex[:8]}"
+    work_dir.mkdir(parents=True)
+    progress = on_progress or (lambda message: None)
+    try:
+        inputs = prepare_inputs(request, work_dir, settings)
+        total_frames = total_frames_for(inputs.duration_s, request.fps)
+        plan = make_plan(request, template, pool, total_frames)
+        segment_inputs = cut_segment_inputs(request, plan, inputs, work_dir)
+        prepared = time.monotonic()
+
+        results = run_segments(request, template, plan, segment_inputs, pool, settings, job_id, work_dir, progress)
+        generated = time.monotonic()
+
+        progress("stitching")
+        result = stitch_segments(plan, [r.path for r in results], inputs.final_audio, work_dir / "result.mp4",
+                                 request.fps, request.width, request.height, request.output)
+        stitched = time.monotonic()
+
+        video, video_path = deliver(result.path, request, _safe(job_id), settings)
+        delivered = time.monotonic()
+        response = JobResponse(
+            message=f"{plan.total_frames} frames in {len(plan.segments)} segment(s)",
+            workflow=template.name,
+            video=video,
+            video_path=video_path,
+            video_bytes=result.path.stat().st_size,
+            gpu_count=len({r.instance.name for r in results}),
+            instances_available=pool.size,
+            segments_processed=len(results),
+            frames=plan.total_frames,
+            fps=request.fps,
+            duration_s=round(plan.total_frames / request.fps, 4),
+            overlap_frames=plan.overlap,
+            segments=[SegmentReport(index=r.segment.index, instance=r.instance.name, gpu=r.instance.gpu,
+                                    start_frame=r.segment.start, end_frame=r.segment.end, frames=r.segment.frames,
+                                    seconds=round(r.seconds, 3), comfy_seconds=round(r.comfy_seconds, 3))
+                      for r in results],
+            timings=Timings(prepare=round(prepared - started, 3), generate=round(generated - prepared, 3),
+                            stitch=round(stitched - generated, 3), encode=round(delivered - stitched, 3),
+                            total=round(delivered - started, 3)),
+        )
+        log.info("job %s done\n%s", job_id, format_summary(response))
+        return response.model_dump()
+    finally:
+        shutil.rmtree(work_dir, ignore_errors=True)
+
+
+def prepare_inputs(request: JobRequest, work_dir: Path, settings: WorkerSettings) -> PreparedInputs:
+    """Fetches every media field into the job folder and checks it is the kind of file it should be."""
+    tracks = []
+    for field in ("audio", "audio_2"):
+        value = getattr(request, field)
+        if value:
+            path = fetch_media(field, value, work_dir / f"{field}.src", settings)
+            info = probe.probe(field, path)
+            probe.require_audio(field, info, settings.max_duration_s)
+            tracks.append((path, info.duration_s))
+    image = video = None
+    if request.input_type == "image":
+        source = fetch_media("image", request.image, work_dir / "image.src", settings)
+        probe.require_image("image", probe.probe("image", source))
+        image = segment_media.image_to_png(source, work_dir / "image.png")
+    else:
+        video = fetch_media("video", request.video, work_dir / "video.src", settings)
+        probe.require_video("video", probe.probe("video", video))
+    final_audio = tracks[0][0] if len(tracks) == 1 else segment_media.mix_audio(
+        [t[0] for t in tracks], work_dir / "audio_mix.wav")
+    return PreparedInputs([t[0] for t in tracks], final_audio, image, video, max(t[1] for t in tracks))
+
+
+def make_plan(request: JobRequest, template: WorkflowTemplate, pool: InstancePool, total_frames: int) -> SegmentPlan:
+    parallelism = pool.size if request.use_multi_gpu else 1
+    if request.gpu_count is not None:
+        parallelism = min(parallelism, request.gpu_count)
+    overlap = template.spec.overlap_frames if request.overlap_frames is None else request.overlap_frames
+    plan = plan_segments(total_frames, parallelism, overlap, template.spec.min_segment_frames,
+                         template.spec.max_segment_frames)
+    log.info("plan: %d frames, %d segment(s), overlap %d", total_frames, len(plan.segments), plan.overlap)
+    return plan
+
+
+def cut_segment_inputs(request: JobRequest, plan: SegmentPlan, inputs: PreparedInputs,
+                       work_dir: Path) -> list[dict[str, Path]]:
+    """Per segment, the files its workflow loads: its frames (video mode) and its slice of each audio."""
+    video = inputs.video
+    if video is not None:
+        info = probe.probe("video", video)
+        if info.duration_s * request.fps < plan.total_frames - 0.5:
+            log.info("video (%.2f s) is shorter than the audio (%.2f s): looping it",
+                     info.duration_s, inputs.duration_s)
+            video = segment_media.loop_video(video, work_dir / "video_looped.mp4", request.fps, plan.total_frames)
+
+    def cut(segment: Segment) -> dict[str, Path]:
+        files: dict[str, Path] = {}
+        start_s, length_s = segment.start / request.fps, segment.frames / request.fps
+        for slot, track in zip(("audio", "audio_2"), inputs.audio_tracks):
+            files[slot] = segment_media.cut_audio(track, work_dir / f"seg{segment.index}_{slot}.wav", start_s, length_s)
+        if video is not None:
+            files["video"] = segment_media.cut_video(video, work_dir / f"seg{segment.index}_video.mp4", segment,
+                                                     request.fps, request.width, request.height)
+        else:
+            files["image"] = inputs.image
+        return files
+
+    with ThreadPoolExecutor(max_workers=min(4, len(plan.segments))) as executor:
+        return list(executor.map(cut, plan.segments))
+
+
+def run_segments(request: JobRequest, template: WorkflowTemplate, plan: SegmentPlan,
+                 segment_inputs: list[dict[str, Path]], pool: InstancePool, settings: WorkerSettings,
+                 job_id: str, work_dir: Path, progress: ProgressFn) -> list[SegmentResult]:
+    """Every segment on a free instance, all at once; results in segment order."""
+    done = 0
+    lock = threading.Lock()
+
+    def run(segment: Segment) -> SegmentResult:
+        nonlocal done
+        result = run_segment(request, template, segment, segment_inputs[segment.index], pool, settings,
+                             job_id, work_dir)
+        with lock:
+            done += 1
+            progress(f"segment {done}/{len(plan.segments)} done")
+        return result
+
+    progress(f"generating {len(plan.segments)} segment(s)")
+    with ThreadPoolExecutor(max_workers=len(plan.segments)) as executor:
+        return list(executor.map(run, plan.segments))
+
+
+def run_segment(request: JobRequest, template: WorkflowTemplate, segment: Segment, files: dict[str, Path],
+                pool: InstancePool, settings: WorkerSettings, job_id: str, work_dir: Path) -> SegmentResult:
+    instance = pool.acquire()
+    started = time.monotonic()
+    tag = f"{_safe(job_id)}_{uuid.uuid4().hex[:6]}_seg{segment.index}"
+    uploaded: list[str] = []
+    produced: list[Path] = []
+    try:
+        log.info("%s: segment %d, %s", instance.name.upper(), segment.index, segment.describe())
+        client = ComfyClient(instance.url)
+        values: dict[str, Any] = {
+            "frames": segment.frames, "fps": request.fps, "width": request.width, "height": request.height,
+            "prompt": request.prompt, "negative_prompt": request.negative_prompt, "seed": request.seed,
+            "steps": request.steps, "filename_prefix": f"{tag}/out",
+        }
+        for slot, path in files.items():
+            if template.binds(slot):
+                name = client.upload(path, f"{tag}_{slot}{path.suffix}")
+                uploaded.append(name)
+                values[slot] = name
+        graph = template.bind(values)
+        try:
+            result = client.run_prompt(graph, timeout_s=settings.segment_timeout_s, is_alive=instance.is_alive)
+        except PromptRejected as exc:
+            raise JobFailed(f"workflow {template.name!r} was rejected by ComfyUI: {exc}") from None
+        except ComfyError as exc:
+            raise JobFailed(f"segment {segment.index} ({segment.describe()}) failed on {instance.name}: {exc}\n"
+                            f"last log lines of {instance.name}:\n{instance.log_tail(15)}") from None
+        outputs = [o for o in result.outputs if template.spec.output_node in (None, o.node_id)]
+        videos = [o for o in outputs if o.filename.lower().endswith(VIDEO_SUFFIXES)]
+        produced = [instance.output_dir / o.subfolder / o.filename for o in outputs]
+        if not videos:
+            raise JobFailed(f"workflow {template.name!r} produced no video for segment {segment.index} "
+                            f"(outputs: {[o.filename for o in result.outputs]})")
+        path = client.download(videos[0], work_dir / f"seg{segment.index}_out{Path(videos[0].filename).suffix}")
+        seconds = time.monotonic() - started
+        log.info("%s: segment %d done in %.2f s (ComfyUI %.2f s)", instance.name.upper(), segment.index,
+                 seconds, result.seconds)
+        return SegmentResult(segment, path, instance, seconds, result.seconds)
+    finally:
+        for name in uploaded:
+            (instance.input_dir / name).unlink(missing_ok=True)
+        for path in produced:
+            path.unlink(missing_ok=True)
+        shutil.rmtree(instance.output_dir / tag, ignore_errors=True)
+        pool.release(instance)
+
+
+def _safe(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in text)[:64] or "job"

@@ -1,0 +1,88 @@
+"""Splits a video of N frames into overlapping segments of balanced length (pure functions)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Segment:
+    index: int
+    start: int  # first frame, inclusive
+    end: int  # last frame, exclusive
+
+    @property
+    def frames(self) -> int:
+        return self.end - self.start
+
+    def describe(self) -> str:
+        return f"frames {self.start}-{self.end} ({self.frames} frames)"
+
+
+@dataclass(frozen=True)
+class SegmentPlan:
+    total_frames: int
+    overlap: int  # frames shared by neighbouring segments (0 when there is one segment)
+    segments: tuple[Segment, ...]
+
+    def overlap_with_previous(self, segment: Segment) -> int:
+        if segment.index == 0:
+            return 0
+        return self.segments[segment.index - 1].end - segment.start
+
+    def overlap_with_next(self, segment: Segment) -> int:
+        if segment.index + 1 == len(self.segments):
+            return 0
+        return segment.end - self.segments[segment.index + 1].start
+
+
+def segment_count(total_frames: int, parallelism: int, overlap: int,
+                  min_segment_frames: int = 1, max_segment_frames: int | None = None) -> int:
+    """How many segments: as many as there are instances, if the video is long enough for them.
+
+    Each segment must hold at least max(min_segment_frames, 2 x overlap) frames, so that one
+    segment's two overlaps never meet; segments longer than max_segment_frames force more segments
+    than instances (the extra ones queue for a free instance).
+    """
+    if total_frames < 1:
+        raise ValueError("a video needs at least one frame")
+    shortest = max(min_segment_frames, 2 * overlap, 1)
+    if overlap == 0:
+        by_length = total_frames // shortest
+    else:
+        by_length = (total_frames - overlap) // (shortest - overlap) if total_frames > overlap else 1
+    count = max(1, min(parallelism, by_length))
+    if max_segment_frames is not None and total_frames > max_segment_frames:
+        if max_segment_frames <= overlap:
+            raise ValueError("max_segment_frames must exceed the overlap")
+        needed = math.ceil((total_frames - overlap) / (max_segment_frames - overlap))
+        count = max(count, needed)
+    return count
+
+
+def plan_segments(total_frames: int, parallelism: int, overlap: int,
+                  min_segment_frames: int = 1, max_segment_frames: int | None = None) -> SegmentPlan:
+    """Balanced overlapping segments covering frames [0, total_frames) exactly."""
+    if parallelism < 1:
+        raise ValueError("parallelism must be at least 1")
+    if overlap < 0:
+        raise ValueError("overlap must not be negative")
+    count = segment_count(total_frames, parallelism, overlap, min_segment_frames, max_segment_frames)
+    if count == 1:
+        return SegmentPlan(total_frames, 0, (Segment(0, 0, total_frames),))
+    span = total_frames + (count - 1) * overlap  # frames generated in all
+    base, extra = divmod(span, count)
+    segments, start = [], 0
+    for index in range(count):
+        length = base + (1 if index < extra else 0)
+        segments.append(Segment(index, start, start + length))
+        start += length - overlap
+    assert segments[-1].end == total_frames
+    return SegmentPlan(total_frames, overlap, tuple(segments))
+
+
+def total_frames_for(duration_s: float, fps: float) -> int:
+    """Frames needed to cover duration_s at fps, rounded up (a partial frame still shows)."""
+    # Rounding to microseconds first keeps 4.0 s x 25 fps at 100 frames, not 101.
+    return max(1, math.ceil(round(duration_s * fps, 6)))

@@ -1,0 +1,58 @@
+"""The job's `input`, validated. Unknown fields are rejected by name."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+MEDIA_FIELDS = ("image", "video", "audio", "audio_2")
+
+
+class OutputOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    # x264 constant rate factor: 0 is lossless, 18 visually lossless, 23 the x264 default.
+    crf: int = Field(default=19, ge=0, le=51)
+    preset: Literal["ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower"] = "veryfast"
+    audio_bitrate_kbps: int = Field(default=192, ge=32, le=512)
+    # base64: the mp4 in the response; volume: written under OUTPUT_VOLUME_DIR, the path returned.
+    destination: Literal["base64", "volume"] = "base64"
+
+
+class JobRequest(BaseModel):
+    """One video job: reference media, speech audio, and how to render it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    workflow: str | None = Field(default=None, description="template name in workflows/; default by input_type")
+    input_type: Literal["image", "video"] = "image"
+    person_count: Literal["single", "multi"] = "single"
+    image: str | None = None
+    video: str | None = None
+    audio: str | None = None
+    audio_2: str | None = None
+    prompt: str = Field(default="", max_length=10_000)
+    negative_prompt: str = Field(default="", max_length=10_000)
+    seed: int = Field(default=42, ge=0, le=2**53)
+    steps: int | None = Field(default=None, ge=1, le=200)
+    width: int = Field(default=512, ge=64, le=2048, multiple_of=16)
+    height: int = Field(default=512, ge=64, le=2048, multiple_of=16)
+    fps: float = Field(default=25.0, ge=1.0, le=60.0)
+    use_multi_gpu: bool = True
+    gpu_count: int | None = Field(default=None, ge=1, le=64)
+    overlap_frames: int | None = Field(default=None, ge=0, le=200)
+    output: OutputOptions = OutputOptions()
+
+    @model_validator(mode="after")
+    def _media_present(self) -> "JobRequest":
+        if self.input_type == "image" and not self.image:
+            raise ValueError("image: required when input_type is 'image' (base64, data URI, URL or path)")
+        if self.input_type == "video" and not self.video:
+            raise ValueError("video: required when input_type is 'video' (base64, data URI, URL or path)")
+        if not self.audio:
+            raise ValueError("audio: required; the output's length follows the audio")
+        if self.person_count == "multi" and not self.audio_2:
+            raise ValueError("audio_2: required when person_count is 'multi' (the second speaker's audio)")
+        if self.person_count == "single" and self.audio_2:
+            raise ValueError("audio_2: only used when person_count is 'multi'; remove it or set person_count")
+        return self

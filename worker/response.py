@@ -1,0 +1,42 @@
+"""The job's `output` on success."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel
+
+
+class SegmentReport(BaseModel):
+    index: int
+    instance: str  # e.g. gpu1:8189 or cpu0:8188
+    gpu: int | None
+    start_frame: int
+    end_frame: int  # exclusive
+    frames: int
+    seconds: float  # wall time of the segment on its instance: upload, ComfyUI, download
+    comfy_seconds: float  # time ComfyUI took for the prompt
+
+
+class Timings(BaseModel):
+    prepare: float  # fetch, probe and cut the inputs
+    generate: float  # all segments, in parallel
+    stitch: float  # decode segments, cross-fade, encode H.264, mux audio
+    encode: float  # deliver the result: base64 or write to the volume
+    total: float
+
+
+class JobResponse(BaseModel):
+    success: bool = True
+    message: str
+    workflow: str
+    video: str | None = None  # base64 mp4 (output.destination = base64)
+    video_path: str | None = None  # file on the volume (output.destination = volume)
+    video_bytes: int
+    gpu_count: int  # instances the job used
+    instances_available: int
+    segments_processed: int
+    frames: int
+    fps: float
+    duration_s: float
+    overlap_frames: int
+    segments: list[SegmentReport]
+    timings: Timings

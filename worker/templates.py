@@ -1,0 +1,115 @@
+"""Workflow templates: an API-format ComfyUI graph plus a declaration of where request fields bind.
+
+`workflows/NAME.json` is the graph exactly as ComfyUI's "Export (API)" writes it;
+`workflows/NAME.bindings.json` says which node inputs receive each value of a segment (its media,
+frame count, size, prompt ...). Adding a workflow is adding these two files.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+WORKFLOWS_DIR = Path(__file__).resolve().parent.parent / "workflows"
+
+# The values a segment can bind: its own media (as uploaded file names), its frame count, and request fields.
+SLOTS = (
+    "image", "video", "audio", "audio_2", "frames", "fps", "width", "height",
+    "prompt", "negative_prompt", "seed", "steps", "filename_prefix",
+)
+
+
+class NodeInput(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    node: str
+    input: str
+
+
+class TemplateSpec(BaseModel):
+    """The contents of a NAME.bindings.json file."""
+
+    model_config = ConfigDict(extra="forbid")
+    description: str
+    input_type: Literal["image", "video"]
+    person_counts: list[Literal["single", "multi"]] = ["single", "multi"]
+    overlap_frames: int = Field(ge=0)
+    max_segment_frames: int = Field(default=100_000, ge=1)
+    min_segment_frames: int = Field(default=1, ge=1)
+    # Extra named values a template exposes (e.g. window_frames), bindable like SLOTS.
+    params: dict[str, Any] = {}
+    output_node: str | None = None
+    bindings: dict[str, list[NodeInput]]
+
+
+class TemplateError(ValueError):
+    """A template or its declaration is inconsistent."""
+
+
+class WorkflowTemplate:
+    def __init__(self, name: str, graph: dict, spec: TemplateSpec):
+        self.name = name
+        self.graph = graph
+        self.spec = spec
+        problems = check_template(graph, spec)
+        if problems:
+            raise TemplateError(f"workflow {name!r}: " + "; ".join(problems))
+
+    def bind(self, values: dict[str, Any]) -> dict:
+        """A copy of the graph with every bound input set; values the template does not bind are ignored."""
+        graph = copy.deepcopy(self.graph)
+        merged = {**self.spec.params, **{k: v for k, v in values.items() if v is not None}}
+        for slot, targets in self.spec.bindings.items():
+            if slot not in merged:
+                continue
+            for target in targets:
+                graph[target.node]["inputs"][target.input] = merged[slot]
+        return graph
+
+    def binds(self, slot: str) -> bool:
+        return slot in self.spec.bindings
+
+
+def check_template(graph: dict, spec: TemplateSpec) -> list[str]:
+    """Structural problems: malformed nodes, links to missing nodes, bindings to missing inputs."""
+    problems = []
+    for node_id, node in graph.items():
+        if not isinstance(node, dict) or "class_type" not in node or not isinstance(node.get("inputs"), dict):
+            problems.append(f"node {node_id} is not an API-format node (class_type + inputs)")
+            continue
+        for input_name, value in node["inputs"].items():
+            if isinstance(value, list) and len(value) == 2 and isinstance(value[1], int):
+                if str(value[0]) not in graph:
+                    problems.append(f"node {node_id}.{input_name} links to missing node {value[0]}")
+    for slot, targets in spec.bindings.items():
+        if slot not in SLOTS and slot not in spec.params:
+            problems.append(f"binding {slot!r} is neither a known slot {SLOTS} nor a declared param")
+        for target in targets:
+            node = graph.get(target.node)
+            if node is None:
+                problems.append(f"binding {slot!r} targets missing node {target.node}")
+            elif target.input not in node.get("inputs", {}):
+                problems.append(f"binding {slot!r} targets missing input {target.node}.{target.input}")
+    if spec.output_node is not None and spec.output_node not in graph:
+        problems.append(f"output_node {spec.output_node} is not in the graph")
+    media = "image" if spec.input_type == "image" else "video"
+    if media not in spec.bindings:
+        problems.append(f"input_type {spec.input_type!r} but no {media!r} binding")
+    return problems
+
+
+def load_template(name: str, directory: Path = WORKFLOWS_DIR) -> WorkflowTemplate:
+    graph = json.loads((directory / f"{name}.json").read_text())
+    spec = TemplateSpec.model_validate_json((directory / f"{name}.bindings.json").read_text())
+    return WorkflowTemplate(name, graph, spec)
+
+
+@lru_cache(maxsize=None)
+def available_templates(directory: Path = WORKFLOWS_DIR) -> dict[str, WorkflowTemplate]:
+    """Every template in the folder, by name (a template is a NAME.json with a NAME.bindings.json)."""
+    names = sorted(p.name[: -len(".bindings.json")] for p in directory.glob("*.bindings.json"))
+    return {name: load_template(name, directory) for name in names}
