@@ -1,0 +1,43 @@
+"""Shared fixtures: a real pool of CPU ComfyUI instances, worker settings in a temp folder, media."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from comfy_manager import InstancePool, PoolSettings
+from worker.config import WorkerSettings
+
+# Tests start their own instances on ports of their own, away from a running worker (8188...).
+TEST_BASE_PORT = int(os.environ.get("TEST_COMFY_BASE_PORT", "8300"))
+
+
+def pool_settings(instances_dir: Path, base_port: int, cpu_instances: int = 2) -> PoolSettings:
+    defaults = PoolSettings.from_env()
+    return PoolSettings(comfy_path=defaults.comfy_path, python=defaults.python, instances_dir=instances_dir,
+                        base_port=base_port, cpu_instances=cpu_instances, force_cpu=True,
+                        startup_timeout_s=180)
+
+
+@pytest.fixture(scope="session")
+def pool(tmp_path_factory) -> InstancePool:
+    """Two real ComfyUI instances on the CPU, shared by the whole test session."""
+    instances = InstancePool(pool_settings(tmp_path_factory.mktemp("instances"), TEST_BASE_PORT))
+    instances.start()
+    yield instances
+    instances.shutdown()
+
+
+@pytest.fixture()
+def media_dir(tmp_path) -> Path:
+    folder = tmp_path / "media"
+    folder.mkdir()
+    return folder
+
+
+@pytest.fixture()
+def settings(tmp_path, media_dir) -> WorkerSettings:
+    return WorkerSettings(job_work_dir=tmp_path / "jobs", allowed_input_roots=(media_dir.resolve(),),
+                          output_volume_dir=tmp_path / "volume", segment_timeout_s=300)
