@@ -22,7 +22,7 @@ from worker import probe, segment_media
 from worker.config import WorkerSettings
 from worker.errors import JobFailed, JobInputError, describe_validation_error
 from worker.media_sources import fetch_media
-from worker.outputs import deliver
+from worker.outputs import check_deliverable, deliver
 from worker.planner import Segment, SegmentPlan, plan_segments, total_frames_for
 from worker.request import JobRequest
 from worker.response import JobResponse, SegmentReport, Timings
@@ -93,6 +93,7 @@ def run_job(job_input: Any, pool: InstancePool, settings: WorkerSettings, job_id
     try:
         inputs = prepare_inputs(request, work_dir, settings)
         total_frames = total_frames_for(inputs.duration_s, request.fps)
+        check_deliverable(request, total_frames, settings)
         plan = make_plan(request, template, pool, total_frames)
         segment_inputs = cut_segment_inputs(request, plan, inputs, work_dir)
         prepared = time.monotonic()
@@ -105,13 +106,14 @@ def run_job(job_input: Any, pool: InstancePool, settings: WorkerSettings, job_id
                                  request.fps, request.width, request.height, request.output)
         stitched = time.monotonic()
 
-        video, video_path = deliver(result.path, request, _safe(job_id), settings)
+        delivery = deliver(result.path, request, _safe(job_id), settings)
         delivered = time.monotonic()
         response = JobResponse(
             message=f"{plan.total_frames} frames in {len(plan.segments)} segment(s)",
             workflow=template.name,
-            video=video,
-            video_path=video_path,
+            video=delivery.video,
+            video_url=delivery.video_url,
+            video_path=delivery.video_path,
             video_bytes=result.path.stat().st_size,
             gpu_count=len({r.instance.name for r in results}),
             instances_available=pool.size,

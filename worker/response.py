@@ -29,6 +29,7 @@ class JobResponse(BaseModel):
     message: str
     workflow: str
     video: str | None = None  # base64 mp4 (output.destination = base64)
+    video_url: str | None = None  # bucket URL (output.destination = bucket)
     video_path: str | None = None  # file on the volume (output.destination = volume)
     video_bytes: int
     gpu_count: int  # instances the job used

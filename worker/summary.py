@@ -17,6 +17,6 @@ def format_summary(response: JobResponse) -> str:
                      f"({s.frames:>5} frames)  {s.seconds:7.2f} s (ComfyUI {s.comfy_seconds:.2f} s)")
     lines.append(f"  timings: prepare {t.prepare:.2f} s, generate {t.generate:.2f} s, stitch {t.stitch:.2f} s, "
                  f"encode {t.encode:.2f} s, total {t.total:.2f} s")
-    where = response.video_path or f"base64 in the response ({response.video_bytes / 1e6:.2f} MB)"
+    where = response.video_url or response.video_path or f"base64 in the response ({response.video_bytes / 1e6:.2f} MB)"
     lines.append(f"  video: {where}")
     return "\n".join(lines)
