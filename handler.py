@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import logging
 import os
@@ -22,7 +23,12 @@ settings = WorkerSettings.from_env()
 pool = InstancePool(PoolSettings.from_env())
 
 
-def handler(job: dict) -> dict:
+async def handler(job: dict) -> dict:
+    # The work runs in a thread so that the event loop (local API, progress, heartbeats) stays free.
+    return await asyncio.to_thread(run_one, job)
+
+
+def run_one(job: dict) -> dict:
     def progress(message: str) -> None:
         if ON_RUNPOD:  # local test and serve-api modes have no endpoint to send progress to
             runpod.serverless.progress_update(job, message)

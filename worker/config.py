@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 
@@ -23,6 +23,21 @@ class WorkerSettings:
     segment_timeout_s: float = 3600.0
     default_workflow_image: str = "still"
     default_workflow_video: str = "restyle"
+    # Delivery (worker/outputs.py). A response carries at most max_response_bytes of base64 video.
+    max_response_bytes: int = 15 * 1024**2
+    # S3-compatible bucket, the env names RunPod's own upload helper reads. Secrets stay out of repr().
+    bucket_endpoint_url: str | None = field(default=None, repr=False)
+    bucket_access_key_id: str | None = field(default=None, repr=False)
+    bucket_secret_access_key: str | None = field(default=None, repr=False)
+    bucket_name: str | None = None
+    bucket_region: str | None = None
+    bucket_prefix: str = "videos"
+    bucket_url_expiry_s: int = 7 * 24 * 3600
+    bucket_part_bytes: int = 16 * 1024**2
+
+    @property
+    def bucket_configured(self) -> bool:
+        return bool(self.bucket_endpoint_url and self.bucket_access_key_id and self.bucket_secret_access_key)
 
     @classmethod
     def from_env(cls) -> "WorkerSettings":
@@ -38,4 +53,13 @@ class WorkerSettings:
             segment_timeout_s=float(env("SEGMENT_TIMEOUT_S", "3600")),
             default_workflow_image=env("DEFAULT_WORKFLOW_IMAGE", "still"),
             default_workflow_video=env("DEFAULT_WORKFLOW_VIDEO", "restyle"),
+            max_response_bytes=int(float(env("MAX_RESPONSE_MB", "15")) * 1024**2),
+            bucket_endpoint_url=env("BUCKET_ENDPOINT_URL") or None,
+            bucket_access_key_id=env("BUCKET_ACCESS_KEY_ID") or None,
+            bucket_secret_access_key=env("BUCKET_SECRET_ACCESS_KEY") or None,
+            bucket_name=env("BUCKET_NAME") or None,
+            bucket_region=env("BUCKET_REGION") or None,
+            bucket_prefix=env("BUCKET_PREFIX", "videos").strip("/"),
+            bucket_url_expiry_s=int(env("BUCKET_URL_EXPIRY_S", str(7 * 24 * 3600))),
+            bucket_part_bytes=max(5, int(float(env("BUCKET_PART_MB", "16")))) * 1024**2,
         )

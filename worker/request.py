@@ -15,8 +15,10 @@ class OutputOptions(BaseModel):
     crf: int = Field(default=19, ge=0, le=51)
     preset: Literal["ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower"] = "veryfast"
     audio_bitrate_kbps: int = Field(default=192, ge=32, le=512)
-    # base64: the mp4 in the response; volume: written under OUTPUT_VOLUME_DIR, the path returned.
-    destination: Literal["base64", "volume"] = "base64"
+    # auto: bucket if BUCKET_* is set, else base64 if it fits MAX_RESPONSE_MB, else the volume.
+    # base64: the mp4 in the response; bucket: uploaded, a presigned URL returned;
+    # volume: written under OUTPUT_VOLUME_DIR, the path returned.
+    destination: Literal["auto", "base64", "bucket", "volume"] = "auto"
 
 
 class JobRequest(BaseModel):
