@@ -37,8 +37,10 @@ class InstanceSpec:
 class ComfyInstance:
     """Starts, watches and stops one ComfyUI process pinned to one GPU (or the CPU)."""
 
-    def __init__(self, spec: InstanceSpec, comfy_path: Path, python: str, extra_args: list[str]):
+    def __init__(self, spec: InstanceSpec, comfy_path: Path, python: str, extra_args: list[str],
+                 cpu_threads: int | None = None):
         self.spec = spec
+        self.cpu_threads = cpu_threads
         self.comfy_path = comfy_path
         self.python = python
         self.extra_args = extra_args
@@ -96,6 +98,9 @@ class ComfyInstance:
                 shutil.rmtree(folder)  # leftovers of an earlier run are never read
             folder.mkdir(parents=True, exist_ok=True)
         env = dict(os.environ, PYTHONUNBUFFERED="1")
+        if self.spec.gpu is None and self.cpu_threads:
+            # CPU instances share the cores: without a cap each would start one torch thread per core.
+            env["OMP_NUM_THREADS"] = str(self.cpu_threads)
         with open(self.log_path, "ab") as log_file:
             log_file.write(f"\n=== starting: {' '.join(self.command())}\n".encode())
             self.process = subprocess.Popen(

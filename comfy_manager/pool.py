@@ -93,8 +93,9 @@ class InstancePool:
         started = time.monotonic()
         self.gpus = discover_gpus()
         specs = instance_specs(self.settings, self.gpus)
+        cpu_threads = max(1, (os.cpu_count() or 1) // len(specs))
         candidates = [ComfyInstance(spec, self.settings.comfy_path, self.settings.python,
-                                    self.settings.extra_args) for spec in specs]
+                                    self.settings.extra_args, cpu_threads) for spec in specs]
         deadline = time.monotonic() + self.settings.startup_timeout_s
         for instance in candidates:
             instance.start()

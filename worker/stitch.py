@@ -56,13 +56,13 @@ def stitch_segments(plan: SegmentPlan, segment_files: list[Path], audio: Path, d
             overlap_in = plan.overlap_with_previous(segment)
             overlap_out = plan.overlap_with_next(segment)
             incoming: list[np.ndarray] = []
-            for position, frame in enumerate(_decode_frames(path, width, height, segment.frames, frame_bytes)):
+            for position, data in enumerate(_decode_frames(path, width, height, segment.frames, frame_bytes)):
                 if position < overlap_in:
-                    frame = crossfade(held[position], frame, position, overlap_in)
+                    data = crossfade(held[position], _as_image(data, width, height), position, overlap_in).tobytes()
                 elif position >= segment.frames - overlap_out:
-                    incoming.append(frame)
+                    incoming.append(_as_image(data, width, height))
                     continue
-                encoder.stdin.write(frame.tobytes())
+                encoder.stdin.write(data)  # frames outside overlaps pass through untouched
                 written += 1
             held = incoming
         encoder.stdin.close()
@@ -98,8 +98,12 @@ def _open_encoder(audio: Path, dest: Path, fps: float, width: int, height: int,
     return output.run_async(pipe_stdin=True, pipe_stderr=True, overwrite_output=True)
 
 
+def _as_image(data: bytes, width: int, height: int) -> np.ndarray:
+    return np.frombuffer(data, dtype=np.uint8).reshape(height, width, 3)
+
+
 def _decode_frames(path: Path, width: int, height: int, count: int, frame_bytes: int):
-    """Yields the first `count` frames of path as RGB arrays, scaled to width x height if needed."""
+    """Yields the first `count` frames of path as raw RGB24 bytes, scaled to width x height if needed."""
     decoder = (
         ffmpeg.input(str(path)).video
         .filter("scale", width, height)
@@ -113,7 +117,7 @@ def _decode_frames(path: Path, width: int, height: int, count: int, frame_bytes:
             data = decoder.stdout.read(frame_bytes)
             if len(data) < frame_bytes:
                 break
-            yield np.frombuffer(data, dtype=np.uint8).reshape(height, width, 3)
+            yield data
             produced += 1
     finally:
         decoder.stdout.close()

@@ -1,0 +1,141 @@
+"""Segment cutting, stitching and input fetching against real ffmpeg and a real HTTP server."""
+
+from __future__ import annotations
+
+import base64
+import http.server
+import threading
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.media_factory import frame_count, make_index_video, make_tone, media_duration, read_indices
+from worker import segment_media
+from worker.errors import JobFailed, JobInputError
+from worker.media_sources import fetch_media
+from worker.planner import Segment, plan_segments
+from worker.request import OutputOptions
+from worker.stitch import crossfade, stitch_segments
+
+
+@pytest.fixture(scope="module")
+def index_video(tmp_path_factory) -> Path:
+    return make_index_video(tmp_path_factory.mktemp("src") / "index.mp4", 200, 25)
+
+
+@pytest.mark.parametrize("start, end", [(0, 60), (52, 120), (113, 200), (199, 200)])
+def test_cut_video_takes_exactly_the_segments_frames(index_video, tmp_path, start, end):
+    clip = segment_media.cut_video(index_video, tmp_path / "clip.mp4", Segment(0, start, end), 25, 128, 64)
+    assert read_indices(clip) == list(range(start, end))
+
+
+def test_cut_video_at_another_frame_rate_agrees_on_shared_frames(tmp_path):
+    source = make_index_video(tmp_path / "src30.mp4", 300, 30)
+    first = read_indices(segment_media.cut_video(source, tmp_path / "a.mp4", Segment(0, 0, 60), 25, 128, 64))
+    second = read_indices(segment_media.cut_video(source, tmp_path / "b.mp4", Segment(1, 50, 110), 25, 128, 64))
+    assert first[50:] == second[:10]  # the overlap shows the same source frames in both segments
+    assert first[-1] == 71  # frame 59 at 25 fps is source frame 70.8 -> 71 at 30 fps
+
+
+def test_loop_video_repeats_the_source(index_video, tmp_path):
+    looped = segment_media.loop_video(index_video, tmp_path / "loop.mp4", 25, 450)
+    assert read_indices(looped) == [i % 200 for i in range(450)]
+
+
+def test_cut_audio_is_exact_and_padded_past_the_end(tmp_path):
+    tone = make_tone(tmp_path / "tone.wav", 2.0)
+    middle = segment_media.cut_audio(tone, tmp_path / "mid.wav", 0.5, 1.0)
+    tail = segment_media.cut_audio(tone, tmp_path / "tail.wav", 1.5, 1.2)  # 0.5 s of audio, 0.7 s of silence
+    assert abs(media_duration(middle, "a") - 1.0) < 1e-3
+    assert abs(media_duration(tail, "a") - 1.2) < 1e-3
+
+
+def test_crossfade_moves_from_the_previous_to_the_following_segment():
+    black, white = np.zeros((2, 2, 3), np.uint8), np.full((2, 2, 3), 255, np.uint8)
+    shades = [int(crossfade(black, white, k, 3)[0, 0, 0]) for k in range(3)]
+    assert shades == sorted(shades) and 50 < shades[0] < shades[1] < shades[2] < 205
+    assert (crossfade(white, white, 1, 3) == 255).all()  # identical frames pass through unchanged
+
+
+def test_stitch_is_frame_exact_and_muxes_the_whole_audio(index_video, tmp_path):
+    plan = plan_segments(200, 3, 8)
+    clips = [segment_media.cut_video(index_video, tmp_path / f"s{s.index}.mp4", s, 25, 128, 64)
+             for s in plan.segments]
+    audio = make_tone(tmp_path / "a.wav", 7.99)
+    result = stitch_segments(plan, clips, audio, tmp_path / "out.mp4", 25, 128, 64, OutputOptions())
+    assert result.frames == frame_count(result.path) == 200
+    assert read_indices(result.path) == list(range(200))
+    assert abs(media_duration(result.path, "a") - 7.99) < 0.03
+
+
+def test_stitch_refuses_a_segment_with_missing_frames(index_video, tmp_path):
+    plan = plan_segments(100, 2, 8)
+    clips = [segment_media.cut_video(index_video, tmp_path / f"s{s.index}.mp4", s, 25, 128, 64)
+             for s in plan.segments]
+    short = segment_media.cut_video(index_video, tmp_path / "short.mp4", Segment(1, 46, 90), 25, 128, 64)
+    audio = make_tone(tmp_path / "a.wav", 4.0)
+    with pytest.raises(JobFailed, match="has 44 frames, expected 54"):
+        stitch_segments(plan, [clips[0], short], audio, tmp_path / "out.mp4", 25, 128, 64, OutputOptions())
+    assert not (tmp_path / "out.mp4").exists()
+
+
+# -- fetching inputs -------------------------------------------------------------------------------
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        if self.path == "/redirect-home":
+            self.send_response(302)
+            self.send_header("Location", "http://127.0.0.1:1/secret")
+            self.end_headers()
+            return
+        body = b"x" * (4096 if self.path == "/big" else 10)
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture(scope="module")
+def http_server():
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def test_base64_and_data_uris_decode(settings, tmp_path):
+    raw = base64.b64encode(b"hello").decode()
+    assert fetch_media("audio", raw, tmp_path / "a", settings).read_bytes() == b"hello"
+    assert fetch_media("audio", "data:audio/wav;base64," + raw, tmp_path / "b", settings).read_bytes() == b"hello"
+
+
+def test_urls_to_loopback_are_refused_unless_allowed(settings, http_server, tmp_path):
+    with pytest.raises(JobInputError, match="image: URL host 127.0.0.1 resolves to a non-public address"):
+        fetch_media("image", http_server + "/small", tmp_path / "x", settings)
+    allowed = replace(settings, allow_private_urls=True)
+    assert fetch_media("image", http_server + "/small", tmp_path / "y", allowed).read_bytes() == b"x" * 10
+
+
+def test_downloads_stop_at_the_byte_cap(settings, http_server, tmp_path):
+    capped = replace(settings, allow_private_urls=True, max_input_bytes=1000)
+    with pytest.raises(JobInputError, match="video: download exceeds"):
+        fetch_media("video", http_server + "/big", tmp_path / "z", capped)
+
+
+def test_paths_must_stay_inside_the_allowed_roots(settings, media_dir, tmp_path):
+    outside = tmp_path / "outside.wav"
+    outside.write_bytes(b"secret")
+    link = media_dir / "link.wav"
+    link.symlink_to(outside)
+    with pytest.raises(JobInputError, match="outside the allowed roots"):
+        fetch_media("audio", str(link), tmp_path / "a", settings)
+    with pytest.raises(JobInputError, match="outside the allowed roots"):
+        fetch_media("audio", f"{media_dir}/../outside.wav", tmp_path / "b", settings)
+    inside = media_dir / "in.wav"
+    inside.write_bytes(b"ok")
+    assert fetch_media("audio", str(inside), tmp_path / "c", settings).read_bytes() == b"ok"

@@ -1,0 +1,84 @@
+"""The planner's edge cases: every plan covers [0, N) exactly, with balanced overlapping segments."""
+
+from __future__ import annotations
+
+import pytest
+
+from worker.planner import plan_segments, segment_count, total_frames_for
+
+
+def check_plan(plan, total, overlap):
+    segments = plan.segments
+    assert segments[0].start == 0 and segments[-1].end == total
+    for before, after in zip(segments, segments[1:]):
+        assert before.end - after.start == overlap == plan.overlap
+        assert after.start > before.start
+    lengths = [s.frames for s in segments]
+    assert max(lengths) - min(lengths) <= 1, lengths
+    if len(segments) > 1:
+        assert min(lengths) >= 2 * overlap  # one segment's two overlaps never meet
+
+
+def test_one_frame_is_one_segment():
+    plan = plan_segments(1, parallelism=8, overlap=40)
+    assert [(s.start, s.end) for s in plan.segments] == [(0, 1)] and plan.overlap == 0
+
+
+def test_fewer_frames_than_the_overlap_is_one_segment():
+    plan = plan_segments(30, parallelism=4, overlap=40)
+    assert len(plan.segments) == 1 and plan.segments[0].frames == 30
+
+
+def test_two_segments_as_in_the_readme():
+    plan = plan_segments(1000, parallelism=2, overlap=40)
+    assert [(s.start, s.end) for s in plan.segments] == [(0, 520), (480, 1000)]
+    check_plan(plan, 1000, 40)
+
+
+def test_many_instances_on_a_short_video_use_only_as_many_as_fit():
+    plan = plan_segments(200, parallelism=64, overlap=40)
+    assert len(plan.segments) == 4  # (200 - 40) // (80 - 40): each segment needs 2 x 40 frames
+    check_plan(plan, 200, 40)
+
+
+def test_zero_overlap_splits_evenly():
+    plan = plan_segments(10, parallelism=3, overlap=0)
+    assert [s.frames for s in plan.segments] == [4, 3, 3]
+    check_plan(plan, 10, 0)
+
+
+def test_min_segment_frames_limits_the_split():
+    assert segment_count(100, parallelism=8, overlap=0, min_segment_frames=30) == 3
+
+
+def test_max_segment_frames_forces_more_segments_than_instances():
+    plan = plan_segments(10_000, parallelism=2, overlap=8, max_segment_frames=4096)
+    assert len(plan.segments) == 3 and max(s.frames for s in plan.segments) <= 4096
+    check_plan(plan, 10_000, 8)
+
+
+@pytest.mark.parametrize("total", [2, 17, 81, 99, 100, 101, 1500, 4321])
+@pytest.mark.parametrize("parallelism", [1, 2, 3, 8])
+@pytest.mark.parametrize("overlap", [0, 1, 8, 40])
+def test_every_plan_covers_the_video_exactly(total, parallelism, overlap):
+    plan = plan_segments(total, parallelism, overlap)
+    assert len(plan.segments) <= parallelism
+    if len(plan.segments) > 1:
+        check_plan(plan, total, overlap)
+    else:
+        assert plan.segments[0].frames == total
+
+
+def test_invalid_arguments_are_refused():
+    with pytest.raises(ValueError):
+        plan_segments(0, 2, 8)
+    with pytest.raises(ValueError):
+        plan_segments(10, 0, 8)
+    with pytest.raises(ValueError):
+        plan_segments(10, 2, -1)
+
+
+@pytest.mark.parametrize("seconds, fps, frames", [(4.0, 25, 100), (2.345, 24, 57), (0.01, 25, 1), (60, 25, 1500),
+                                                  (1 / 3, 30, 10)])
+def test_frames_follow_the_audio_rounded_up(seconds, fps, frames):
+    assert total_frames_for(seconds, fps) == frames
