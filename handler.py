@@ -6,12 +6,13 @@ import asyncio
 import atexit
 import logging
 import os
+import threading
 
 import runpod
 
 from comfy_manager import InstancePool, PoolSettings
 from worker.config import WorkerSettings
-from worker.errors import JobFailed, JobInputError
+from worker.errors import JobCancelled, JobFailed, JobInputError
 from worker.job import run_job
 
 logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO"),
@@ -24,18 +25,26 @@ pool = InstancePool(PoolSettings.from_env())
 
 
 async def handler(job: dict) -> dict:
-    # The work runs in a thread so that the event loop (local API, progress, heartbeats) stays free.
-    return await asyncio.to_thread(run_one, job)
+    # The work runs in a thread so that the event loop (local API, progress, heartbeats, other jobs)
+    # stays free. RunPod cancels a job by cancelling this task: the thread is told to stop.
+    cancel = threading.Event()
+    try:
+        return await asyncio.to_thread(run_one, job, cancel)
+    except asyncio.CancelledError:
+        log.info("job %s cancelled: interrupting its segments", job.get("id"))
+        cancel.set()
+        raise
 
 
-def run_one(job: dict) -> dict:
+def run_one(job: dict, cancel: threading.Event) -> dict:
     def progress(message: str) -> None:
         if ON_RUNPOD:  # local test and serve-api modes have no endpoint to send progress to
             runpod.serverless.progress_update(job, message)
 
     try:
-        return run_job(job.get("input"), pool, settings, job_id=str(job.get("id", "job")), on_progress=progress)
-    except (JobInputError, JobFailed) as exc:
+        return run_job(job.get("input"), pool, settings, job_id=str(job.get("id", "job")), on_progress=progress,
+                       cancel=cancel)
+    except (JobInputError, JobFailed, JobCancelled) as exc:
         log.warning("job %s failed: %s", job.get("id"), exc)
         return {"error": str(exc)}
     except Exception as exc:  # the worker must go on serving

@@ -42,6 +42,10 @@ class ConnectionLost(ComfyError):
     """The instance stopped answering (killed, crashed, or restarted and forgot the prompt)."""
 
 
+class PromptCancelled(ComfyError):
+    """The caller asked to stop; the prompt was interrupted and removed from the queue."""
+
+
 @dataclass(frozen=True)
 class ComfyOutputFile:
     node_id: str
@@ -103,19 +107,39 @@ class ComfyClient:
         return f"{stored['subfolder']}/{stored['name']}" if stored.get("subfolder") else stored["name"]
 
     def run_prompt(self, graph: dict, timeout_s: float, on_progress: ProgressCallback | None = None,
-                   is_alive: Callable[[], bool] | None = None) -> PromptResult:
-        """Queues graph, follows it to the end and returns its output files."""
+                   is_alive: Callable[[], bool] | None = None,
+                   should_stop: Callable[[], bool] | None = None) -> PromptResult:
+        """Queues graph, follows it to the end and returns its output files.
+
+        is_alive: False when the instance's process is gone (fail fast instead of waiting).
+        should_stop: True when the caller cancels; the prompt is then interrupted and dequeued.
+        On a timeout the prompt is interrupted too, so the instance is free for the next one.
+        """
         started = time.monotonic()
         deadline = started + timeout_s
         ws = self._connect_ws()
+        prompt_id = None
+        watch = _Watch(deadline, is_alive, should_stop)
         try:
             prompt_id = self.queue_prompt(graph)
-            self._follow(ws, prompt_id, deadline, on_progress, is_alive)
+            self._follow(ws, prompt_id, watch, on_progress)
+            entry = self._history_entry(prompt_id, watch)
+        except (PromptTimedOut, PromptCancelled):
+            if prompt_id is not None:
+                self.cancel(prompt_id)
+            raise
         finally:
             if ws is not None:
                 ws.close()
-        entry = self._history_entry(prompt_id, deadline, is_alive)
         return PromptResult(prompt_id, collect_output_files(entry), time.monotonic() - started)
+
+    def cancel(self, prompt_id: str) -> None:
+        """Removes the prompt from the queue if pending and interrupts it if running."""
+        try:
+            self._http("post", "/queue", json={"delete": [prompt_id]})
+            self._http("post", "/interrupt", json={"prompt_id": prompt_id})
+        except ComfyError as exc:
+            log.warning("could not cancel prompt %s: %s", prompt_id, exc)
 
     def queue_prompt(self, graph: dict) -> str:
         response = self._http("post", "/prompt", json={"prompt": graph, "client_id": self.client_id},
@@ -136,12 +160,6 @@ class ComfyClient:
                     f.write(chunk)
         return dest
 
-    def interrupt(self) -> None:
-        try:
-            self._http("post", "/interrupt", json={})
-        except ComfyError:
-            pass
-
     # -- internals -------------------------------------------------------------------------------
 
     def _http(self, method: str, path: str, check: bool = True, **kwargs) -> requests.Response:
@@ -160,19 +178,19 @@ class ComfyClient:
             log.warning("websocket to %s failed (%s); following the prompt through /history", self.ws_url, exc)
             return None
 
-    def _follow(self, ws, prompt_id: str, deadline: float, on_progress, is_alive) -> None:
+    def _follow(self, ws, prompt_id: str, watch: "_Watch", on_progress) -> None:
         """Reads events until our prompt ends; falls back to /history polling if the socket drops."""
         last_poll = time.monotonic()
         while ws is not None:
-            self._check_deadline(deadline, prompt_id)
-            if is_alive is not None and not is_alive():
-                raise ConnectionLost("the ComfyUI process exited while running the prompt")
-            ws.settimeout(max(0.1, min(2.0, deadline - time.monotonic())))
+            watch.check(prompt_id)
+            ws.settimeout(max(0.1, min(1.0, watch.deadline - time.monotonic())))
             try:
                 message = ws.recv()
             except websocket.WebSocketTimeoutException:
-                if time.monotonic() - last_poll > 10 and self._is_finished(prompt_id):
-                    return  # missed the end event
+                if time.monotonic() - last_poll > 10:
+                    last_poll = time.monotonic()
+                    if self._is_finished(prompt_id):
+                        return  # missed the end event
                 continue
             except (OSError, websocket.WebSocketException) as exc:
                 log.warning("websocket closed while following %s (%s); polling /history", prompt_id, exc)
@@ -195,10 +213,8 @@ class ComfyClient:
             elif kind == "execution_interrupted":
                 raise PromptFailed(f"prompt {prompt_id} was interrupted")
         while not self._is_finished(prompt_id):
-            self._check_deadline(deadline, prompt_id)
-            if is_alive is not None and not is_alive():
-                raise ConnectionLost("the ComfyUI process exited while running the prompt")
-            time.sleep(1.0)
+            watch.check(prompt_id)
+            time.sleep(0.5)
 
     def _is_finished(self, prompt_id: str) -> bool:
         """True when /history holds the prompt; raises if it is neither there nor queued."""
@@ -212,7 +228,7 @@ class ComfyClient:
             raise ConnectionLost(f"prompt {prompt_id} is neither queued nor in the history")
         return False
 
-    def _history_entry(self, prompt_id: str, deadline: float, is_alive) -> dict:
+    def _history_entry(self, prompt_id: str, watch: "_Watch") -> dict:
         # /history can be written a moment after the last websocket event.
         while True:
             entry = self._http("get", f"/history/{prompt_id}").json().get(prompt_id)
@@ -221,14 +237,24 @@ class ComfyClient:
                 if status.get("status_str") == "error":
                     raise PromptFailed(_history_error(status))
                 return entry
-            self._check_deadline(deadline, prompt_id)
-            if is_alive is not None and not is_alive():
-                raise ConnectionLost("the ComfyUI process exited before writing the history")
+            watch.check(prompt_id)
             time.sleep(0.1)
 
-    @staticmethod
-    def _check_deadline(deadline: float, prompt_id: str) -> None:
-        if time.monotonic() > deadline:
+
+@dataclass(frozen=True)
+class _Watch:
+    """What ends a wait early: the deadline, a dead process, or the caller cancelling."""
+
+    deadline: float
+    is_alive: Callable[[], bool] | None
+    should_stop: Callable[[], bool] | None
+
+    def check(self, prompt_id: str) -> None:
+        if self.should_stop is not None and self.should_stop():
+            raise PromptCancelled(f"prompt {prompt_id} was cancelled")
+        if self.is_alive is not None and not self.is_alive():
+            raise ConnectionLost("the ComfyUI process exited while running the prompt")
+        if time.monotonic() > self.deadline:
             raise PromptTimedOut(f"prompt {prompt_id} did not finish before its deadline")
 
 

@@ -78,7 +78,7 @@ class InstancePool:
         self.gpus: list[GpuInfo] = []
         self.startup_s = 0.0
         self._free: queue.Queue[ComfyInstance] = queue.Queue()
-        self._lock = threading.Lock()
+        self._closed = False
 
     @property
     def size(self) -> int:
@@ -118,13 +118,20 @@ class InstancePool:
         log.info("%d ComfyUI instance(s) ready in %.1f s: %s", len(self.instances), self.startup_s,
                  ", ".join(inst.name for inst in self.instances))
 
-    @staticmethod
-    def _await_ready(instance: ComfyInstance, deadline: float) -> str | None:
-        try:
-            instance.wait_ready(deadline)
-            return None
-        except InstanceDied as exc:
-            return str(exc)
+    def _await_ready(self, instance: ComfyInstance, deadline: float) -> str | None:
+        """None once the instance is ready; a boot that fails is retried once."""
+        for attempt in (1, 2):
+            try:
+                instance.wait_ready(deadline)
+                return None
+            except InstanceDied as exc:
+                if attempt == 2:
+                    return str(exc)
+                log.warning("ComfyUI %s failed to start; retrying once. %s", instance.name, exc)
+                instance.stop(grace_s=3.0)
+                instance.start()
+                deadline = time.monotonic() + self.settings.startup_timeout_s
+        return None
 
     def acquire(self, timeout_s: float | None = None) -> ComfyInstance:
         """Waits for a free instance (the longest waiter is served first)."""
@@ -136,15 +143,28 @@ class InstancePool:
     def release(self, instance: ComfyInstance) -> None:
         self._free.put(instance)
 
-    def restart(self, instance: ComfyInstance) -> None:
-        """Restarts a dead or stuck instance and waits until it is ready again."""
-        with self._lock:
+    def recover(self, instance: ComfyInstance) -> None:
+        """Takes a failed instance out of service, restarts it in the background, lends it again once ready."""
+        def restart() -> None:
             log.warning("restarting ComfyUI %s", instance.name)
-            instance.stop(grace_s=3.0)
-            instance.start()
-            instance.wait_ready(time.monotonic() + self.settings.startup_timeout_s)
+            if self._closed:
+                return
+            try:
+                instance.stop(grace_s=3.0)
+                instance.start()
+                instance.wait_ready(time.monotonic() + self.settings.startup_timeout_s)
+            except InstanceDied as exc:
+                log.error("ComfyUI %s could not be restarted and stays out of service: %s", instance.name, exc)
+                return
+            if self._closed:  # shut down meanwhile
+                instance.stop()
+            else:
+                self._free.put(instance)
+
+        threading.Thread(target=restart, name=f"restart-{instance.name}", daemon=True).start()
 
     def shutdown(self) -> None:
+        self._closed = True
         for instance in self.instances:
             instance.stop()
         self.instances = []

@@ -20,7 +20,9 @@ class WorkerSettings:
     max_duration_s: float = 1800.0
     allow_private_urls: bool = False
     download_timeout_s: float = 120.0
-    segment_timeout_s: float = 3600.0
+    segment_timeout_s: float = 600.0  # plus segment_timeout_per_frame_s for each frame of the segment
+    segment_timeout_per_frame_s: float = 20.0
+    segment_retries: int = 2
     default_workflow_image: str = "still"
     default_workflow_video: str = "restyle"
     # Delivery (worker/outputs.py). A response carries at most max_response_bytes of base64 video.
@@ -50,7 +52,9 @@ class WorkerSettings:
             max_duration_s=float(env("MAX_DURATION_S", "1800")),
             allow_private_urls=env("ALLOW_PRIVATE_URLS", "0") == "1",
             download_timeout_s=float(env("DOWNLOAD_TIMEOUT_S", "120")),
-            segment_timeout_s=float(env("SEGMENT_TIMEOUT_S", "3600")),
+            segment_timeout_s=float(env("SEGMENT_TIMEOUT_S", "600")),
+            segment_timeout_per_frame_s=float(env("SEGMENT_TIMEOUT_PER_FRAME_S", "20")),
+            segment_retries=int(env("SEGMENT_RETRIES", "2")),
             default_workflow_image=env("DEFAULT_WORKFLOW_IMAGE", "still"),
             default_workflow_video=env("DEFAULT_WORKFLOW_VIDEO", "restyle"),
             max_response_bytes=int(float(env("MAX_RESPONSE_MB", "15")) * 1024**2),

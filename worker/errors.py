@@ -17,6 +17,10 @@ class JobFailed(RuntimeError):
     """The request was fine but the work failed (ComfyUI, ffmpeg, an instance)."""
 
 
+class JobCancelled(RuntimeError):
+    """The job was cancelled (RunPod cancel, or a sibling segment failed)."""
+
+
 def describe_validation_error(exc: ValidationError, allowed_fields: list[str]) -> str:
     """One line per problem, each starting with the field's name."""
     lines = []

@@ -10,17 +10,18 @@ import shutil
 import threading
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 from pydantic import ValidationError
 
-from comfy_manager import ComfyClient, ComfyError, ComfyInstance, InstancePool, PromptRejected
+from comfy_manager import ComfyClient, ComfyInstance, InstancePool
+from comfy_manager.client import ConnectionLost, PromptCancelled, PromptFailed, PromptRejected, PromptTimedOut
 from worker import probe, segment_media
 from worker.config import WorkerSettings
-from worker.errors import JobFailed, JobInputError, describe_validation_error
+from worker.errors import JobCancelled, JobFailed, JobInputError, describe_validation_error
 from worker.media_sources import fetch_media
 from worker.outputs import check_deliverable, deliver
 from worker.planner import Segment, SegmentPlan, plan_segments, total_frames_for
@@ -45,6 +46,20 @@ class PreparedInputs:
     image: Path | None
     video: Path | None
     duration_s: float
+
+
+@dataclass(frozen=True)
+class JobContext:
+    """What every step of one job needs."""
+
+    request: JobRequest
+    template: WorkflowTemplate
+    pool: InstancePool
+    settings: WorkerSettings
+    job_id: str
+    work_dir: Path
+    progress: ProgressFn
+    cancel: threading.Event
 
 
 @dataclass(frozen=True)
@@ -81,15 +96,19 @@ def choose_template(request: JobRequest, settings: WorkerSettings) -> WorkflowTe
 
 
 def run_job(job_input: Any, pool: InstancePool, settings: WorkerSettings, job_id: str | None = None,
-            on_progress: ProgressFn | None = None) -> dict:
-    """Runs one job and returns the response as a dict; raises JobInputError / JobFailed."""
+            on_progress: ProgressFn | None = None, cancel: threading.Event | None = None) -> dict:
+    """Runs one job and returns the response as a dict; raises JobInputError, JobFailed or JobCancelled.
+
+    Setting `cancel` stops the job: its prompts are interrupted and dequeued, its files removed.
+    """
     started = time.monotonic()
     request = parse_request(job_input)
     template = choose_template(request, settings)
-    job_id = job_id or uuid.uuid4().hex[:12]
-    work_dir = settings.job_work_dir / f"{_safe(job_id)}-{uuid.uuid4().hex[:8]}"
+    job_id = _safe(job_id or uuid.uuid4().hex[:12])
+    work_dir = settings.job_work_dir / f"{job_id}-{uuid.uuid4().hex[:8]}"
     work_dir.mkdir(parents=True)
-    progress = on_progress or (lambda message: None)
+    ctx = JobContext(request, template, pool, settings, job_id, work_dir,
+                     on_progress or (lambda message: None), cancel or threading.Event())
     try:
         inputs = prepare_inputs(request, work_dir, settings)
         total_frames = total_frames_for(inputs.duration_s, request.fps)
@@ -98,15 +117,15 @@ def run_job(job_input: Any, pool: InstancePool, settings: WorkerSettings, job_id
         segment_inputs = cut_segment_inputs(request, plan, inputs, work_dir)
         prepared = time.monotonic()
 
-        results = run_segments(request, template, plan, segment_inputs, pool, settings, job_id, work_dir, progress)
+        results = run_segments(ctx, plan, segment_inputs)
         generated = time.monotonic()
 
-        progress("stitching")
+        ctx.progress("stitching")
         result = stitch_segments(plan, [r.path for r in results], inputs.final_audio, work_dir / "result.mp4",
                                  request.fps, request.width, request.height, request.output)
         stitched = time.monotonic()
 
-        delivery = deliver(result.path, request, _safe(job_id), settings)
+        delivery = deliver(result.path, request, job_id, settings)
         delivered = time.monotonic()
         response = JobResponse(
             message=f"{plan.total_frames} frames in {len(plan.segments)} segment(s)",
@@ -197,32 +216,74 @@ def cut_segment_inputs(request: JobRequest, plan: SegmentPlan, inputs: PreparedI
         return list(executor.map(cut, plan.segments))
 
 
-def run_segments(request: JobRequest, template: WorkflowTemplate, plan: SegmentPlan,
-                 segment_inputs: list[dict[str, Path]], pool: InstancePool, settings: WorkerSettings,
-                 job_id: str, work_dir: Path, progress: ProgressFn) -> list[SegmentResult]:
+def run_segments(ctx: JobContext, plan: SegmentPlan, segment_inputs: list[dict[str, Path]]) -> list[SegmentResult]:
     """Every segment on a free instance, all at once; results in segment order."""
     done = 0
     lock = threading.Lock()
 
     def run(segment: Segment) -> SegmentResult:
         nonlocal done
-        result = run_segment(request, template, segment, segment_inputs[segment.index], pool, settings,
-                             job_id, work_dir)
+        result = run_segment(ctx, segment, segment_inputs[segment.index])
         with lock:
             done += 1
-            progress(f"segment {done}/{len(plan.segments)} done")
+            ctx.progress(f"segment {done}/{len(plan.segments)} done")
         return result
 
-    progress(f"generating {len(plan.segments)} segment(s)")
+    ctx.progress(f"generating {len(plan.segments)} segment(s)")
     with ThreadPoolExecutor(max_workers=len(plan.segments)) as executor:
-        return list(executor.map(run, plan.segments))
+        futures = [executor.submit(run, segment) for segment in plan.segments]
+        wait(futures, return_when=FIRST_EXCEPTION)
+        errors = [f.exception() for f in futures if f.done() and f.exception() is not None]
+        if errors:
+            ctx.cancel.set()  # one segment failed: stop the others instead of finishing useless work
+            wait(futures)
+            errors = [f.exception() for f in futures if f.exception() is not None]
+            raise next((e for e in errors if not isinstance(e, JobCancelled)), errors[0])
+        return [f.result() for f in futures]
 
 
-def run_segment(request: JobRequest, template: WorkflowTemplate, segment: Segment, files: dict[str, Path],
-                pool: InstancePool, settings: WorkerSettings, job_id: str, work_dir: Path) -> SegmentResult:
-    instance = pool.acquire()
+def run_segment(ctx: JobContext, segment: Segment, files: dict[str, Path]) -> SegmentResult:
+    """Runs one segment, retrying on another instance when its instance dies or it overruns its deadline."""
+    attempts = ctx.settings.segment_retries + 1
+    failures: list[str] = []
+    for attempt in range(1, attempts + 1):
+        instance = _acquire(ctx)
+        healthy = True
+        try:
+            return attempt_segment(ctx, segment, files, instance)
+        except (ConnectionLost, PromptTimedOut) as exc:
+            healthy = isinstance(exc, PromptTimedOut) and instance.is_alive()
+            failures.append(f"attempt {attempt} on {instance.name}: {exc}")
+            log.warning("%s: segment %d attempt %d/%d failed: %s", instance.name.upper(), segment.index,
+                        attempt, attempts, exc)
+            last_instance, last_tail = instance, instance.log_tail(15)
+        finally:
+            if healthy:
+                ctx.pool.release(instance)
+            else:
+                ctx.pool.recover(instance)  # restarted in the background, lent again once ready
+    gpu = "CPU" if last_instance.gpu is None else f"GPU {last_instance.gpu}"
+    raise JobFailed(f"segment {segment.index} ({segment.describe()}) failed {attempts} times; last on "
+                    f"{last_instance.name} ({gpu}). " + " | ".join(failures) +
+                    f"\nlast log lines of {last_instance.name}:\n{last_tail}")
+
+
+def _acquire(ctx: JobContext) -> ComfyInstance:
+    while True:
+        if ctx.cancel.is_set():
+            raise JobCancelled("the job was cancelled")
+        try:
+            return ctx.pool.acquire(timeout_s=0.5)
+        except TimeoutError:
+            continue
+
+
+def attempt_segment(ctx: JobContext, segment: Segment, files: dict[str, Path],
+                    instance: ComfyInstance) -> SegmentResult:
+    """One try of one segment on one instance: upload its media, run its prompt, download its video."""
     started = time.monotonic()
-    tag = f"{_safe(job_id)}_{uuid.uuid4().hex[:6]}_seg{segment.index}"
+    request, template = ctx.request, ctx.template
+    tag = f"{ctx.job_id}_{uuid.uuid4().hex[:6]}_seg{segment.index}"
     uploaded: list[str] = []
     produced: list[Path] = []
     try:
@@ -238,21 +299,27 @@ def run_segment(request: JobRequest, template: WorkflowTemplate, segment: Segmen
                 name = client.upload(path, f"{tag}_{slot}{path.suffix}")
                 uploaded.append(name)
                 values[slot] = name
-        graph = template.bind(values)
+        timeout_s = ctx.settings.segment_timeout_s + ctx.settings.segment_timeout_per_frame_s * segment.frames
         try:
-            result = client.run_prompt(graph, timeout_s=settings.segment_timeout_s, is_alive=instance.is_alive)
+            result = client.run_prompt(template.bind(values), timeout_s=timeout_s, is_alive=instance.is_alive,
+                                       should_stop=ctx.cancel.is_set)
         except PromptRejected as exc:
             raise JobFailed(f"workflow {template.name!r} was rejected by ComfyUI: {exc}") from None
-        except ComfyError as exc:
+        except PromptCancelled:
+            raise JobCancelled("the job was cancelled") from None
+        except PromptFailed as exc:
             raise JobFailed(f"segment {segment.index} ({segment.describe()}) failed on {instance.name}: {exc}\n"
                             f"last log lines of {instance.name}:\n{instance.log_tail(15)}") from None
+        except PromptTimedOut:
+            raise PromptTimedOut(f"segment {segment.index} did not finish within {timeout_s:.0f} s "
+                                 "(SEGMENT_TIMEOUT_S + SEGMENT_TIMEOUT_PER_FRAME_S x frames); interrupted") from None
         outputs = [o for o in result.outputs if template.spec.output_node in (None, o.node_id)]
         videos = [o for o in outputs if o.filename.lower().endswith(VIDEO_SUFFIXES)]
         produced = [instance.output_dir / o.subfolder / o.filename for o in outputs]
         if not videos:
             raise JobFailed(f"workflow {template.name!r} produced no video for segment {segment.index} "
                             f"(outputs: {[o.filename for o in result.outputs]})")
-        path = client.download(videos[0], work_dir / f"seg{segment.index}_out{Path(videos[0].filename).suffix}")
+        path = client.download(videos[0], ctx.work_dir / f"seg{segment.index}_out{Path(videos[0].filename).suffix}")
         seconds = time.monotonic() - started
         log.info("%s: segment %d done in %.2f s (ComfyUI %.2f s)", instance.name.upper(), segment.index,
                  seconds, result.seconds)
@@ -263,7 +330,6 @@ def run_segment(request: JobRequest, template: WorkflowTemplate, segment: Segmen
         for path in produced:
             path.unlink(missing_ok=True)
         shutil.rmtree(instance.output_dir / tag, ignore_errors=True)
-        pool.release(instance)
 
 
 def _safe(text: str) -> str:

