@@ -55,4 +55,4 @@ def run_one(job: dict, cancel: threading.Event) -> dict:
 if __name__ == "__main__":
     pool.start()
     atexit.register(pool.shutdown)
-    runpod.serverless.start({"handler": handler})
+    runpod.serverless.start({"handler": handler, "concurrency_modifier": lambda current: settings.max_concurrent_jobs})

@@ -143,6 +143,9 @@ class InstancePool:
     def release(self, instance: ComfyInstance) -> None:
         self._free.put(instance)
 
+    def free_count(self) -> int:
+        return self._free.qsize()
+
     def recover(self, instance: ComfyInstance) -> None:
         """Takes a failed instance out of service, restarts it in the background, lends it again once ready."""
         def restart() -> None:

@@ -23,6 +23,7 @@ class WorkerSettings:
     segment_timeout_s: float = 600.0  # plus segment_timeout_per_frame_s for each frame of the segment
     segment_timeout_per_frame_s: float = 20.0
     segment_retries: int = 2
+    max_concurrent_jobs: int = 1  # jobs a worker takes at once; their segments share the instances
     default_workflow_image: str = "still"
     default_workflow_video: str = "restyle"
     # Delivery (worker/outputs.py). A response carries at most max_response_bytes of base64 video.
@@ -55,6 +56,7 @@ class WorkerSettings:
             segment_timeout_s=float(env("SEGMENT_TIMEOUT_S", "600")),
             segment_timeout_per_frame_s=float(env("SEGMENT_TIMEOUT_PER_FRAME_S", "20")),
             segment_retries=int(env("SEGMENT_RETRIES", "2")),
+            max_concurrent_jobs=int(env("MAX_CONCURRENT_JOBS", "1")),
             default_workflow_image=env("DEFAULT_WORKFLOW_IMAGE", "still"),
             default_workflow_video=env("DEFAULT_WORKFLOW_VIDEO", "restyle"),
             max_response_bytes=int(float(env("MAX_RESPONSE_MB", "15")) * 1024**2),

@@ -11,7 +11,7 @@ import threading
 import time
 import uuid
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -69,6 +69,7 @@ class SegmentResult:
     instance: ComfyInstance
     seconds: float
     comfy_seconds: float
+    attempts: int = 1
 
 
 def parse_request(job_input: Any) -> JobRequest:
@@ -143,7 +144,8 @@ def run_job(job_input: Any, pool: InstancePool, settings: WorkerSettings, job_id
             overlap_frames=plan.overlap,
             segments=[SegmentReport(index=r.segment.index, instance=r.instance.name, gpu=r.instance.gpu,
                                     start_frame=r.segment.start, end_frame=r.segment.end, frames=r.segment.frames,
-                                    seconds=round(r.seconds, 3), comfy_seconds=round(r.comfy_seconds, 3))
+                                    seconds=round(r.seconds, 3), comfy_seconds=round(r.comfy_seconds, 3),
+                                    attempts=r.attempts)
                       for r in results],
             timings=Timings(prepare=round(prepared - started, 3), generate=round(generated - prepared, 3),
                             stitch=round(stitched - generated, 3), encode=round(delivered - stitched, 3),
@@ -250,7 +252,7 @@ def run_segment(ctx: JobContext, segment: Segment, files: dict[str, Path]) -> Se
         instance = _acquire(ctx)
         healthy = True
         try:
-            return attempt_segment(ctx, segment, files, instance)
+            return replace(attempt_segment(ctx, segment, files, instance), attempts=attempt)
         except (ConnectionLost, PromptTimedOut) as exc:
             healthy = isinstance(exc, PromptTimedOut) and instance.is_alive()
             failures.append(f"attempt {attempt} on {instance.name}: {exc}")

@@ -14,6 +14,7 @@ class SegmentReport(BaseModel):
     frames: int
     seconds: float  # wall time of the segment on its instance: upload, ComfyUI, download
     comfy_seconds: float  # time ComfyUI took for the prompt
+    attempts: int  # 1, or more when an instance died or the segment overran its deadline
 
 
 class Timings(BaseModel):
