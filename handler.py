@@ -14,6 +14,7 @@ from comfy_manager import InstancePool, PoolSettings
 from worker.config import WorkerSettings
 from worker.errors import JobCancelled, JobFailed, JobInputError
 from worker.job import run_job
+from worker.models import models_fitness_check
 
 logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO"),
                     format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -53,6 +54,8 @@ def run_one(job: dict, cancel: threading.Event) -> dict:
 
 
 if __name__ == "__main__":
+    # Refuses to take jobs while model files are missing (only where REQUIRE_MODELS=1, as in the image).
+    runpod.serverless.register_fitness_check(models_fitness_check)
     pool.start()
     atexit.register(pool.shutdown)
     runpod.serverless.start({"handler": handler, "concurrency_modifier": lambda current: settings.max_concurrent_jobs})

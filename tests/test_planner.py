@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from worker.planner import plan_segments, segment_count, total_frames_for
+from worker.planner import FrameGrid, plan_segments, segment_count, total_frames_for
 
 
 def check_plan(plan, total, overlap):
@@ -82,3 +82,29 @@ def test_invalid_arguments_are_refused():
                                                   (1 / 3, 30, 10)])
 def test_frames_follow_the_audio_rounded_up(seconds, fps, frames):
     assert total_frames_for(seconds, fps) == frames
+
+
+def test_infinitetalk_grid_puts_every_segment_but_the_last_on_a_window_boundary():
+    grid = FrameGrid(quantum=72, offset=9, minimum=81)
+    plan = plan_segments(1500, parallelism=2, overlap=40, min_segment_frames=81, max_segment_frames=1017, grid=grid)
+    assert [(s.start, s.end) for s in plan.segments] == [(0, 801), (761, 1500)]
+    assert [grid.round_up(s.frames) for s in plan.segments] == [801, 801]  # 62 frames wasted, all in the last
+
+
+@pytest.mark.parametrize("total", [81, 200, 1500, 3000, 15000])
+@pytest.mark.parametrize("parallelism", [1, 2, 4, 8])
+def test_grid_plans_cover_the_video_and_respect_the_limits(total, parallelism):
+    grid = FrameGrid(quantum=72, offset=9, minimum=81)
+    plan = plan_segments(total, parallelism, 40, min_segment_frames=81, max_segment_frames=1017, grid=grid)
+    segments = plan.segments
+    assert segments[0].start == 0 and segments[-1].end == total
+    for before, after in zip(segments, segments[1:]):
+        assert before.end - after.start == 40
+    for segment in segments[:-1]:
+        assert grid.round_up(segment.frames) == segment.frames <= 1017
+    assert grid.round_up(segments[-1].frames) <= 1017
+
+
+@pytest.mark.parametrize("frames, rounded", [(1, 1), (4, 5), (5, 5), (6, 9), (100, 101)])
+def test_wan_vae_grid_rounds_up_to_4k_plus_1(frames, rounded):
+    assert FrameGrid(quantum=4, offset=1).round_up(frames) == rounded

@@ -186,7 +186,7 @@ def make_plan(request: JobRequest, template: WorkflowTemplate, pool: InstancePoo
         parallelism = min(parallelism, request.gpu_count)
     overlap = template.spec.overlap_frames if request.overlap_frames is None else request.overlap_frames
     plan = plan_segments(total_frames, parallelism, overlap, template.spec.min_segment_frames,
-                         template.spec.max_segment_frames)
+                         template.spec.max_segment_frames, template.grid)
     log.info("plan: %d frames, %d segment(s), overlap %d", total_frames, len(plan.segments), plan.overlap)
     return plan
 
@@ -204,7 +204,8 @@ def cut_segment_inputs(request: JobRequest, plan: SegmentPlan, inputs: PreparedI
 
     def cut(segment: Segment) -> dict[str, Path]:
         files: dict[str, Path] = {}
-        start_s, length_s = segment.start / request.fps, segment.frames / request.fps
+        # Half a frame more audio, so a workflow that counts frames from the audio never comes up short.
+        start_s, length_s = segment.start / request.fps, (segment.frames + 0.5) / request.fps
         for slot, track in zip(("audio", "audio_2"), inputs.audio_tracks):
             files[slot] = segment_media.cut_audio(track, work_dir / f"seg{segment.index}_{slot}.wav", start_s, length_s)
         if video is not None:
@@ -292,7 +293,7 @@ def attempt_segment(ctx: JobContext, segment: Segment, files: dict[str, Path],
         log.info("%s: segment %d, %s", instance.name.upper(), segment.index, segment.describe())
         client = ComfyClient(instance.url)
         values: dict[str, Any] = {
-            "frames": segment.frames, "fps": request.fps, "width": request.width, "height": request.height,
+            "frames": segment.frames, "generate_frames": template.grid.round_up(segment.frames), "fps": request.fps, "width": request.width, "height": request.height,
             "prompt": request.prompt, "negative_prompt": request.negative_prompt, "seed": request.seed,
             "steps": request.steps, "filename_prefix": f"{tag}/out",
         }

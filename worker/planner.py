@@ -61,14 +61,39 @@ def segment_count(total_frames: int, parallelism: int, overlap: int,
     return count
 
 
+@dataclass(frozen=True)
+class FrameGrid:
+    """The frame counts a workflow generates: offset + quantum x k, at least `minimum`.
+
+    Wan's VAE gives 4k + 1 frames; InfiniteTalk's 81-frame windows with 9 motion frames give 72k + 9.
+    A segment of another length costs the next count on the grid, the extra frames thrown away.
+    """
+
+    quantum: int = 1
+    offset: int = 0
+    minimum: int = 1
+
+    def round_up(self, frames: int) -> int:
+        frames = max(frames, self.minimum, self.offset)
+        return frames + (self.offset - frames) % self.quantum
+
+
 def plan_segments(total_frames: int, parallelism: int, overlap: int,
-                  min_segment_frames: int = 1, max_segment_frames: int | None = None) -> SegmentPlan:
-    """Balanced overlapping segments covering frames [0, total_frames) exactly."""
+                  min_segment_frames: int = 1, max_segment_frames: int | None = None,
+                  grid: FrameGrid | None = None) -> SegmentPlan:
+    """Overlapping segments covering frames [0, total_frames) exactly.
+
+    Without a grid, lengths are balanced to within one frame. With a grid (quantum > 1), every segment
+    but the last is one grid length long, so only the last segment generates frames that are not used.
+    """
     if parallelism < 1:
         raise ValueError("parallelism must be at least 1")
     if overlap < 0:
         raise ValueError("overlap must not be negative")
     count = segment_count(total_frames, parallelism, overlap, min_segment_frames, max_segment_frames)
+    if grid is not None and grid.quantum > 1:
+        return _plan_on_grid(total_frames, count, overlap, max(min_segment_frames, 2 * overlap),
+                             max_segment_frames, grid)
     if count == 1:
         return SegmentPlan(total_frames, 0, (Segment(0, 0, total_frames),))
     span = total_frames + (count - 1) * overlap  # frames generated in all
@@ -80,6 +105,25 @@ def plan_segments(total_frames: int, parallelism: int, overlap: int,
         start += length - overlap
     assert segments[-1].end == total_frames
     return SegmentPlan(total_frames, overlap, tuple(segments))
+
+
+def _plan_on_grid(total_frames: int, count: int, overlap: int, shortest: int, longest: int | None,
+                  grid: FrameGrid) -> SegmentPlan:
+    # Fewer segments when rounding up to the grid leaves the last one too short; more when too long.
+    while count > 1:
+        length = grid.round_up(math.ceil((total_frames + (count - 1) * overlap) / count))
+        if longest is not None and length > longest:
+            count += 1
+            continue
+        last = total_frames - (count - 1) * (length - overlap)
+        if last >= shortest or last >= length:
+            break
+        count -= 1
+    if count == 1:
+        return SegmentPlan(total_frames, 0, (Segment(0, 0, total_frames),))
+    step = length - overlap
+    segments = tuple(Segment(i, i * step, min(total_frames, i * step + length)) for i in range(count))
+    return SegmentPlan(total_frames, overlap, segments)
 
 
 def total_frames_for(duration_s: float, fps: float) -> int:

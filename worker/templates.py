@@ -15,11 +15,13 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from worker.planner import FrameGrid
+
 WORKFLOWS_DIR = Path(__file__).resolve().parent.parent / "workflows"
 
 # The values a segment can bind: its own media (as uploaded file names), its frame count, and request fields.
 SLOTS = (
-    "image", "video", "audio", "audio_2", "frames", "fps", "width", "height",
+    "image", "video", "audio", "audio_2", "frames", "generate_frames", "fps", "width", "height",
     "prompt", "negative_prompt", "seed", "steps", "filename_prefix",
 )
 
@@ -40,6 +42,10 @@ class TemplateSpec(BaseModel):
     overlap_frames: int = Field(ge=0)
     max_segment_frames: int = Field(default=100_000, ge=1)
     min_segment_frames: int = Field(default=1, ge=1)
+    # The frame counts the workflow generates: frames_offset + frames_quantum x k (see planner.FrameGrid).
+    # `generate_frames` binds a segment's length rounded up to that grid; `frames` its exact length.
+    frames_quantum: int = Field(default=1, ge=1)
+    frames_offset: int = Field(default=0, ge=0)
     # Extra named values a template exposes (e.g. window_frames), bindable like SLOTS.
     params: dict[str, Any] = {}
     output_node: str | None = None
@@ -72,6 +78,10 @@ class WorkflowTemplate:
 
     def binds(self, slot: str) -> bool:
         return slot in self.spec.bindings
+
+    @property
+    def grid(self) -> FrameGrid:
+        return FrameGrid(self.spec.frames_quantum, self.spec.frames_offset, self.spec.min_segment_frames)
 
 
 def check_template(graph: dict, spec: TemplateSpec) -> list[str]:
