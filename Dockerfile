@@ -58,6 +58,7 @@ COPY . /worker
 ENV PATH=/worker/.venv/bin:$PATH \
     REQUIRE_MODELS=1 \
     MODELS_ROOT=/runpod-volume/models \
-    OUTPUT_VOLUME_DIR=/runpod-volume/outputs
+    OUTPUT_VOLUME_DIR=/runpod-volume/outputs \
+    DEFAULT_WORKFLOWS=image/single=infinitetalk_image_single,image/multi=infinitetalk_image_multi,video/single=infinitetalk_video_single,video/multi=infinitetalk_video_multi
 
 CMD ["python", "-u", "handler.py"]

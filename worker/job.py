@@ -83,8 +83,7 @@ def parse_request(job_input: Any) -> JobRequest:
 
 def choose_template(request: JobRequest, settings: WorkerSettings) -> WorkflowTemplate:
     templates = available_templates()
-    name = request.workflow or (settings.default_workflow_image if request.input_type == "image"
-                                else settings.default_workflow_video)
+    name = request.workflow or settings.default_workflow(request.input_type, request.person_count)
     template = templates.get(name)
     if template is None:
         raise JobInputError("workflow", f"unknown workflow {name!r}; available: {', '.join(templates)}")
