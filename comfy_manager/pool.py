@@ -40,6 +40,7 @@ class PoolSettings:
     force_cpu: bool = False
     startup_timeout_s: float = 300.0
     extra_args: list[str] = field(default_factory=list)
+    gpus: tuple[int, ...] | None = None  # which GPUs to use; None: all of them
 
     @classmethod
     def from_env(cls) -> "PoolSettings":
@@ -53,11 +54,14 @@ class PoolSettings:
             force_cpu=os.environ.get("COMFY_FORCE_CPU", "0") == "1",
             startup_timeout_s=float(os.environ.get("COMFY_STARTUP_TIMEOUT_S", "300")),
             extra_args=shlex.split(os.environ.get("COMFY_EXTRA_ARGS", "")),
+            gpus=tuple(int(i) for i in os.environ["COMFY_GPUS"].split(",")) if os.environ.get("COMFY_GPUS") else None,
         )
 
 
 def instance_specs(settings: PoolSettings, gpus: list[GpuInfo]) -> list[InstanceSpec]:
     """One instance per GPU; with no GPU (or force_cpu), settings.cpu_instances CPU instances."""
+    if settings.gpus is not None:
+        gpus = [gpu for gpu in gpus if gpu.index in settings.gpus]
     if gpus and not settings.force_cpu:
         devices: list[int | None] = [gpu.index for gpu in gpus]
     else:

@@ -1,7 +1,7 @@
 """The GPU stand-in benchmark (benchmarks/gpu_standin), validated on the CPU with its tiny DiT.
 
 One real ComfyUI on port 8600+ loads the random weights that make_weights.py --tiny writes, the stand-in
-nodes and the worker's SaveSegmentVideo, and runs workflows/wan_standin over two sampling windows.
+nodes and the worker's SaveSegmentVideo, and runs benchmarks/gpu_standin/workflows/wan_standin over two sampling windows.
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ from comfy_manager import ComfyClient, ComfyInstance, PoolSettings
 from comfy_manager.instance import InstanceSpec
 from tests.media_factory import frame_count, make_image
 from worker.templates import load_template
+
+STANDIN_WORKFLOWS = Path(__file__).resolve().parent.parent / "benchmarks" / "gpu_standin" / "workflows"
 
 REPO = Path(__file__).resolve().parent.parent
 STANDIN = REPO / "benchmarks" / "gpu_standin"
@@ -89,8 +91,10 @@ def test_weight_shapes_match_comfyui():
 
 
 def test_bindings_declare_the_frame_rule():
-    spec = load_template("wan_standin").spec
-    assert (spec.params["frames_quantum"], spec.params["frames_offset"]) == (4, 1)
+    template = load_template("wan_standin", STANDIN_WORKFLOWS)
+    assert (template.spec.frames_quantum, template.spec.frames_offset) == (4, 1)
+    assert [template.grid.round_up(n) for n in (1, 2, 5, 20, 21, 22)] == [1, 5, 5, 21, 21, 25]
+    assert template.bind({"frames": 20, "generate_frames": 21})["8"]["inputs"]["length"] == 21
 
 
 def test_wan_standin_runs_windowed_and_keeps_every_frame(standin, tmp_path):
@@ -98,8 +102,8 @@ def test_wan_standin_runs_windowed_and_keeps_every_frame(standin, tmp_path):
     client = ComfyClient(instance.url)
     image = client.upload(make_image(tmp_path / "ref.png", 80, 60), "standin_ref.png")
     frames = 21  # 4k+1: 6 latent frames; windows of 13 frames (4 latent) carrying 5 (2 latent): 2 windows
-    graph = load_template("wan_standin").bind({
-        "image": image, "frames": frames, "width": 64, "height": 48, "seed": 7, "steps": 2, "fps": 25.0,
+    graph = load_template("wan_standin", STANDIN_WORKFLOWS).bind({
+        "image": image, "frames": frames, "generate_frames": frames, "width": 64, "height": 48, "seed": 7, "steps": 2, "fps": 25.0,
         "filename_prefix": "standin/out", "dit_name": "wan_standin_tiny.safetensors",
         "window_frames": 13, "motion_frames": 5,
     })

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
@@ -118,8 +119,22 @@ def load_template(name: str, directory: Path = WORKFLOWS_DIR) -> WorkflowTemplat
     return WorkflowTemplate(name, graph, spec)
 
 
+def workflow_dirs() -> list[Path]:
+    """workflows/, then the folders in EXTRA_WORKFLOW_DIRS (colon-separated; e.g. a benchmark's own)."""
+    extra = [Path(p) for p in os.environ.get("EXTRA_WORKFLOW_DIRS", "").split(":") if p]
+    return [WORKFLOWS_DIR, *extra]
+
+
+def available_templates() -> dict[str, WorkflowTemplate]:
+    """Every template, by name (a template is a NAME.json with a NAME.bindings.json)."""
+    return _load_all(tuple(workflow_dirs()))
+
+
 @lru_cache(maxsize=None)
-def available_templates(directory: Path = WORKFLOWS_DIR) -> dict[str, WorkflowTemplate]:
-    """Every template in the folder, by name (a template is a NAME.json with a NAME.bindings.json)."""
-    names = sorted(p.name[: -len(".bindings.json")] for p in directory.glob("*.bindings.json"))
-    return {name: load_template(name, directory) for name in names}
+def _load_all(directories: tuple[Path, ...]) -> dict[str, WorkflowTemplate]:
+    templates = {}
+    for directory in directories:
+        for path in sorted(directory.glob("*.bindings.json")):
+            name = path.name[: -len(".bindings.json")]
+            templates.setdefault(name, load_template(name, directory))
+    return templates

@@ -1,0 +1,158 @@
+"""GPU scaling: the same long stand-in job (benchmarks/gpu_standin) on 1 and on N GPUs, end to end through
+worker.job.run_job and the worker's own instance manager.
+
+    source benchmarks/device/install_on_device.sh   # on the lent GPU machine
+    python3 benchmarks/gpu_scaling.py --gpus 1,2 --seconds 60 --out $OUT/gpu_scaling.json
+
+For each GPU count: start that many ComfyUI instances (start-up timed), run a short warm-up job that
+loads the model on every instance, then the timed job with peak VRAM sampled per GPU and the worker's
+peak RSS. Writes JSON (device, frames, runs) and prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import replace
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+os.environ["EXTRA_WORKFLOW_DIRS"] = str(REPO / "benchmarks" / "gpu_standin" / "workflows")
+
+from benchmarks.cpu_scaling import PeakRss  # noqa: E402
+from comfy_manager import InstancePool, PoolSettings  # noqa: E402
+from tests.media_factory import make_image, make_tone  # noqa: E402
+from worker.config import WorkerSettings  # noqa: E402
+from worker.job import run_job  # noqa: E402
+
+
+class PeakVram:
+    """Samples every GPU's used memory (NVML) every 100 ms; peak per GPU in GiB."""
+
+    def __init__(self, indices: list[int]):
+        import pynvml
+        self.nvml = pynvml
+        pynvml.nvmlInit()
+        self.handles = {i: pynvml.nvmlDeviceGetHandleByIndex(i) for i in indices}
+        self.peak = {i: 0 for i in indices}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self):
+        while not self._stop.is_set():
+            for i, handle in self.handles.items():
+                self.peak[i] = max(self.peak[i], self.nvml.nvmlDeviceGetMemoryInfo(handle).used)
+            time.sleep(0.1)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+    def peaks_gb(self) -> list[float]:
+        return [round(self.peak[i] / 2**30, 2) for i in sorted(self.peak)]
+
+
+def ceiling(gpus: int, frames: int, overlap: int) -> float:
+    """The best speed-up overlapping segments allow: N x T / (T + (N - 1) x overlap)."""
+    return gpus * frames / (frames + (gpus - 1) * overlap)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--gpus", default="1,2", help="GPU counts to run, e.g. 1,2,4,8")
+    parser.add_argument("--seconds", type=float, default=60.0)
+    parser.add_argument("--fps", type=float, default=25.0)
+    parser.add_argument("--size", default="832x480")
+    parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--overlap", type=int, default=40)
+    parser.add_argument("--tiny", action="store_true", help="tiny stand-in weights (CPU check of this script)")
+    parser.add_argument("--cpu", action="store_true", help="CPU instances (check of this script only)")
+    parser.add_argument("--out", default=str(REPO / "docs" / "perf" / "gpu_scaling.json"))
+    args = parser.parse_args()
+    width, height = (int(v) for v in args.size.split("x"))
+    counts = [int(n) for n in args.gpus.split(",")]
+
+    root = Path(tempfile.mkdtemp(prefix="gpu-bench-"))
+    models = root / "models"
+    made = time.monotonic()
+    subprocess.run([os.environ.get("COMFYUI_PYTHON", sys.executable), str(REPO / "benchmarks/gpu_standin/make_weights.py"),
+                    str(models), *(["--tiny"] if args.tiny else [])], check=True)
+    weights_s = time.monotonic() - made
+    if args.tiny:  # the template loads the 1.3B file name; let it find the tiny model there
+        (models / "diffusion_models" / "wan_standin_t2v_1.3B.safetensors").symlink_to("wan_standin_tiny.safetensors")
+    media = root / "media"
+    media.mkdir()
+    image = make_image(media / "reference.png", width, height)
+    audio = make_tone(media / "speech.wav", args.seconds)
+    settings = WorkerSettings(job_work_dir=root / "jobs", allowed_input_roots=(media.resolve(),),
+                              output_volume_dir=root / "volume", segment_timeout_s=3600)
+    job = {"workflow": "wan_standin", "input_type": "image", "image": str(image), "audio": str(audio),
+           "width": width, "height": height, "fps": args.fps, "steps": args.steps,
+           "overlap_frames": args.overlap, "output": {"destination": "volume", "preset": "veryfast"}}
+    warmup = {**job, "audio": str(make_tone(media / "warmup.wav", 0.4 * max(counts) * 81 / args.fps)), "steps": 1}
+
+    base = PoolSettings.from_env()
+    extra = ["--extra-model-paths-config", str(models / "extra_model_paths.yaml")]
+    runs = []
+    for count in counts:
+        pool = InstancePool(replace(base, instances_dir=root / f"instances{count}", gpus=tuple(range(count)),
+                                    force_cpu=args.cpu, cpu_instances=count, extra_args=base.extra_args + extra))
+        pool.start()
+        try:
+            started = time.monotonic()
+            run_job({**warmup, "gpu_count": count}, pool, settings, job_id=f"warmup{count}")
+            first_job_s = time.monotonic() - started
+            with PeakRss() as rss, PeakVram(list(range(count)) if not args.cpu else []) as vram:
+                out = run_job({**job, "gpu_count": count}, pool, settings, job_id=f"run{count}")
+            comfy = max(s["comfy_seconds"] for s in out["segments"])
+            runs.append({
+                "gpus": count, "wall_s": out["timings"]["total"], "generate_s": out["timings"]["generate"],
+                "stitch_s": out["timings"]["stitch"], "prepare_s": out["timings"]["prepare"],
+                "comfy_s": comfy, "overhead_s": round(out["timings"]["total"] - comfy, 3),
+                "peak_vram_gb": vram.peaks_gb(), "startup_s": round(pool.startup_s, 2),
+                "instance_ready_s": [round(i.ready_after_s or 0, 2) for i in pool.instances],
+                "first_job_s": round(first_job_s, 2), "worker_peak_rss_mb": round(rss.peak / 2**20, 1),
+                "segments": out["segments"],
+            })
+            frames = out["frames"]
+        finally:
+            pool.shutdown()
+
+    device = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
+                            text=True).stdout.strip().splitlines() if not args.cpu else ["cpu"]
+    one = next((r for r in runs if r["gpus"] == 1), None)
+    for r in runs:
+        r["speedup"] = round(one["wall_s"] / r["wall_s"], 3) if one else None
+        r["ceiling"] = round(ceiling(r["gpus"], frames, args.overlap), 3)
+        r["efficiency_vs_ceiling"] = round(r["speedup"] / r["ceiling"], 3) if one else None
+        r["overhead_pct"] = round(100 * r["overhead_s"] / r["wall_s"], 2)
+    result = {"device": f"{len(device)} x {device[0]}", "frames": frames, "fps": args.fps,
+              "size": args.size, "steps": args.steps, "overlap": args.overlap, "weights_s": round(weights_s, 1),
+              "runs": runs}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+    print(f"\n{result['device']}: {frames} frames ({frames / args.fps:.0f} s at {args.fps:g} fps), {args.size}, "
+          f"{args.steps} steps, overlap {args.overlap}")
+    print(f"{'GPUs':>4} {'wall s':>8} {'ComfyUI s':>9} {'stitch s':>8} {'overhead':>9} {'speedup':>8} "
+          f"{'ceiling':>8} {'eff.':>6} {'start s':>8} {'1st job s':>9} {'VRAM GB':>14}")
+    for r in runs:
+        print(f"{r['gpus']:>4} {r['wall_s']:>8.1f} {r['comfy_s']:>9.1f} {r['stitch_s']:>8.2f} "
+              f"{r['overhead_pct']:>8.1f}% {r['speedup'] or 0:>7.2f}x {r['ceiling']:>7.2f}x "
+              f"{r['efficiency_vs_ceiling'] or 0:>6.2f} {r['startup_s']:>8.1f} {r['first_job_s']:>9.1f} "
+              f"{','.join(str(v) for v in r['peak_vram_gb']):>14}")
+
+
+if __name__ == "__main__":
+    main()
