@@ -10,10 +10,10 @@ import shutil
 import threading
 import time
 import uuid
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from pydantic import ValidationError
 
@@ -27,7 +27,7 @@ from worker.outputs import check_deliverable, deliver
 from worker.planner import Segment, SegmentPlan, plan_segments, total_frames_for
 from worker.request import JobRequest
 from worker.response import JobResponse, SegmentReport, Timings
-from worker.stitch import stitch_segments
+from worker.stitch import StitchResult, stitch_segments
 from worker.summary import format_summary
 from worker.templates import WorkflowTemplate, available_templates
 
@@ -69,6 +69,7 @@ class SegmentResult:
     instance: ComfyInstance
     seconds: float
     comfy_seconds: float
+    finished_at: float  # time.monotonic() when the segment's video was on disk
     attempts: int = 1
 
 
@@ -117,12 +118,8 @@ def run_job(job_input: Any, pool: InstancePool, settings: WorkerSettings, job_id
         segment_inputs = cut_segment_inputs(request, plan, inputs, work_dir)
         prepared = time.monotonic()
 
-        results = run_segments(ctx, plan, segment_inputs)
-        generated = time.monotonic()
-
-        ctx.progress("stitching")
-        result = stitch_segments(plan, [r.path for r in results], inputs.final_audio, work_dir / "result.mp4",
-                                 request.fps, request.width, request.height, request.output)
+        results, result = generate_and_stitch(ctx, plan, segment_inputs, inputs.final_audio)
+        generated = max(r.finished_at for r in results)  # the stitch overlaps generation up to here
         stitched = time.monotonic()
 
         delivery = deliver(result.path, request, job_id, settings)
@@ -218,8 +215,10 @@ def cut_segment_inputs(request: JobRequest, plan: SegmentPlan, inputs: PreparedI
         return list(executor.map(cut, plan.segments))
 
 
-def run_segments(ctx: JobContext, plan: SegmentPlan, segment_inputs: list[dict[str, Path]]) -> list[SegmentResult]:
-    """Every segment on a free instance, all at once; results in segment order."""
+def generate_and_stitch(ctx: JobContext, plan: SegmentPlan, segment_inputs: list[dict[str, Path]],
+                        final_audio: Path) -> tuple[list[SegmentResult], StitchResult]:
+    """Runs every segment on a free instance, all at once, and stitches them as they arrive in order:
+    the encoder starts on segment 0 while later segments are still generating."""
     done = 0
     lock = threading.Lock()
 
@@ -232,16 +231,32 @@ def run_segments(ctx: JobContext, plan: SegmentPlan, segment_inputs: list[dict[s
         return result
 
     ctx.progress(f"generating {len(plan.segments)} segment(s)")
+    request = ctx.request
     with ThreadPoolExecutor(max_workers=len(plan.segments)) as executor:
         futures = [executor.submit(run, segment) for segment in plan.segments]
-        wait(futures, return_when=FIRST_EXCEPTION)
+        try:
+            stitched = stitch_segments(plan, _videos_in_order(futures), final_audio, ctx.work_dir / "result.mp4",
+                                       request.fps, request.width, request.height, request.output)
+        except BaseException:
+            ctx.cancel.set()  # stop the other segments instead of finishing useless work
+            raise
+        return [f.result() for f in futures], stitched
+
+
+def _videos_in_order(futures: list[Future]) -> Iterator[Path]:
+    """Each segment's video in order, as soon as it exists; the first real failure of any segment is
+    raised at once (the cancellations it causes in the others are not the story)."""
+    for future in futures:
+        while not future.done():
+            wait([f for f in futures if not f.done()], timeout=1.0, return_when=FIRST_COMPLETED)
+            if any(f.done() and f.exception() is not None for f in futures):
+                break
         errors = [f.exception() for f in futures if f.done() and f.exception() is not None]
         if errors:
-            ctx.cancel.set()  # one segment failed: stop the others instead of finishing useless work
-            wait(futures)
-            errors = [f.exception() for f in futures if f.exception() is not None]
+            for f in futures:
+                f.cancel()
             raise next((e for e in errors if not isinstance(e, JobCancelled)), errors[0])
-        return [f.result() for f in futures]
+        yield future.result().path
 
 
 def run_segment(ctx: JobContext, segment: Segment, files: dict[str, Path]) -> SegmentResult:
@@ -325,7 +340,7 @@ def attempt_segment(ctx: JobContext, segment: Segment, files: dict[str, Path],
         seconds = time.monotonic() - started
         log.info("%s: segment %d done in %.2f s (ComfyUI %.2f s)", instance.name.upper(), segment.index,
                  seconds, result.seconds)
-        return SegmentResult(segment, path, instance, seconds, result.seconds)
+        return SegmentResult(segment, path, instance, seconds, result.seconds, time.monotonic())
     finally:
         for name in uploaded:
             (instance.input_dir / name).unlink(missing_ok=True)

@@ -20,7 +20,7 @@ class SegmentReport(BaseModel):
 class Timings(BaseModel):
     prepare: float  # fetch, probe and cut the inputs
     generate: float  # all segments, in parallel
-    stitch: float  # decode segments, cross-fade, encode H.264, mux audio
+    stitch: float  # from the last segment done to the stitched mp4 (decode, cross-fade, encode, mux; it starts on segment 0 during generation)
     encode: float  # deliver the result: base64 or write to the volume
     total: float
 

@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
+from typing import Iterable
 
 import ffmpeg
 import numpy as np
@@ -43,9 +44,13 @@ def crossfade(previous: np.ndarray, following: np.ndarray, position: int, overla
     return (mixed >> 8).astype(np.uint8)
 
 
-def stitch_segments(plan: SegmentPlan, segment_files: list[Path], audio: Path, dest: Path,
+def stitch_segments(plan: SegmentPlan, segment_files: Iterable[Path], audio: Path, dest: Path,
                     fps: float, width: int, height: int, options: OutputOptions) -> StitchResult:
-    """Writes dest: exactly plan.total_frames frames at fps, H.264 yuv420p, faststart, audio as AAC."""
+    """Writes dest: exactly plan.total_frames frames at fps, H.264 yuv420p, faststart, audio as AAC.
+
+    segment_files may be a generator that blocks until each segment exists: encoding starts with the
+    first segment while the others are still being generated.
+    """
     started = time.monotonic()
     encoder = _open_encoder(audio, dest, fps, width, height, options)
     frame_bytes = width * height * 3
@@ -80,8 +85,7 @@ def stitch_segments(plan: SegmentPlan, segment_files: list[Path], audio: Path, d
     if written != plan.total_frames:
         raise JobFailed(f"stitched {written} frames, expected {plan.total_frames}")
     seconds = time.monotonic() - started
-    log.info("stitched %d frames from %d segments in %.2f s (%.0f frames/s)",
-             written, len(segment_files), seconds, written / max(seconds, 1e-6))
+    log.info("stitched %d frames from %d segments in %.2f s", written, len(plan.segments), seconds)
     return StitchResult(dest, written, seconds)
 
 
