@@ -82,6 +82,10 @@ def main() -> None:
     parser.add_argument("--overlap", type=int, default=40)
     parser.add_argument("--tiny", action="store_true", help="tiny stand-in weights (CPU check of this script)")
     parser.add_argument("--cpu", action="store_true", help="CPU instances (check of this script only)")
+    parser.add_argument("--half", action="store_true",
+                        help="also time, on 1 GPU alone, a job as long as one segment of the largest GPU count "
+                             "(tells load-dependent slow-down apart from work that does not shrink)")
+    parser.add_argument("--logs", help="folder to copy each ComfyUI instance's log into")
     parser.add_argument("--out", default=str(REPO / "docs" / "perf" / "gpu_scaling.json"))
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -131,7 +135,17 @@ def main() -> None:
                 "segments": out["segments"],
             })
             frames = out["frames"]
+            if args.half and count == 1:
+                longest = max(counts)
+                segment_s = (args.seconds + (longest - 1) * args.overlap / args.fps) / longest
+                half = run_job({**job, "audio": str(make_tone(media / "segment.wav", segment_s))}, pool, settings,
+                               job_id="segment_alone")
+                runs[-1]["one_segment_alone"] = {"frames": half["frames"],
+                                                 "comfy_s": half["segments"][0]["comfy_seconds"]}
         finally:
+            for instance in pool.instances if args.logs else []:
+                Path(args.logs).mkdir(parents=True, exist_ok=True)
+                shutil.copy(instance.log_path, Path(args.logs) / f"comfyui_{count}gpu_{instance.name.replace(':', '_')}.log")
             pool.shutdown()
 
     device = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
@@ -153,6 +167,9 @@ def main() -> None:
     print(f"{'GPUs':>4} {'wall s':>8} {'ComfyUI s':>9} {'stitch s':>8} {'overhead':>9} {'speedup':>8} "
           f"{'ceiling':>8} {'eff.':>6} {'start s':>8} {'1st job s':>9} {'VRAM GB':>14}")
     for r in runs:
+        if "one_segment_alone" in r:
+            alone = r["one_segment_alone"]
+            print(f"  (1 GPU, one segment's length alone: {alone['frames']} frames, ComfyUI {alone['comfy_s']:.1f} s)")
         print(f"{r['gpus']:>4} {r['wall_s']:>8.1f} {r['comfy_s']:>9.1f} {r['stitch_s']:>8.2f} "
               f"{r['overhead_pct']:>8.1f}% {r['speedup'] or 0:>7.2f}x {r['ceiling']:>7.2f}x "
               f"{r['efficiency_vs_ceiling'] or 0:>6.2f} {r['startup_s']:>8.1f} {r['first_job_s']:>9.1f} "

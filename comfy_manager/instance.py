@@ -98,8 +98,9 @@ class ComfyInstance:
                 shutil.rmtree(folder)  # leftovers of an earlier run are never read
             folder.mkdir(parents=True, exist_ok=True)
         env = dict(os.environ, PYTHONUNBUFFERED="1")
-        if self.spec.gpu is None and self.cpu_threads:
-            # CPU instances share the cores: without a cap each would start one torch thread per core.
+        if self.cpu_threads:
+            # Instances share the machine's cores: without a cap each starts one torch thread per core,
+            # and CPU work (decoding, colour conversion) of N instances fights over them.
             env["OMP_NUM_THREADS"] = str(self.cpu_threads)
         with open(self.log_path, "ab") as log_file:
             log_file.write(f"\n=== starting: {' '.join(self.command())}\n".encode())
