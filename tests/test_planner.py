@@ -43,7 +43,7 @@ def test_many_instances_on_a_short_video_use_only_as_many_as_fit():
 
 def test_zero_overlap_splits_evenly():
     plan = plan_segments(10, parallelism=3, overlap=0)
-    assert [s.frames for s in plan.segments] == [4, 3, 3]
+    assert sorted(s.frames for s in plan.segments) == [3, 3, 4]
     check_plan(plan, 10, 0)
 
 
@@ -108,3 +108,27 @@ def test_grid_plans_cover_the_video_and_respect_the_limits(total, parallelism):
 @pytest.mark.parametrize("frames, rounded", [(1, 1), (4, 5), (5, 5), (6, 9), (100, 101)])
 def test_wan_vae_grid_rounds_up_to_4k_plus_1(frames, rounded):
     assert FrameGrid(quantum=4, offset=1).round_up(frames) == rounded
+
+
+def test_stitch_lead_makes_earlier_segments_shorter_by_its_ratio():
+    plan = plan_segments(1500, parallelism=2, overlap=40, stitch_lead=0.05)
+    first, second = plan.segments
+    assert (first.start, second.end, first.end - second.start) == (0, 1500, 40)
+    assert abs(first.frames / second.frames - 1 / 1.05) < 0.002
+    eight = plan_segments(4000, parallelism=8, overlap=40, stitch_lead=0.05)
+    lengths = [s.frames for s in eight.segments]
+    assert lengths == sorted(lengths) and eight.segments[-1].end == 4000
+    check_plan_covers(eight, 4000, 40)
+
+
+def test_stitch_lead_on_a_grid_keeps_all_but_the_last_on_the_grid():
+    grid = FrameGrid(quantum=4, offset=1)
+    plan = plan_segments(1500, parallelism=2, overlap=40, grid=grid, stitch_lead=0.05)
+    assert grid.round_up(plan.segments[0].frames) == plan.segments[0].frames
+    assert plan.segments[0].frames < plan.segments[1].frames
+
+
+def check_plan_covers(plan, total, overlap):
+    assert plan.segments[0].start == 0 and plan.segments[-1].end == total
+    for before, after in zip(plan.segments, plan.segments[1:]):
+        assert before.end - after.start == overlap

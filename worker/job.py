@@ -25,6 +25,7 @@ from worker.errors import JobCancelled, JobFailed, JobInputError, describe_valid
 from worker.media_sources import fetch_media
 from worker.outputs import check_deliverable, deliver
 from worker.planner import Segment, SegmentPlan, plan_segments, total_frames_for
+from worker.rates import RateKey, ThroughputLog
 from worker.request import JobRequest
 from worker.response import JobResponse, SegmentReport, Timings
 from worker.stitch import StitchResult, stitch_segments
@@ -32,6 +33,7 @@ from worker.summary import format_summary
 from worker.templates import WorkflowTemplate, available_templates
 
 log = logging.getLogger(__name__)
+THROUGHPUT = ThroughputLog()  # this worker's recent speeds, for planning (see worker/rates.py)
 
 ProgressFn = Callable[[str], None]
 VIDEO_SUFFIXES = (".mp4", ".webm", ".mkv", ".mov", ".avi", ".gif")
@@ -114,13 +116,16 @@ def run_job(job_input: Any, pool: InstancePool, settings: WorkerSettings, job_id
         inputs = prepare_inputs(request, work_dir, settings)
         total_frames = total_frames_for(inputs.duration_s, request.fps)
         check_deliverable(request, total_frames, settings)
-        plan = make_plan(request, template, pool, total_frames)
+        plan = make_plan(request, template, pool, total_frames, settings)
         segment_inputs = cut_segment_inputs(request, plan, inputs, work_dir)
         prepared = time.monotonic()
 
         results, result = generate_and_stitch(ctx, plan, segment_inputs, inputs.final_audio)
         generated = max(r.finished_at for r in results)  # the stitch overlaps generation up to here
         stitched = time.monotonic()
+        THROUGHPUT.record(rate_key(request, template),
+                          sum(r.comfy_seconds for r in results) / sum(r.segment.frames for r in results),
+                          result.busy_seconds / plan.total_frames)
 
         delivery = deliver(result.path, request, job_id, settings)
         delivered = time.monotonic()
@@ -176,14 +181,21 @@ def prepare_inputs(request: JobRequest, work_dir: Path, settings: WorkerSettings
     return PreparedInputs([t[0] for t in tracks], final_audio, image, video, max(t[1] for t in tracks))
 
 
-def make_plan(request: JobRequest, template: WorkflowTemplate, pool: InstancePool, total_frames: int) -> SegmentPlan:
+def rate_key(request: JobRequest, template: WorkflowTemplate) -> RateKey:
+    return (template.name, request.width, request.height, request.steps)
+
+
+def make_plan(request: JobRequest, template: WorkflowTemplate, pool: InstancePool, total_frames: int,
+              settings: WorkerSettings) -> SegmentPlan:
     parallelism = pool.size if request.use_multi_gpu else 1
     if request.gpu_count is not None:
         parallelism = min(parallelism, request.gpu_count)
     overlap = template.spec.overlap_frames if request.overlap_frames is None else request.overlap_frames
+    lead = THROUGHPUT.stitch_lead(rate_key(request, template)) if settings.stitch_lead is None else settings.stitch_lead
     plan = plan_segments(total_frames, parallelism, overlap, template.spec.min_segment_frames,
-                         template.spec.max_segment_frames, template.grid)
-    log.info("plan: %d frames, %d segment(s), overlap %d", total_frames, len(plan.segments), plan.overlap)
+                         template.spec.max_segment_frames, template.grid, lead)
+    log.info("plan: %d frames, %d segment(s), overlap %d, stitch lead %.3f", total_frames, len(plan.segments),
+             plan.overlap, lead)
     return plan
 
 

@@ -80,50 +80,56 @@ class FrameGrid:
 
 def plan_segments(total_frames: int, parallelism: int, overlap: int,
                   min_segment_frames: int = 1, max_segment_frames: int | None = None,
-                  grid: FrameGrid | None = None) -> SegmentPlan:
+                  grid: FrameGrid | None = None, stitch_lead: float = 0.0) -> SegmentPlan:
     """Overlapping segments covering frames [0, total_frames) exactly.
 
-    Without a grid, lengths are balanced to within one frame. With a grid (quantum > 1), every segment
-    but the last is one grid length long, so only the last segment generates frames that are not used.
+    Lengths are balanced to within a frame. With a grid (quantum > 1) every segment but the last is
+    rounded up to the grid, so only the last segment generates frames that are not used.
+
+    stitch_lead (the stitch's seconds per frame over one instance's generation seconds per frame)
+    makes each segment 1 / (1 + stitch_lead) times as long as the next: segment i is then done about
+    when the stitcher, which takes segments in order, has finished segment i - 1, and only the last
+    segment's share of the stitch is left once generation ends.
     """
     if parallelism < 1:
         raise ValueError("parallelism must be at least 1")
     if overlap < 0:
         raise ValueError("overlap must not be negative")
+    if stitch_lead < 0:
+        raise ValueError("stitch_lead must not be negative")
+    grid = grid or FrameGrid()
+    shortest = max(min_segment_frames, 2 * overlap, 1)
     count = segment_count(total_frames, parallelism, overlap, min_segment_frames, max_segment_frames)
-    if grid is not None and grid.quantum > 1:
-        return _plan_on_grid(total_frames, count, overlap, max(min_segment_frames, 2 * overlap),
-                             max_segment_frames, grid)
-    if count == 1:
-        return SegmentPlan(total_frames, 0, (Segment(0, 0, total_frames),))
-    span = total_frames + (count - 1) * overlap  # frames generated in all
-    base, extra = divmod(span, count)
-    segments, start = [], 0
-    for index in range(count):
-        length = base + (1 if index < extra else 0)
-        segments.append(Segment(index, start, start + length))
-        start += length - overlap
-    assert segments[-1].end == total_frames
-    return SegmentPlan(total_frames, overlap, tuple(segments))
-
-
-def _plan_on_grid(total_frames: int, count: int, overlap: int, shortest: int, longest: int | None,
-                  grid: FrameGrid) -> SegmentPlan:
-    # Fewer segments when rounding up to the grid leaves the last one too short; more when too long.
     while count > 1:
-        length = grid.round_up(math.ceil((total_frames + (count - 1) * overlap) / count))
-        if longest is not None and length > longest:
-            count += 1
-            continue
-        last = total_frames - (count - 1) * (length - overlap)
-        if last >= shortest or last >= length:
+        segments = _layout(total_frames, count, overlap, grid, stitch_lead)
+        if max_segment_frames is not None and max(s.frames for s in segments) > max_segment_frames:
+            count += 1  # rounding up to the grid made a segment too long
+        elif min(s.frames for s in segments) < shortest:
+            count -= 1  # rounding up left the last segment too short
+        else:
+            return SegmentPlan(total_frames, overlap, segments)
+    return SegmentPlan(total_frames, 0, (Segment(0, 0, total_frames),))
+
+
+def _layout(total_frames: int, count: int, overlap: int, grid: FrameGrid,
+            stitch_lead: float) -> tuple[Segment, ...]:
+    """count segments with lengths in proportion to (1 + stitch_lead)^i; the last one ends the video."""
+    weights = [(1 + stitch_lead) ** (i - count + 1) for i in range(count)]
+    span = total_frames + (count - 1) * overlap  # frames generated in all
+    segments: list[Segment] = []
+    start, ideal_end = 0, 0.0
+    for index, weight in enumerate(weights):
+        ideal_end += span * weight / sum(weights) - (overlap if index else 0)
+        if index == count - 1:
+            end = total_frames
+        else:
+            end = min(total_frames, start + grid.round_up(max(1, round(ideal_end) - start)))
+        segments.append(Segment(index, start, end))
+        start = end - overlap
+        if end == total_frames and index < count - 1:
+            segments.append(Segment(index + 1, end, end))  # nothing left: the caller tries fewer segments
             break
-        count -= 1
-    if count == 1:
-        return SegmentPlan(total_frames, 0, (Segment(0, 0, total_frames),))
-    step = length - overlap
-    segments = tuple(Segment(i, i * step, min(total_frames, i * step + length)) for i in range(count))
-    return SegmentPlan(total_frames, overlap, segments)
+    return tuple(segments)
 
 
 def total_frames_for(duration_s: float, fps: float) -> int:

@@ -33,6 +33,25 @@ class StitchResult:
     path: Path
     frames: int
     seconds: float
+    busy_seconds: float  # seconds not spent waiting for the next segment to exist
+
+
+class _Waiting:
+    """Wraps the segment iterator to count how long the stitcher waited on it."""
+
+    def __init__(self, files: Iterable[Path]):
+        self.files = iter(files)
+        self.seconds = 0.0
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> Path:
+        started = time.monotonic()
+        try:
+            return next(self.files)
+        finally:
+            self.seconds += time.monotonic() - started
 
 
 def frame_rate(fps: float) -> str:
@@ -56,6 +75,7 @@ def stitch_segments(plan: SegmentPlan, segment_files: Iterable[Path], audio: Pat
     first segment while the others are still being generated.
     """
     started = time.monotonic()
+    segment_files = _Waiting(segment_files)
     encoder = _open_encoder(audio, dest, fps, width, height, options)
     frame_bytes = width * height * 3 // 2  # yuv420p: a full-size Y plane, quarter-size U and V
     held: list[np.ndarray] = []  # the previous segment's last frames, waiting for the cross-fade
@@ -89,8 +109,10 @@ def stitch_segments(plan: SegmentPlan, segment_files: Iterable[Path], audio: Pat
     if written != plan.total_frames:
         raise JobFailed(f"stitched {written} frames, expected {plan.total_frames}")
     seconds = time.monotonic() - started
-    log.info("stitched %d frames from %d segments in %.2f s", written, len(plan.segments), seconds)
-    return StitchResult(dest, written, seconds)
+    busy = seconds - segment_files.seconds
+    log.info("stitched %d frames from %d segments: %.2f s of work (%.0f frames/s)", written, len(plan.segments),
+             busy, written / max(busy, 1e-6))
+    return StitchResult(dest, written, seconds, busy)
 
 
 def _widen_pipe(pipe) -> None:
@@ -125,7 +147,7 @@ def _decode_frames(path: Path, width: int, height: int, count: int, frame_bytes:
     decoder = (
         ffmpeg.input(str(path)).video
         .filter("scale", width, height)
-        .output("pipe:", format="rawvideo", pix_fmt="yuv420p")
+        .output("pipe:", format="rawvideo", pix_fmt="yuv420p", vframes=count)
         .global_args("-nostdin", "-loglevel", "error")
         .run_async(pipe_stdout=True)
     )
