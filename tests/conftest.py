@@ -30,6 +30,20 @@ def pool(tmp_path_factory) -> InstancePool:
     instances.shutdown()
 
 
+@pytest.fixture(scope="session")
+def worker(tmp_path_factory):
+    """The real worker, `python handler.py --rp_serve_api`, with its own two CPU ComfyUI instances.
+
+    Its limits are set low so the bad-input tests can reach them with small files.
+    """
+    from tests.worker_api import WorkerApi
+
+    api = WorkerApi(tmp_path_factory.mktemp("worker"), api_port=8031, comfy_port=8400,
+                    env={"MAX_DURATION_S": "30", "MAX_INPUT_MB": "2"}).start()
+    yield api
+    api.stop()
+
+
 @pytest.fixture()
 def media_dir(tmp_path) -> Path:
     folder = tmp_path / "media"

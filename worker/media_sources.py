@@ -39,6 +39,9 @@ def fetch_media(field: str, value: str, dest: Path, settings: WorkerSettings) ->
 def _decode_base64(field: str, value: str, dest: Path, settings: WorkerSettings) -> None:
     match = _DATA_URI.match(value)
     payload = value[match.end():] if match else value
+    if not payload.strip():
+        dest.write_bytes(b"")  # reported as an empty file by the caller
+        return
     if len(payload) * 3 // 4 > settings.max_input_bytes:
         raise JobInputError(field, f"larger than the {settings.max_input_bytes // 1024**2} MB limit (MAX_INPUT_MB)")
     if not _BASE64_CHARS.match(payload[:1000]):
