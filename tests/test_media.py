@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from tests.media_factory import frame_count, make_index_video, make_tone, media_duration, read_indices
-from worker import segment_media
+from worker import media_sources, segment_media
 from worker.errors import JobFailed, JobInputError
 from worker.media_sources import fetch_media
 from worker.planner import Segment, plan_segments
@@ -85,9 +85,9 @@ def test_stitch_refuses_a_segment_with_missing_frames(index_video, tmp_path):
 
 class _Handler(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
-        if self.path == "/redirect-home":
+        if self.path == "/redirect-to-metadata":
             self.send_response(302)
-            self.send_header("Location", "http://127.0.0.1:1/secret")
+            self.send_header("Location", "http://169.254.169.254/latest/meta-data/")
             self.end_headers()
             return
         body = b"x" * (4096 if self.path == "/big" else 10)
@@ -119,6 +119,21 @@ def test_urls_to_loopback_are_refused_unless_allowed(settings, http_server, tmp_
         fetch_media("image", http_server + "/small", tmp_path / "x", settings)
     allowed = replace(settings, allow_private_urls=True)
     assert fetch_media("image", http_server + "/small", tmp_path / "y", allowed).read_bytes() == b"x" * 10
+
+
+def test_every_redirect_is_checked_like_the_first_url(settings, http_server, tmp_path, monkeypatch):
+    checked = []
+    real_check = media_sources._check_host
+
+    def check_all_but_the_test_server(field, url, settings):
+        checked.append(url)
+        if not url.startswith(http_server):  # the test server itself sits on loopback
+            real_check(field, url, settings)
+
+    monkeypatch.setattr(media_sources, "_check_host", check_all_but_the_test_server)
+    with pytest.raises(JobInputError, match=r"image: URL host 169.254.169.254 resolves to a non-public address"):
+        fetch_media("image", http_server + "/redirect-to-metadata", tmp_path / "r", settings)
+    assert checked == [http_server + "/redirect-to-metadata", "http://169.254.169.254/latest/meta-data/"]
 
 
 def test_downloads_stop_at_the_byte_cap(settings, http_server, tmp_path):
