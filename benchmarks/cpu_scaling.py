@@ -14,7 +14,6 @@ import platform
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -24,33 +23,11 @@ import psutil
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from benchmarks.samplers import PeakRss  # noqa: E402
 from comfy_manager import InstancePool, PoolSettings  # noqa: E402
 from tests.media_factory import make_index_video, make_tone  # noqa: E402
 from worker.config import WorkerSettings  # noqa: E402
 from worker.job import run_job  # noqa: E402
-
-
-class PeakRss:
-    """Samples this process's resident memory every 20 ms while active."""
-
-    def __init__(self):
-        self.peak = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-
-    def _sample(self):
-        me = psutil.Process()
-        while not self._stop.is_set():
-            self.peak = max(self.peak, me.memory_info().rss)
-            time.sleep(0.02)
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
 
 
 def job_for(media: Path, seconds: float, size: tuple[int, int], **extra) -> dict:

@@ -14,13 +14,11 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -29,42 +27,11 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 os.environ["EXTRA_WORKFLOW_DIRS"] = str(REPO / "benchmarks" / "gpu_standin" / "workflows")
 
-from benchmarks.cpu_scaling import PeakRss  # noqa: E402
+from benchmarks.samplers import PeakRss, PeakVram  # noqa: E402
 from comfy_manager import InstancePool, PoolSettings  # noqa: E402
 from tests.media_factory import make_image, make_tone  # noqa: E402
 from worker.config import WorkerSettings  # noqa: E402
 from worker.job import run_job  # noqa: E402
-
-
-class PeakVram:
-    """Samples every GPU's used memory (NVML) every 100 ms; peak per GPU in GiB."""
-
-    def __init__(self, indices: list[int]):
-        import pynvml
-        self.nvml = pynvml
-        if indices:
-            pynvml.nvmlInit()
-        self.handles = {i: pynvml.nvmlDeviceGetHandleByIndex(i) for i in indices}
-        self.peak = {i: 0 for i in indices}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-
-    def _sample(self):
-        while not self._stop.is_set():
-            for i, handle in self.handles.items():
-                self.peak[i] = max(self.peak[i], self.nvml.nvmlDeviceGetMemoryInfo(handle).used)
-            time.sleep(0.1)
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-
-    def peaks_gb(self) -> list[float]:
-        return [round(self.peak[i] / 2**30, 2) for i in sorted(self.peak)]
 
 
 def ceiling(gpus: int, frames: int, overlap: int) -> float:
