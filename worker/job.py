@@ -47,7 +47,8 @@ class PreparedInputs:
     final_audio: Path
     image: Path | None
     video: Path | None
-    duration_s: float
+    duration_s: float  # of the (longest) audio: the output's length
+    video_duration_s: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -169,16 +170,20 @@ def prepare_inputs(request: JobRequest, work_dir: Path, settings: WorkerSettings
             probe.require_audio(field, info, settings.max_duration_s)
             tracks.append((path, info.duration_s))
     image = video = None
+    video_duration_s = 0.0
     if request.input_type == "image":
         source = fetch_media("image", request.image, work_dir / "image.src", settings)
         probe.require_image("image", probe.probe("image", source))
         image = segment_media.image_to_png(source, work_dir / "image.png")
     else:
         video = fetch_media("video", request.video, work_dir / "video.src", settings)
-        probe.require_video("video", probe.probe("video", video))
+        info = probe.probe("video", video)
+        probe.require_video("video", info)
+        video_duration_s = info.duration_s
     final_audio = tracks[0][0] if len(tracks) == 1 else segment_media.mix_audio(
         [t[0] for t in tracks], work_dir / "audio_mix.wav")
-    return PreparedInputs([t[0] for t in tracks], final_audio, image, video, max(t[1] for t in tracks))
+    return PreparedInputs([t[0] for t in tracks], final_audio, image, video, max(t[1] for t in tracks),
+                          video_duration_s)
 
 
 def rate_key(request: JobRequest, template: WorkflowTemplate) -> RateKey:
@@ -203,12 +208,10 @@ def cut_segment_inputs(request: JobRequest, plan: SegmentPlan, inputs: PreparedI
                        work_dir: Path) -> list[dict[str, Path]]:
     """Per segment, the files its workflow loads: its frames (video mode) and its slice of each audio."""
     video = inputs.video
-    if video is not None:
-        info = probe.probe("video", video)
-        if info.duration_s * request.fps < plan.total_frames - 0.5:
-            log.info("video (%.2f s) is shorter than the audio (%.2f s): looping it",
-                     info.duration_s, inputs.duration_s)
-            video = segment_media.loop_video(video, work_dir / "video_looped.mp4", request.fps, plan.total_frames)
+    if video is not None and inputs.video_duration_s * request.fps < plan.total_frames - 0.5:
+        log.info("video (%.2f s) is shorter than the audio (%.2f s): looping it",
+                 inputs.video_duration_s, inputs.duration_s)
+        video = segment_media.loop_video(video, work_dir / "video_looped.mp4", request.fps, plan.total_frames)
 
     def cut(segment: Segment) -> dict[str, Path]:
         files: dict[str, Path] = {}
