@@ -34,7 +34,7 @@ class WorkerSettings:
     segment_timeout_s: float = 600.0  # plus segment_timeout_per_frame_s for each frame of the segment
     segment_timeout_per_frame_s: float = 20.0
     segment_retries: int = 2
-    stitch_lead: float = 0.0  # each segment 1/(1 + lead) as long as the next (planner.plan_segments)
+    stitch_lead: float | None = None  # None: learned from recent jobs (worker/rates.py)
     max_concurrent_jobs: int = 1  # jobs a worker takes at once; their segments share the instances
     # Template per (input_type, person_count) when a request names none. The CPU demo templates by
     # default; the Docker image points these at the InfiniteTalk templates.
@@ -73,7 +73,7 @@ class WorkerSettings:
             segment_timeout_s=float(env("SEGMENT_TIMEOUT_S", "600")),
             segment_timeout_per_frame_s=float(env("SEGMENT_TIMEOUT_PER_FRAME_S", "20")),
             segment_retries=int(env("SEGMENT_RETRIES", "2")),
-            stitch_lead=float(env("STITCH_LEAD", "0")),
+            stitch_lead=None if env("STITCH_LEAD", "auto") == "auto" else float(env("STITCH_LEAD")),
             max_concurrent_jobs=int(env("MAX_CONCURRENT_JOBS", "1")),
             default_workflows=_default_workflows(env("DEFAULT_WORKFLOWS", "")),
             max_response_bytes=int(float(env("MAX_RESPONSE_MB", "15")) * 1024**2),

@@ -10,10 +10,10 @@ import shutil
 import threading
 import time
 import uuid
-from concurrent.futures import Future, ThreadPoolExecutor, as_completed, wait
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from pydantic import ValidationError
 
@@ -25,13 +25,15 @@ from worker.errors import JobCancelled, JobFailed, JobInputError, describe_valid
 from worker.media_sources import fetch_media
 from worker.outputs import check_deliverable, deliver
 from worker.planner import Segment, SegmentPlan, plan_segments, total_frames_for
+from worker.rates import RateKey, ThroughputLog
 from worker.request import JobRequest
 from worker.response import JobResponse, SegmentReport, Timings
-from worker.stitch import StitchResult, Stitcher
+from worker.stitch import StitchResult, stitch_segments
 from worker.summary import format_summary
 from worker.templates import WorkflowTemplate, available_templates
 
 log = logging.getLogger(__name__)
+THROUGHPUT = ThroughputLog()  # this worker's recent speeds, for planning (see worker/rates.py)
 
 ProgressFn = Callable[[str], None]
 VIDEO_SUFFIXES = (".mp4", ".webm", ".mkv", ".mov", ".avi", ".gif")
@@ -122,6 +124,9 @@ def run_job(job_input: Any, pool: InstancePool, settings: WorkerSettings, job_id
         results, result = generate_and_stitch(ctx, plan, segment_inputs, inputs.final_audio)
         generated = max(r.finished_at for r in results)  # the stitch overlaps generation up to here
         stitched = time.monotonic()
+        THROUGHPUT.record(rate_key(request, template),
+                          sum(r.comfy_seconds for r in results) / sum(r.segment.frames for r in results),
+                          result.busy_seconds / plan.total_frames)
 
         delivery = deliver(result.path, request, job_id, settings)
         delivered = time.monotonic()
@@ -181,15 +186,21 @@ def prepare_inputs(request: JobRequest, work_dir: Path, settings: WorkerSettings
                           video_duration_s)
 
 
+def rate_key(request: JobRequest, template: WorkflowTemplate) -> RateKey:
+    return (template.name, request.width, request.height, request.steps)
+
+
 def make_plan(request: JobRequest, template: WorkflowTemplate, pool: InstancePool, total_frames: int,
               settings: WorkerSettings) -> SegmentPlan:
     parallelism = pool.size if request.use_multi_gpu else 1
     if request.gpu_count is not None:
         parallelism = min(parallelism, request.gpu_count)
     overlap = template.spec.overlap_frames if request.overlap_frames is None else request.overlap_frames
+    lead = THROUGHPUT.stitch_lead(rate_key(request, template)) if settings.stitch_lead is None else settings.stitch_lead
     plan = plan_segments(total_frames, parallelism, overlap, template.spec.min_segment_frames,
-                         template.spec.max_segment_frames, template.grid, settings.stitch_lead)
-    log.info("plan: %d frames, %d segment(s), overlap %d", total_frames, len(plan.segments), plan.overlap)
+                         template.spec.max_segment_frames, template.grid, lead)
+    log.info("plan: %d frames, %d segment(s), overlap %d, stitch lead %.3f", total_frames, len(plan.segments),
+             plan.overlap, lead)
     return plan
 
 
@@ -221,8 +232,8 @@ def cut_segment_inputs(request: JobRequest, plan: SegmentPlan, inputs: PreparedI
 
 def generate_and_stitch(ctx: JobContext, plan: SegmentPlan, segment_inputs: list[dict[str, Path]],
                         final_audio: Path) -> tuple[list[SegmentResult], StitchResult]:
-    """Runs every segment on a free instance, all at once; each finished segment goes straight to the
-    stitcher, which encodes its chunks while the other segments are still generating."""
+    """Runs every segment on a free instance, all at once, and stitches them as they arrive in order:
+    the encoder starts on segment 0 while later segments are still generating."""
     done = 0
     lock = threading.Lock()
 
@@ -236,30 +247,31 @@ def generate_and_stitch(ctx: JobContext, plan: SegmentPlan, segment_inputs: list
 
     ctx.progress(f"generating {len(plan.segments)} segment(s)")
     request = ctx.request
-    stitcher = Stitcher(plan, ctx.work_dir / "chunks", request.fps, request.width, request.height, request.output)
     with ThreadPoolExecutor(max_workers=len(plan.segments)) as executor:
         futures = [executor.submit(run, segment) for segment in plan.segments]
         try:
-            for future in as_completed(futures):
-                if future.exception() is not None:
-                    raise _root_failure(futures, ctx)
-                result = future.result()
-                stitcher.add_segment(result.segment.index, result.path)
-            stitched = stitcher.finish(final_audio, ctx.work_dir / "result.mp4")
+            stitched = stitch_segments(plan, _videos_in_order(futures), final_audio, ctx.work_dir / "result.mp4",
+                                       request.fps, request.width, request.height, request.output)
         except BaseException:
             ctx.cancel.set()  # stop the other segments instead of finishing useless work
-            stitcher.close()
             raise
         return [f.result() for f in futures], stitched
 
 
-def _root_failure(futures: list[Future], ctx: JobContext) -> BaseException:
-    """The first real failure among the segments, once the others have stopped (their cancellations,
-    caused by it, are not the story)."""
-    ctx.cancel.set()
-    wait(futures)
-    errors = [f.exception() for f in futures if f.exception() is not None]
-    return next((e for e in errors if not isinstance(e, JobCancelled)), errors[0])
+def _videos_in_order(futures: list[Future]) -> Iterator[Path]:
+    """Each segment's video in order, as soon as it exists; the first real failure of any segment is
+    raised at once (the cancellations it causes in the others are not the story)."""
+    for future in futures:
+        while not future.done():
+            wait([f for f in futures if not f.done()], timeout=1.0, return_when=FIRST_COMPLETED)
+            if any(f.done() and f.exception() is not None for f in futures):
+                break
+        errors = [f.exception() for f in futures if f.done() and f.exception() is not None]
+        if errors:
+            for f in futures:
+                f.cancel()
+            raise next((e for e in errors if not isinstance(e, JobCancelled)), errors[0])
+        yield future.result().path
 
 
 def run_segment(ctx: JobContext, segment: Segment, files: dict[str, Path]) -> SegmentResult:
