@@ -135,7 +135,6 @@ class InstancePool:
                 instance.stop(grace_s=3.0)
                 instance.start()
                 deadline = time.monotonic() + self.settings.startup_timeout_s
-        return None
 
     def acquire(self, timeout_s: float | None = None) -> ComfyInstance:
         """Waits for a free instance (the longest waiter is served first)."""

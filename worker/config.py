@@ -40,9 +40,6 @@ class WorkerSettings:
     # default; the Docker image points these at the InfiniteTalk templates.
     default_workflows: tuple[tuple[str, str], ...] = (
         ("image/single", "still"), ("image/multi", "still"), ("video/single", "restyle"), ("video/multi", "restyle"))
-
-    def default_workflow(self, input_type: str, person_count: str) -> str:
-        return dict(self.default_workflows)[f"{input_type}/{person_count}"]
     # Delivery (worker/outputs.py). A response carries at most max_response_bytes of base64 video.
     max_response_bytes: int = 15 * 1024**2
     # S3-compatible bucket, the env names RunPod's own upload helper reads. Secrets stay out of repr().
@@ -54,6 +51,9 @@ class WorkerSettings:
     bucket_prefix: str = "videos"
     bucket_url_expiry_s: int = 7 * 24 * 3600
     bucket_part_bytes: int = 16 * 1024**2
+
+    def default_workflow(self, input_type: str, person_count: str) -> str:
+        return dict(self.default_workflows)[f"{input_type}/{person_count}"]
 
     @property
     def bucket_configured(self) -> bool:

@@ -322,7 +322,8 @@ def attempt_segment(ctx: JobContext, segment: Segment, files: dict[str, Path],
         log.info("%s: segment %d, %s", instance.name.upper(), segment.index, segment.describe())
         client = ComfyClient(instance.url)
         values: dict[str, Any] = {
-            "frames": segment.frames, "generate_frames": template.grid.round_up(segment.frames), "fps": request.fps, "width": request.width, "height": request.height,
+            "frames": segment.frames, "generate_frames": template.grid.round_up(segment.frames),
+            "fps": request.fps, "width": request.width, "height": request.height,
             "prompt": request.prompt, "negative_prompt": request.negative_prompt, "seed": request.seed,
             "steps": request.steps, "filename_prefix": f"{tag}/out",
         }
