@@ -6,7 +6,10 @@ worker.job.run_job and the worker's own instance manager.
 
 For each GPU count: start that many ComfyUI instances (start-up timed), run a short warm-up job that
 loads the model on every instance, then the timed job with peak VRAM sampled per GPU and the worker's
-peak RSS. Writes JSON (device, frames, runs) and prints a table.
+peak RSS. Writes JSON (device, frames, runs) after every run and prints a table.
+
+A job too long for one device call can be split: `--gpus 1 --out one.json`, then
+`--gpus 2,4 --baseline one.json` takes the 1-GPU run from the first call (same job settings required).
 """
 
 from __future__ import annotations
@@ -31,12 +34,31 @@ from benchmarks.samplers import PeakRss, PeakVram  # noqa: E402
 from comfy_manager import InstancePool, PoolSettings  # noqa: E402
 from tests.media_factory import make_image, make_tone  # noqa: E402
 from worker.config import WorkerSettings  # noqa: E402
-from worker.job import run_job  # noqa: E402
+from worker.job import THROUGHPUT, run_job  # noqa: E402
 
 
 def ceiling(gpus: int, frames: int, overlap: int) -> float:
     """The best speed-up overlapping segments allow: N x T / (T + (N - 1) x overlap)."""
     return gpus * frames / (frames + (gpus - 1) * overlap)
+
+
+def write_result(args, device: list[str], frames: int, weights_s: float, runs: list[dict]) -> dict:
+    """Adds speed-up, ceiling and overhead share to each run and writes the JSON; returns it."""
+    one = next((r for r in runs if r["gpus"] == 1), None)
+    for r in runs:
+        r["speedup"] = round(one["wall_s"] / r["wall_s"], 3) if one else None
+        r["ceiling"] = round(ceiling(r["gpus"], frames, args.overlap), 3)
+        r["efficiency_vs_ceiling"] = round(r["speedup"] / r["ceiling"], 3) if one else None
+        r["overhead_pct"] = round(100 * r["overhead_s"] / r["wall_s"], 2)
+    runs.sort(key=lambda r: r["gpus"])
+    result = {"device": f"{len(device)} x {device[0]}", "frames": frames, "fps": args.fps,
+              "size": args.size, "steps": args.steps, "overlap": args.overlap, "weights_s": round(weights_s, 1),
+              "learned_rates_s_per_frame": THROUGHPUT.rates(("wan_standin", *(int(v) for v in args.size.split("x")),
+                                                             args.steps)),
+              "runs": runs}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+    return result
 
 
 def main() -> None:
@@ -53,6 +75,7 @@ def main() -> None:
                         help="also time, on 1 GPU alone, a job as long as one segment of the largest GPU count "
                              "(tells load-dependent slow-down apart from work that does not shrink)")
     parser.add_argument("--logs", help="folder to copy each ComfyUI instance's log into")
+    parser.add_argument("--baseline", help="JSON of an earlier call whose runs (the 1-GPU one) to include")
     parser.add_argument("--out", default=str(REPO / "docs" / "perf" / "gpu_scaling.json"))
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -62,7 +85,8 @@ def main() -> None:
     root = Path(tempfile.mkdtemp(prefix="gpu-bench-"))
     models = root / "models"
     made = time.monotonic()
-    subprocess.run([os.environ.get("COMFYUI_PYTHON", sys.executable), str(REPO / "benchmarks/gpu_standin/make_weights.py"),
+    base = PoolSettings.from_env()
+    subprocess.run([base.python, str(REPO / "benchmarks/gpu_standin/make_weights.py"),
                     str(models), *(["--tiny"] if args.tiny else [])], check=True)
     weights_s = time.monotonic() - made
     if args.tiny:  # the template loads the 1.3B file name; let it find the tiny model there
@@ -78,9 +102,19 @@ def main() -> None:
            "overlap_frames": args.overlap, "output": {"destination": "volume", "preset": "veryfast"}}
     warmup = {**job, "audio": str(make_tone(media / "warmup.wav", 0.4 * max(counts) * 81 / args.fps)), "steps": 1}
 
-    base = PoolSettings.from_env()
     extra = ["--extra-model-paths-config", str(models / "extra_model_paths.yaml")]
-    runs = []
+    runs, frames = [], None
+    rate_key = ("wan_standin", width, height, args.steps)  # what the worker learns the stitch lead under
+    earlier = json.loads(Path(args.baseline).read_text()) if args.baseline else None
+    if earlier:
+        settings_now = {"fps": args.fps, "size": args.size, "steps": args.steps, "overlap": args.overlap}
+        if any(earlier[k] != v for k, v in settings_now.items()):
+            raise SystemExit(f"--baseline {args.baseline} ran other settings: {[earlier[k] for k in settings_now]}")
+        runs, frames = [r for r in earlier["runs"] if r["gpus"] not in counts], earlier["frames"]
+        # The worker then knows the rates of the earlier runs, as it would after serving them.
+        THROUGHPUT.record(rate_key, *earlier["learned_rates_s_per_frame"])
+    device = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
+                            text=True).stdout.strip().splitlines() if not args.cpu else ["cpu"]
     for count in counts:
         pool = InstancePool(replace(base, instances_dir=root / f"instances{count}", gpus=tuple(range(count)),
                                     force_cpu=args.cpu, cpu_instances=count, extra_args=base.extra_args + extra))
@@ -89,6 +123,7 @@ def main() -> None:
             started = time.monotonic()
             run_job({**warmup, "gpu_count": count}, pool, settings, job_id=f"warmup{count}")
             first_job_s = time.monotonic() - started
+            lead = THROUGHPUT.stitch_lead(rate_key)
             with PeakRss() as rss, PeakVram(list(range(count)) if not args.cpu else []) as vram:
                 out = run_job({**job, "gpu_count": count}, pool, settings, job_id=f"run{count}")
             comfy = max(s["comfy_seconds"] for s in out["segments"])
@@ -99,8 +134,11 @@ def main() -> None:
                 "peak_vram_gb": vram.peaks_gb(), "startup_s": round(pool.startup_s, 2),
                 "instance_ready_s": [round(i.ready_after_s or 0, 2) for i in pool.instances],
                 "first_job_s": round(first_job_s, 2), "worker_peak_rss_mb": round(rss.peak / 2**20, 1),
+                "stitch_lead": round(lead, 4),
                 "segments": out["segments"],
             })
+            if frames not in (None, out["frames"]):
+                raise SystemExit(f"the baseline has {frames} frames, this job {out['frames']}")
             frames = out["frames"]
             if args.half and count == 1:
                 longest = max(counts)
@@ -114,21 +152,11 @@ def main() -> None:
                 Path(args.logs).mkdir(parents=True, exist_ok=True)
                 shutil.copy(instance.log_path, Path(args.logs) / f"comfyui_{count}gpu_{instance.name.replace(':', '_')}.log")
             pool.shutdown()
+        write_result(args, device, frames, weights_s, runs)  # what is done survives a later failure
 
-    device = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
-                            text=True).stdout.strip().splitlines() if not args.cpu else ["cpu"]
-    one = next((r for r in runs if r["gpus"] == 1), None)
-    for r in runs:
-        r["speedup"] = round(one["wall_s"] / r["wall_s"], 3) if one else None
-        r["ceiling"] = round(ceiling(r["gpus"], frames, args.overlap), 3)
-        r["efficiency_vs_ceiling"] = round(r["speedup"] / r["ceiling"], 3) if one else None
-        r["overhead_pct"] = round(100 * r["overhead_s"] / r["wall_s"], 2)
     shutil.rmtree(root, ignore_errors=True)
-    result = {"device": f"{len(device)} x {device[0]}", "frames": frames, "fps": args.fps,
-              "size": args.size, "steps": args.steps, "overlap": args.overlap, "weights_s": round(weights_s, 1),
-              "runs": runs}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+    result = write_result(args, device, frames, weights_s, runs)
+    print(f"learned (generate, stitch) seconds per frame: {result['learned_rates_s_per_frame']}")
     print(f"\n{result['device']}: {frames} frames ({frames / args.fps:.0f} s at {args.fps:g} fps), {args.size}, "
           f"{args.steps} steps, overlap {args.overlap}")
     print(f"{'GPUs':>4} {'wall s':>8} {'ComfyUI s':>9} {'stitch s':>8} {'overhead':>9} {'speedup':>8} "

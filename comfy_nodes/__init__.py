@@ -17,6 +17,7 @@ import folder_paths
 
 X264_PRESETS = ["ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow"]
 CHUNK_FRAMES = 16  # frames converted to uint8 and moved to the CPU at a time: bounded extra memory
+KEYFRAME_SECONDS = 2  # the worker's stitcher seeks into a segment; it decodes from the key frame before
 
 
 class SaveSegmentVideo:
@@ -60,6 +61,7 @@ class SaveSegmentVideo:
             stream.codec_context.time_base = 1 / rate
             stream.options = {"crf": str(crf), "preset": preset}
             stream.codec_context.thread_count = 0  # x264 picks its own thread count (libavcodec's default is 1)
+            stream.codec_context.gop_size = max(1, round(fps * KEYFRAME_SECONDS))
             for first in range(0, count, CHUNK_FRAMES):
                 chunk = images[first:first + CHUNK_FRAMES].to(device, non_blocking=True)
                 chunk = (chunk[..., :3] * 255.0).round_().clamp_(0, 255).to(torch.uint8).cpu().numpy()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import http.server
+import subprocess
 import threading
 from dataclasses import replace
 from pathlib import Path
@@ -17,7 +18,7 @@ from worker.errors import JobFailed, JobInputError
 from worker.media_sources import fetch_media
 from worker.planner import Segment, plan_segments
 from worker.request import OutputOptions
-from worker.stitch import crossfade, stitch_segments
+from worker.stitch import Stitcher, crossfade, plan_chunks, stitch_segments
 
 
 @pytest.fixture(scope="module")
@@ -79,6 +80,49 @@ def test_stitch_refuses_a_segment_with_missing_frames(index_video, tmp_path):
     with pytest.raises(JobFailed, match="has 44 frames, expected 54"):
         stitch_segments(plan, [clips[0], short], audio, tmp_path / "out.mp4", 25, 128, 64, OutputOptions())
     assert not (tmp_path / "out.mp4").exists()
+
+
+
+def test_chunks_cover_every_frame_once_and_split_bodies_per_encoder():
+    plan = plan_segments(1500, 2, 40)
+    chunks = plan_chunks(plan, encoders=4)
+    assert [c.start for c in chunks[1:]] == [c.end for c in chunks[:-1]]
+    assert chunks[0].start == 0 and chunks[-1].end == 1500
+    assert [c.sources for c in chunks] == [(0,)] * 4 + [(0, 1)] + [(1,)] * 4
+    assert chunks[4].frames == 40  # the overlap is one cross-fade chunk
+    short = plan_chunks(plan_segments(130, 2, 8), encoders=8)  # bodies of 61 frames: no piece under 40
+    assert [c.frames for c in short] == [61, 8, 61]
+
+
+def test_stitch_in_many_chunks_arriving_out_of_order_is_frame_exact_with_even_timestamps(tmp_path):
+    source = make_index_video(tmp_path / "src.mp4", 500, 25)  # key frames 250 apart: chunks must seek
+    plan = plan_segments(500, 3, 12)
+    clips = [segment_media.cut_video(source, tmp_path / f"s{s.index}.mp4", s, 25, 128, 64) for s in plan.segments]
+    audio = make_tone(tmp_path / "a.wav", 20.0)
+    stitcher = Stitcher(plan, tmp_path / "chunks", audio, 25, 128, 64, OutputOptions(), encoders=3)
+    for segment in reversed(plan.segments):
+        stitcher.add_segment(segment.index, clips[segment.index])
+    result = stitcher.finish(tmp_path / "out.mp4")
+    assert read_indices(result.path) == list(range(500))
+    times = subprocess.run(["ffprobe", "-v", "error", "-select_streams", "v:0", "-show_entries", "frame=pts_time",
+                            "-of", "csv=p=0", str(result.path)], capture_output=True, text=True).stdout.split()
+    assert [round(float(t.strip(",")) * 25, 3) for t in times] == [float(i) for i in range(500)]
+    decode_errors = subprocess.run(["ffmpeg", "-v", "error", "-i", str(result.path), "-f", "null", "-"],
+                                   capture_output=True, text=True).stderr
+    assert decode_errors == ""
+    assert not (tmp_path / "chunks").exists()  # the stitcher's working files are gone
+
+
+def test_stitch_scales_segments_made_at_another_size(index_video, tmp_path):
+    plan = plan_segments(120, 2, 8)
+    clips = [segment_media.cut_video(index_video, tmp_path / f"s{s.index}.mp4", s, 25, 256, 128)
+             for s in plan.segments]
+    result = stitch_segments(plan, clips, make_tone(tmp_path / "a.wav", 4.8), tmp_path / "out.mp4", 25, 128, 64,
+                             OutputOptions())
+    assert read_indices(result.path) == list(range(120))
+    size = subprocess.run(["ffprobe", "-v", "error", "-select_streams", "v:0", "-show_entries", "stream=width,height",
+                           "-of", "csv=p=0", str(result.path)], capture_output=True, text=True).stdout.strip()
+    assert size == "128,64"
 
 
 # -- fetching inputs -------------------------------------------------------------------------------

@@ -10,10 +10,10 @@ import shutil
 import threading
 import time
 import uuid
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed, wait
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 from pydantic import ValidationError
 
@@ -28,7 +28,7 @@ from worker.planner import Segment, SegmentPlan, plan_segments, total_frames_for
 from worker.rates import RateKey, ThroughputLog
 from worker.request import JobRequest
 from worker.response import JobResponse, SegmentReport, Timings
-from worker.stitch import StitchResult, stitch_segments
+from worker.stitch import StitchResult, Stitcher
 from worker.summary import format_summary
 from worker.templates import WorkflowTemplate, available_templates
 
@@ -232,8 +232,8 @@ def cut_segment_inputs(request: JobRequest, plan: SegmentPlan, inputs: PreparedI
 
 def generate_and_stitch(ctx: JobContext, plan: SegmentPlan, segment_inputs: list[dict[str, Path]],
                         final_audio: Path) -> tuple[list[SegmentResult], StitchResult]:
-    """Runs every segment on a free instance, all at once, and stitches them as they arrive in order:
-    the encoder starts on segment 0 while later segments are still generating."""
+    """Runs every segment on a free instance, all at once; each finished segment goes straight to the
+    stitcher, which encodes its chunks while the other segments are still generating."""
     done = 0
     lock = threading.Lock()
 
@@ -247,31 +247,31 @@ def generate_and_stitch(ctx: JobContext, plan: SegmentPlan, segment_inputs: list
 
     ctx.progress(f"generating {len(plan.segments)} segment(s)")
     request = ctx.request
+    stitcher = Stitcher(plan, ctx.work_dir / "chunks", final_audio, request.fps, request.width, request.height,
+                        request.output)
     with ThreadPoolExecutor(max_workers=len(plan.segments)) as executor:
         futures = [executor.submit(run, segment) for segment in plan.segments]
         try:
-            stitched = stitch_segments(plan, _videos_in_order(futures), final_audio, ctx.work_dir / "result.mp4",
-                                       request.fps, request.width, request.height, request.output)
+            for future in as_completed(futures):
+                if future.exception() is not None:
+                    raise _root_failure(futures, ctx)
+                result = future.result()
+                stitcher.add_segment(result.segment.index, result.path)
+            stitched = stitcher.finish(ctx.work_dir / "result.mp4")
         except BaseException:
             ctx.cancel.set()  # stop the other segments instead of finishing useless work
+            stitcher.close()
             raise
         return [f.result() for f in futures], stitched
 
 
-def _videos_in_order(futures: list[Future]) -> Iterator[Path]:
-    """Each segment's video in order, as soon as it exists; the first real failure of any segment is
-    raised at once (the cancellations it causes in the others are not the story)."""
-    for future in futures:
-        while not future.done():
-            wait([f for f in futures if not f.done()], timeout=1.0, return_when=FIRST_COMPLETED)
-            if any(f.done() and f.exception() is not None for f in futures):
-                break
-        errors = [f.exception() for f in futures if f.done() and f.exception() is not None]
-        if errors:
-            for f in futures:
-                f.cancel()
-            raise next((e for e in errors if not isinstance(e, JobCancelled)), errors[0])
-        yield future.result().path
+def _root_failure(futures: list[Future], ctx: JobContext) -> BaseException:
+    """The first real failure among the segments, once the others have stopped (the cancellations it
+    caused in them are not the story)."""
+    ctx.cancel.set()
+    wait(futures)
+    errors = [f.exception() for f in futures if f.exception() is not None]
+    return next((e for e in errors if not isinstance(e, JobCancelled)), errors[0])
 
 
 def run_segment(ctx: JobContext, segment: Segment, files: dict[str, Path]) -> SegmentResult:

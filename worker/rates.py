@@ -37,6 +37,12 @@ class ThroughputLog:
             seen.generate_s_per_frame = a * generate_s_per_frame + (1 - a) * seen.generate_s_per_frame
             seen.stitch_s_per_frame = a * stitch_s_per_frame + (1 - a) * seen.stitch_s_per_frame
 
+    def rates(self, key: RateKey) -> tuple[float, float] | None:
+        """(generate, stitch) seconds per frame learned for key, if any."""
+        with self._lock:
+            seen = self._rates.get(key)
+            return None if seen is None else (seen.generate_s_per_frame, seen.stitch_s_per_frame)
+
     def stitch_lead(self, key: RateKey) -> float:
         with self._lock:
             seen = self._rates.get(key)

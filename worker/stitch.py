@@ -1,21 +1,34 @@
-"""Joins segment videos into one mp4: overlaps cross-faded, encoded once, the original audio muxed in.
+"""Joins segment videos into one mp4: overlaps cross-faded, every frame encoded once, the original audio
+muxed in, frame-exact.
 
-Frames stream through: each segment is decoded in turn and only the frames of one overlap are held,
-so memory does not grow with the length of the video. Frames travel as raw yuv420p, the format of both
-the segment files and the result, so no pixel-format conversion happens anywhere; a cross-fade is the
-same linear blend on the Y, U and V planes as it would be on RGB.
+The output is cut into chunks (plan_chunks): pieces of each segment's body (the frames no other segment
+has) and one cross-fade per overlap. Each chunk is its own short H.264 encode, started as soon as the
+segments it needs have arrived, several at once and at a lower CPU priority than the ComfyUI instances
+(which keep generating meanwhile). finish() joins the chunks with the concat demuxer by stream copy
+(one encoder, one set of settings, every chunk starting on a key frame) and adds the audio, which was
+encoded to AAC while the segments generated. What is left once the last segment lands is that segment's
+chunks, encoded in parallel, and the copy.
+
+A chunk's decoder seeks into its segment file rather than decoding it from the start (SaveSegmentVideo
+writes a key frame every second or two). Memory does not grow with video length: bodies go file to file
+inside ffmpeg; only cross-fade frames pass through Python, as raw yuv420p (a linear blend on the Y, U and
+V planes is the same blend as on RGB).
 """
 
 from __future__ import annotations
 
 import fcntl
 import logging
+import os
+import shutil
 import subprocess
+import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Iterable
+from typing import Iterator
 
 import ffmpeg
 import numpy as np
@@ -26,32 +39,32 @@ from worker.request import OutputOptions
 
 log = logging.getLogger(__name__)
 F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)  # Linux
+QUIET = ("-nostdin", "-hide_banner", "-loglevel", "error")
+MIN_CHUNK_FRAMES = 40  # a body is split into at most one piece per encoder, none shorter than this
+# Stitch processes yield the CPU to the ComfyUI instances, whose own work (sampling loop, VAE, the
+# segment encode) is what the job waits for.
+NICE = ["nice", "-n", "10"] if shutil.which("nice") else []
 
 
 @dataclass(frozen=True)
 class StitchResult:
     path: Path
     frames: int
-    seconds: float
-    busy_seconds: float  # seconds not spent waiting for the next segment to exist
+    seconds: float  # from the stitcher's start (before the first segment) to the finished mp4
+    busy_seconds: float  # what the stitch work would take alone: chunk encodes over the encoders, plus the join
 
 
-class _Waiting:
-    """Wraps the segment iterator to count how long the stitcher waited on it."""
+@dataclass(frozen=True)
+class Chunk:
+    """Output frames [start, end): from one segment (one source) or a cross-fade of two (two sources)."""
 
-    def __init__(self, files: Iterable[Path]):
-        self.files = iter(files)
-        self.seconds = 0.0
+    start: int
+    end: int
+    sources: tuple[int, ...]  # segment indices
 
-    def __iter__(self):
-        return self
-
-    def __next__(self) -> Path:
-        started = time.monotonic()
-        try:
-            return next(self.files)
-        finally:
-            self.seconds += time.monotonic() - started
+    @property
+    def frames(self) -> int:
+        return self.end - self.start
 
 
 def frame_rate(fps: float) -> str:
@@ -67,52 +80,204 @@ def crossfade(previous: np.ndarray, following: np.ndarray, position: int, overla
     return (mixed >> 8).astype(np.uint8)
 
 
-def stitch_segments(plan: SegmentPlan, segment_files: Iterable[Path], audio: Path, dest: Path,
-                    fps: float, width: int, height: int, options: OutputOptions) -> StitchResult:
-    """Writes dest: exactly plan.total_frames frames at fps, H.264 yuv420p, faststart, audio as AAC.
+def plan_chunks(plan: SegmentPlan, encoders: int) -> list[Chunk]:
+    """The output cut into body pieces and cross-fades, in frame order.
 
-    segment_files may be a generator that blocks until each segment exists: encoding starts with the
-    first segment while the others are still being generated.
+    Each body is split into up to `encoders` pieces (none under MIN_CHUNK_FRAMES), so that the body of
+    the segment that lands last is encoded by all encoders at once.
     """
-    started = time.monotonic()
-    segment_files = _Waiting(segment_files)
-    encoder = _open_encoder(audio, dest, fps, width, height, options)
-    frame_bytes = width * height * 3 // 2  # yuv420p: a full-size Y plane, quarter-size U and V
-    held: list[np.ndarray] = []  # the previous segment's last frames, waiting for the cross-fade
-    written = 0
+    chunks: list[Chunk] = []
+    for segment in plan.segments:
+        start = segment.start + plan.overlap_with_previous(segment)
+        end = segment.end - plan.overlap_with_next(segment)
+        pieces = max(1, min(encoders, (end - start) // MIN_CHUNK_FRAMES))
+        bounds = [start + (end - start) * k // pieces for k in range(pieces + 1)]
+        chunks += [Chunk(a, b, (segment.index,)) for a, b in zip(bounds, bounds[1:]) if b > a]
+        if plan.overlap_with_next(segment):
+            chunks.append(Chunk(end, segment.end, (segment.index, segment.index + 1)))
+    return chunks
+
+
+class Stitcher:
+    """Encodes chunks as their segments arrive (in any order); finish() joins them into the result.
+
+    Owns `folder` (chunk files, the AAC audio) and removes it in close().
+    """
+
+    def __init__(self, plan: SegmentPlan, folder: Path, audio: Path, fps: float, width: int, height: int,
+                 options: OutputOptions, encoders: int | None = None):
+        self.plan, self.folder, self.fps, self.width, self.height, self.options = plan, folder, fps, width, height, options
+        cores = os.cpu_count() or 1
+        self.encoders = encoders or max(2, cores // 4)
+        self.threads = max(1, cores // self.encoders)  # x264 threads per chunk encode
+        self.chunks = plan_chunks(plan, self.encoders)
+        self.started = time.monotonic()
+        self.segments: dict[int, Path] = {}
+        self.encodes: dict[Chunk, Future] = {}
+        self.encode_seconds = 0.0
+        self.lock = threading.Lock()
+        folder.mkdir(parents=True, exist_ok=True)
+        self.executor = ThreadPoolExecutor(self.encoders, thread_name_prefix="stitch")
+        self.audio = self.executor.submit(self._encode_audio, audio)  # needs no segment: done early
+
+    def add_segment(self, index: int, path: Path) -> None:
+        """Segment `index` exists at `path`: start every chunk that now has what it needs."""
+        with self.lock:
+            self.segments[index] = path
+            for chunk in self.chunks:
+                if chunk not in self.encodes and all(i in self.segments for i in chunk.sources):
+                    self.encodes[chunk] = self.executor.submit(self._encode, chunk)
+
+    def finish(self, dest: Path) -> StitchResult:
+        """Waits for every chunk, joins them by stream copy with the AAC audio into dest (faststart)."""
+        try:
+            missing = sorted(s.index for s in self.plan.segments if s.index not in self.segments)
+            if missing:
+                raise JobFailed(f"stitch: segment(s) {missing} never arrived")
+            files = [self.encodes[chunk].result() for chunk in self.chunks]
+            joined = time.monotonic()
+            listing = self.folder / "chunks.txt"
+            listing.write_text("".join(f"file '{f.name}'\n" for f in files))
+            video = ffmpeg.input(str(listing), format="concat", safe=0).video
+            sound = ffmpeg.input(str(self.audio.result())).audio
+            _run(ffmpeg.output(video, sound, str(dest), c="copy", movflags="+faststart"), "join the chunks")
+            join_s = time.monotonic() - joined
+        except BaseException:
+            dest.unlink(missing_ok=True)
+            raise
+        finally:
+            self.close()
+        seconds = time.monotonic() - self.started
+        busy = self.encode_seconds / self.encoders + join_s
+        log.info("stitched %d frames from %d chunks (%d encoders x %d threads): %.2f s of encoding, join %.2f s",
+                 self.plan.total_frames, len(self.chunks), self.encoders, self.threads, self.encode_seconds, join_s)
+        return StitchResult(dest, self.plan.total_frames, seconds, busy)
+
+    def close(self) -> None:
+        """Stops (cancelling chunks not yet started) and removes the folder; safe to call twice."""
+        self.executor.shutdown(wait=True, cancel_futures=True)
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+    # -- the work ----------------------------------------------------------------------------------
+
+    def _encode_audio(self, audio: Path) -> Path:
+        dest = self.folder / "audio.m4a"
+        _run(ffmpeg.input(str(audio)).audio.output(str(dest), acodec="aac",
+                                                   audio_bitrate=f"{self.options.audio_bitrate_kbps}k"),
+             "encode the audio")
+        return dest
+
+    def _encode(self, chunk: Chunk) -> Path:
+        started = time.monotonic()
+        dest = self.folder / f"chunk_{chunk.start:07d}.mp4"
+        if len(chunk.sources) == 1:
+            segment = self.plan.segments[chunk.sources[0]]
+            frames = self._frames_of(self.segments[segment.index], chunk.start - segment.start, chunk.frames)
+            _run(frames.output(str(dest), **self._codec()), f"encode frames {chunk.start}-{chunk.end}")
+        else:
+            self._encode_crossfade(chunk, dest)
+        if _count_frames(dest) != chunk.frames:
+            segment = self.plan.segments[chunk.sources[-1]]
+            path = self.segments[segment.index]
+            raise JobFailed(f"segment video {path.name} has {_count_frames(path)} frames, expected {segment.frames}")
+        with self.lock:
+            self.encode_seconds += time.monotonic() - started
+        return dest
+
+    def _encode_crossfade(self, chunk: Chunk, dest: Path) -> None:
+        before, after = (self.plan.segments[i] for i in chunk.sources)
+        tail = list(self._raw_frames(before.index, chunk.start - before.start, chunk.frames))
+        encoder = _start(ffmpeg.input("pipe:", format="rawvideo", pix_fmt="yuv420p", s=f"{self.width}x{self.height}",
+                                      framerate=frame_rate(self.fps)).output(str(dest), **self._codec()),
+                         stdin=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            head = self._raw_frames(after.index, 0, chunk.frames)
+            for position, (first, second) in enumerate(zip(tail, head, strict=True)):
+                encoder.stdin.write(crossfade(first, second, position, chunk.frames).tobytes())
+            encoder.stdin.close()
+        except BaseException:
+            encoder.kill()
+            encoder.wait()
+            raise
+        error = encoder.stderr.read().decode(errors="replace")
+        if encoder.wait() != 0:
+            raise JobFailed(f"ffmpeg could not encode the cross-fade {chunk.start}-{chunk.end}: {error.strip()[-500:]}")
+
+    def _frames_of(self, path: Path, first: int, count: int):
+        """Frames [first, first + count) of a segment video on the fps grid, scaled to the output size.
+
+        Like segment_media.cut_video: -copyts keeps the source's timestamps, so the fps filter numbers
+        frames from the start of the file whatever the seek, and trim picks them by number; the seek
+        (a second early) only saves decoding.
+        """
+        seek = max(0.0, first / self.fps - 1.0)
+        return (ffmpeg.input(str(path), ss=seek, copyts=None).video
+                .filter("fps", fps=frame_rate(self.fps))
+                .filter("trim", start_pts=first, end_pts=first + count)
+                .filter("setpts", "PTS-STARTPTS")
+                .filter("scale", self.width, self.height))
+
+    def _raw_frames(self, index: int, first: int, count: int) -> Iterator[np.ndarray]:
+        """Frames [first, first + count) of segment `index` as flat yuv420p arrays; raises if there are fewer."""
+        path = self.segments[index]
+        frame_bytes = self.width * self.height * 3 // 2
+        decoder = _start(self._frames_of(path, first, count).output("pipe:", format="rawvideo", pix_fmt="yuv420p",
+                                                                    vframes=count),
+                         stdout=subprocess.PIPE)
+        _widen_pipe(decoder.stdout)
+        produced = 0
+        try:
+            while produced < count:
+                data = decoder.stdout.read(frame_bytes)
+                if len(data) < frame_bytes:
+                    break
+                yield np.frombuffer(data, dtype=np.uint8)
+                produced += 1
+        finally:
+            decoder.stdout.close()
+            decoder.kill()
+            decoder.wait()
+        if produced < count:
+            segment = self.plan.segments[index]
+            raise JobFailed(f"segment video {path.name} has {first + produced} frames, expected {segment.frames}")
+
+    def _codec(self) -> dict:
+        # The same settings for every chunk, so that their streams join by a plain copy.
+        return {"vcodec": "libx264", "preset": self.options.preset, "crf": self.options.crf, "pix_fmt": "yuv420p",
+                "r": frame_rate(self.fps), "threads": self.threads, "an": None}
+
+
+def stitch_segments(plan: SegmentPlan, segment_files: list[Path], audio: Path, dest: Path, fps: float,
+                    width: int, height: int, options: OutputOptions, encoders: int | None = None) -> StitchResult:
+    """Every segment at hand: stitches them into dest (what a job does while its segments generate)."""
+    stitcher = Stitcher(plan, dest.parent / f".{dest.stem}_chunks", audio, fps, width, height, options, encoders)
     try:
         for segment, path in zip(plan.segments, segment_files, strict=True):
-            overlap_in = plan.overlap_with_previous(segment)
-            overlap_out = plan.overlap_with_next(segment)
-            incoming: list[np.ndarray] = []
-            for position, data in enumerate(_decode_frames(path, width, height, segment.frames, frame_bytes)):
-                if position < overlap_in:
-                    data = crossfade(held[position], _as_frame(data), position, overlap_in).tobytes()
-                elif position >= segment.frames - overlap_out:
-                    incoming.append(_as_frame(data))
-                    continue
-                encoder.stdin.write(data)  # frames outside overlaps pass through untouched
-                written += 1
-            held = incoming
-        encoder.stdin.close()
-    except BrokenPipeError:
-        pass
+            stitcher.add_segment(segment.index, path)
     except BaseException:
-        encoder.kill()
-        encoder.wait()
-        dest.unlink(missing_ok=True)
+        stitcher.close()
         raise
-    error = encoder.stderr.read().decode(errors="replace")
-    if encoder.wait() != 0:
-        dest.unlink(missing_ok=True)
-        raise JobFailed(f"ffmpeg could not encode the result: {error.strip()[-800:]}")
-    if written != plan.total_frames:
-        raise JobFailed(f"stitched {written} frames, expected {plan.total_frames}")
-    seconds = time.monotonic() - started
-    busy = seconds - segment_files.seconds
-    log.info("stitched %d frames from %d segments: %.2f s of work (%.0f frames/s)", written, len(plan.segments),
-             busy, written / max(busy, 1e-6))
-    return StitchResult(dest, written, seconds, busy)
+    return stitcher.finish(dest)
+
+
+# -- ffmpeg plumbing -------------------------------------------------------------------------------
+
+def _start(stream, **popen) -> subprocess.Popen:
+    """Starts an ffmpeg-python stream as a low-priority process."""
+    return subprocess.Popen(NICE + stream.global_args(*QUIET).compile(overwrite_output=True), **popen)
+
+
+def _run(stream, what: str) -> None:
+    process = _start(stream, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    error = process.communicate()[1].decode(errors="replace")
+    if process.returncode != 0:
+        raise JobFailed(f"ffmpeg could not {what}: {error.strip()[-800:]}")
+
+
+def _count_frames(path: Path) -> int:
+    out = subprocess.run(["ffprobe", "-v", "error", "-count_packets", "-select_streams", "v:0", "-show_entries",
+                          "stream=nb_read_packets", "-of", "csv=p=0", str(path)], capture_output=True, text=True)
+    return int(out.stdout.strip() or 0)
 
 
 def _widen_pipe(pipe) -> None:
@@ -121,48 +286,3 @@ def _widen_pipe(pipe) -> None:
         fcntl.fcntl(pipe.fileno(), F_SETPIPE_SZ, 1 << 20)
     except OSError:
         pass  # the limit in /proc/sys/fs/pipe-max-size is lower; the default pipe still works
-
-
-def _open_encoder(audio: Path, dest: Path, fps: float, width: int, height: int,
-                  options: OutputOptions) -> subprocess.Popen:
-    video = ffmpeg.input("pipe:", format="rawvideo", pix_fmt="yuv420p", s=f"{width}x{height}",
-                         framerate=frame_rate(fps))
-    sound = ffmpeg.input(str(audio)).audio
-    output = ffmpeg.output(
-        video, sound, str(dest), vcodec="libx264", preset=options.preset, crf=options.crf,
-        pix_fmt="yuv420p", acodec="aac", audio_bitrate=f"{options.audio_bitrate_kbps}k",
-        movflags="+faststart",
-    ).global_args("-nostdin", "-hide_banner", "-loglevel", "error")
-    encoder = output.run_async(pipe_stdin=True, pipe_stderr=True, overwrite_output=True)
-    _widen_pipe(encoder.stdin)
-    return encoder
-
-
-def _as_frame(data: bytes) -> np.ndarray:
-    return np.frombuffer(data, dtype=np.uint8)
-
-
-def _decode_frames(path: Path, width: int, height: int, count: int, frame_bytes: int):
-    """Yields the first `count` frames of path as raw yuv420p bytes, scaled to width x height if needed."""
-    decoder = (
-        ffmpeg.input(str(path)).video
-        .filter("scale", width, height)
-        .output("pipe:", format="rawvideo", pix_fmt="yuv420p", vframes=count)
-        .global_args("-nostdin", "-loglevel", "error")
-        .run_async(pipe_stdout=True)
-    )
-    _widen_pipe(decoder.stdout)
-    produced = 0
-    try:
-        while produced < count:
-            data = decoder.stdout.read(frame_bytes)
-            if len(data) < frame_bytes:
-                break
-            yield data
-            produced += 1
-    finally:
-        decoder.stdout.close()
-        decoder.kill()
-        decoder.wait()
-    if produced < count:
-        raise JobFailed(f"segment video {path.name} has {produced} frames, expected {count}")
