@@ -100,7 +100,10 @@ def main() -> None:
     job = {"workflow": "wan_standin", "input_type": "image", "image": str(image), "audio": str(audio),
            "width": width, "height": height, "fps": args.fps, "steps": args.steps,
            "overlap_frames": args.overlap, "output": {"destination": "volume", "preset": "veryfast"}}
-    warmup = {**job, "audio": str(make_tone(media / "warmup.wav", 0.4 * max(counts) * 81 / args.fps)), "steps": 1}
+    # Long enough for one segment per instance (each at least 2 x overlap frames), so that every instance
+    # has loaded the model before the timed job; one step keeps it short.
+    warmup_s = (max(counts) + 1) * 2 * args.overlap / args.fps
+    warmup = {**job, "audio": str(make_tone(media / "warmup.wav", warmup_s)), "steps": 1}
 
     extra = ["--extra-model-paths-config", str(models / "extra_model_paths.yaml")]
     runs, frames = [], None
@@ -121,7 +124,9 @@ def main() -> None:
         pool.start()
         try:
             started = time.monotonic()
-            run_job({**warmup, "gpu_count": count}, pool, settings, job_id=f"warmup{count}")
+            warm = run_job({**warmup, "gpu_count": count}, pool, settings, job_id=f"warmup{count}")
+            if len({segment["instance"] for segment in warm["segments"]}) < count:
+                raise SystemExit(f"the warm-up reached {warm['segments_processed']} of {count} instances")
             first_job_s = time.monotonic() - started
             lead = THROUGHPUT.stitch_lead(rate_key)
             with PeakRss() as rss, PeakVram(list(range(count)) if not args.cpu else []) as vram:

@@ -10,7 +10,7 @@ import json
 import logging
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -60,6 +60,7 @@ class PromptResult:
     prompt_id: str
     outputs: list[ComfyOutputFile]
     seconds: float
+    node_seconds: dict[str, float] = field(default_factory=dict)  # node id -> seconds it ran (from the websocket)
 
 
 def describe_node_errors(body: dict) -> str:
@@ -120,9 +121,10 @@ class ComfyClient:
         ws = self._connect_ws()
         prompt_id = None
         watch = _Watch(deadline, is_alive, should_stop)
+        starts: list[tuple[str, float]] = []  # (node id, when it began executing)
         try:
             prompt_id = self.queue_prompt(graph)
-            self._follow(ws, prompt_id, watch, on_progress)
+            self._follow(ws, prompt_id, watch, on_progress, starts)
             entry = self._history_entry(prompt_id, watch)
         except (PromptTimedOut, PromptCancelled):
             if prompt_id is not None:
@@ -131,7 +133,8 @@ class ComfyClient:
         finally:
             if ws is not None:
                 ws.close()
-        return PromptResult(prompt_id, collect_output_files(entry), time.monotonic() - started)
+        return PromptResult(prompt_id, collect_output_files(entry), time.monotonic() - started,
+                            _node_seconds(starts))
 
     def cancel(self, prompt_id: str) -> None:
         """Removes the prompt from the queue if pending and interrupts it if running."""
@@ -178,8 +181,9 @@ class ComfyClient:
             log.warning("websocket to %s failed (%s); following the prompt through /history", self.ws_url, exc)
             return None
 
-    def _follow(self, ws, prompt_id: str, watch: "_Watch", on_progress) -> None:
-        """Reads events until our prompt ends; falls back to /history polling if the socket drops."""
+    def _follow(self, ws, prompt_id: str, watch: "_Watch", on_progress, starts: list[tuple[str, float]]) -> None:
+        """Reads events until our prompt ends, noting when each node starts in `starts`; falls back to
+        /history polling if the socket drops."""
         last_poll = time.monotonic()
         while ws is not None:
             watch.check(prompt_id)
@@ -204,8 +208,10 @@ class ComfyClient:
             kind = event.get("type")
             if kind == "progress" and on_progress is not None:
                 on_progress(int(data.get("value", 0)), int(data.get("max", 0)))
-            elif kind == "executing" and data.get("node") is None and data.get("prompt_id") == prompt_id:
-                return
+            elif kind == "executing" and data.get("prompt_id") == prompt_id:
+                starts.append((data.get("node"), time.monotonic()))
+                if data.get("node") is None:
+                    return
             elif kind == "execution_error":
                 raise PromptFailed(
                     f"node {data.get('node_id')} ({data.get('node_type')}) failed: "
@@ -239,6 +245,15 @@ class ComfyClient:
                 return entry
             watch.check(prompt_id)
             time.sleep(0.1)
+
+
+def _node_seconds(starts: list[tuple[str | None, float]]) -> dict[str, float]:
+    """Each node's run time: from its `executing` event to the next one (the last to the end event)."""
+    seconds: dict[str, float] = {}
+    for (node, began), (_, ended) in zip(starts, starts[1:]):
+        if node is not None:
+            seconds[node] = round(seconds.get(node, 0.0) + ended - began, 3)
+    return seconds
 
 
 @dataclass(frozen=True)

@@ -45,6 +45,10 @@ def test_video_job_keeps_every_frame_in_order(worker, tmp_path):
     assert (first["start_frame"], second["end_frame"]) == (0, expected)
     assert first["end_frame"] - second["start_frame"] == output["overlap_frames"] == 8
     assert first["instance"] != second["instance"]
+    for segment in (first, second):  # where each segment's ComfyUI time went, node by node
+        nodes = segment["node_seconds"]
+        assert any(name.endswith(" SaveSegmentVideo") for name in nodes), nodes
+        assert 0 < sum(nodes.values()) <= segment["comfy_seconds"] + 0.05
     assert set(output["timings"]) == {"prepare", "generate", "stitch", "encode", "total"}
     assert worker.leftover_job_files() == []
 

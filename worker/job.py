@@ -11,7 +11,7 @@ import threading
 import time
 import uuid
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed, wait
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -74,6 +74,7 @@ class SegmentResult:
     comfy_seconds: float
     finished_at: float  # time.monotonic() when the segment's video was on disk
     attempts: int = 1
+    node_seconds: dict[str, float] = field(default_factory=dict)  # "id ClassType" -> seconds
 
 
 def parse_request(job_input: Any) -> JobRequest:
@@ -147,7 +148,7 @@ def run_job(job_input: Any, pool: InstancePool, settings: WorkerSettings, job_id
             segments=[SegmentReport(index=r.segment.index, instance=r.instance.name, gpu=r.instance.gpu,
                                     start_frame=r.segment.start, end_frame=r.segment.end, frames=r.segment.frames,
                                     seconds=round(r.seconds, 3), comfy_seconds=round(r.comfy_seconds, 3),
-                                    attempts=r.attempts)
+                                    node_seconds=r.node_seconds, attempts=r.attempts)
                       for r in results],
             timings=Timings(prepare=round(prepared - started, 3), generate=round(generated - prepared, 3),
                             stitch=round(stitched - generated, 3), encode=round(delivered - stitched, 3),
@@ -333,8 +334,9 @@ def attempt_segment(ctx: JobContext, segment: Segment, files: dict[str, Path],
                 uploaded.append(name)
                 values[slot] = name
         timeout_s = ctx.settings.segment_timeout_s + ctx.settings.segment_timeout_per_frame_s * segment.frames
+        graph = template.bind(values)
         try:
-            result = client.run_prompt(template.bind(values), timeout_s=timeout_s, is_alive=instance.is_alive,
+            result = client.run_prompt(graph, timeout_s=timeout_s, is_alive=instance.is_alive,
                                        should_stop=ctx.cancel.is_set)
         except PromptRejected as exc:
             raise JobFailed(f"workflow {template.name!r} was rejected by ComfyUI: {exc}") from None
@@ -352,17 +354,30 @@ def attempt_segment(ctx: JobContext, segment: Segment, files: dict[str, Path],
         if not videos:
             raise JobFailed(f"workflow {template.name!r} produced no video for segment {segment.index} "
                             f"(outputs: {[o.filename for o in result.outputs]})")
-        path = client.download(videos[0], ctx.work_dir / f"seg{segment.index}_out{Path(videos[0].filename).suffix}")
+        path = _take_output(client, instance, videos[0],
+                            ctx.work_dir / f"seg{segment.index}_out{Path(videos[0].filename).suffix}")
         seconds = time.monotonic() - started
-        log.info("%s: segment %d done in %.2f s (ComfyUI %.2f s)", instance.name.upper(), segment.index,
-                 seconds, result.seconds)
-        return SegmentResult(segment, path, instance, seconds, result.seconds, time.monotonic())
+        nodes = {f"{node} {graph.get(node, {}).get('class_type', '?')}": s for node, s in result.node_seconds.items()}
+        slowest = ", ".join(f"{name} {s:.1f} s" for name, s in sorted(nodes.items(), key=lambda i: -i[1])[:3])
+        log.info("%s: segment %d done in %.2f s (ComfyUI %.2f s; %s)", instance.name.upper(), segment.index,
+                 seconds, result.seconds, slowest)
+        return SegmentResult(segment, path, instance, seconds, result.seconds, time.monotonic(),
+                             node_seconds=nodes)
     finally:
         for name in uploaded:
             (instance.input_dir / name).unlink(missing_ok=True)
         for path in produced:
             path.unlink(missing_ok=True)
         shutil.rmtree(instance.output_dir / tag, ignore_errors=True)
+
+
+def _take_output(client: ComfyClient, instance: ComfyInstance, output, dest: Path) -> Path:
+    """Moves an output file from the instance's output folder on this machine into the job folder
+    (a rename, no copy, on one filesystem); downloads it over HTTP only if it is not there."""
+    local = (instance.output_dir / output.subfolder / output.filename).resolve()
+    if output.type == "output" and local.is_relative_to(instance.output_dir.resolve()) and local.is_file():
+        return Path(shutil.move(local, dest))
+    return client.download(output, dest)
 
 
 def _safe(text: str) -> str:

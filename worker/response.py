@@ -14,13 +14,14 @@ class SegmentReport(BaseModel):
     frames: int
     seconds: float  # wall time of the segment on its instance: upload, ComfyUI, download
     comfy_seconds: float  # time ComfyUI took for the prompt
+    node_seconds: dict[str, float] = {}  # "node id ClassType" -> seconds it ran (where the ComfyUI time went)
     attempts: int  # 1, or more when an instance died or the segment overran its deadline
 
 
 class Timings(BaseModel):
     prepare: float  # fetch, probe and cut the inputs
     generate: float  # all segments, in parallel
-    stitch: float  # from the last segment done to the stitched mp4 (decode, cross-fade, encode, mux; it starts on segment 0 during generation)
+    stitch: float  # from the last segment done to the stitched mp4 (the stitch starts with the first segment done)
     encode: float  # deliver the result: base64 or write to the volume
     total: float
 
