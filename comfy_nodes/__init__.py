@@ -17,7 +17,7 @@ import folder_paths
 
 X264_PRESETS = ["ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow"]
 CHUNK_FRAMES = 16  # frames converted to uint8 and moved to the CPU at a time: bounded extra memory
-KEYFRAME_SECONDS = 2  # the worker's stitcher seeks into a segment; it decodes from the key frame before
+KEYFRAME_SECONDS = 1  # the worker's stitcher seeks into a segment; it decodes from the key frame before
 
 
 class SaveSegmentVideo:

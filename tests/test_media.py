@@ -88,7 +88,8 @@ def test_chunks_cover_every_frame_once_and_split_bodies_per_encoder():
     chunks = plan_chunks(plan, encoders=4)
     assert [c.start for c in chunks[1:]] == [c.end for c in chunks[:-1]]
     assert chunks[0].start == 0 and chunks[-1].end == 1500
-    assert [c.sources for c in chunks] == [(0,)] * 4 + [(0, 1)] + [(1,)] * 4
+    # segment 1's arrival starts the cross-fade and 3 body pieces: one round of 4 encoders
+    assert [c.sources for c in chunks] == [(0,)] * 4 + [(0, 1)] + [(1,)] * 3
     assert chunks[4].frames == 40  # the overlap is one cross-fade chunk
     short = plan_chunks(plan_segments(130, 2, 8), encoders=8)  # bodies of 61 frames: no piece under 40
     assert [c.frames for c in short] == [61, 8, 61]
@@ -112,6 +113,20 @@ def test_stitch_in_many_chunks_arriving_out_of_order_is_frame_exact_with_even_ti
     assert decode_errors == ""
     assert not (tmp_path / "chunks").exists()  # the stitcher's working files are gone
 
+
+
+def test_stitch_seeks_exactly_into_segments_with_b_frames_and_short_gops(index_video, tmp_path):
+    plan = plan_segments(200, 2, 10)
+    clips = []
+    for segment in plan.segments:  # as another save node might write them: B-frames, a key frame every 7
+        cut = segment_media.cut_video(index_video, tmp_path / f"c{segment.index}.mp4", segment, 25, 128, 64)
+        clip = tmp_path / f"s{segment.index}.mp4"
+        subprocess.run(["ffmpeg", "-v", "error", "-i", str(cut), "-c:v", "libx264", "-preset", "medium", "-bf", "3",
+                        "-g", "7", "-crf", "8", str(clip)], check=True)
+        clips.append(clip)
+    result = stitch_segments(plan, clips, make_tone(tmp_path / "a.wav", 8.0), tmp_path / "out.mp4", 25, 128, 64,
+                             OutputOptions(), encoders=4)
+    assert read_indices(result.path) == list(range(200))
 
 def test_stitch_scales_segments_made_at_another_size(index_video, tmp_path):
     plan = plan_segments(120, 2, 8)

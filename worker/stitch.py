@@ -83,14 +83,16 @@ def crossfade(previous: np.ndarray, following: np.ndarray, position: int, overla
 def plan_chunks(plan: SegmentPlan, encoders: int) -> list[Chunk]:
     """The output cut into body pieces and cross-fades, in frame order.
 
-    Each body is split into up to `encoders` pieces (none under MIN_CHUNK_FRAMES), so that the body of
-    the segment that lands last is encoded by all encoders at once.
+    A segment's arrival can start its body pieces and the cross-fade with the segment before it: the
+    body is split so that these are at most `encoders` chunks (none under MIN_CHUNK_FRAMES), and the
+    segment that lands last is stitched in one round of all encoders at once.
     """
     chunks: list[Chunk] = []
     for segment in plan.segments:
         start = segment.start + plan.overlap_with_previous(segment)
         end = segment.end - plan.overlap_with_next(segment)
-        pieces = max(1, min(encoders, (end - start) // MIN_CHUNK_FRAMES))
+        slots = encoders - (1 if plan.overlap_with_previous(segment) else 0)
+        pieces = max(1, min(slots, (end - start) // MIN_CHUNK_FRAMES))
         bounds = [start + (end - start) * k // pieces for k in range(pieces + 1)]
         chunks += [Chunk(a, b, (segment.index,)) for a, b in zip(bounds, bounds[1:]) if b > a]
         if plan.overlap_with_next(segment):
@@ -207,10 +209,10 @@ class Stitcher:
         """Frames [first, first + count) of a segment video on the fps grid, scaled to the output size.
 
         Like segment_media.cut_video: -copyts keeps the source's timestamps, so the fps filter numbers
-        frames from the start of the file whatever the seek, and trim picks them by number; the seek
-        (a second early) only saves decoding.
+        frames from the start of the file whatever the seek, and trim picks them by number. The seek,
+        half a frame early, only saves decoding: ffmpeg decodes from the key frame before it.
         """
-        seek = max(0.0, first / self.fps - 1.0)
+        seek = max(0.0, (first - 0.5) / self.fps)
         return (ffmpeg.input(str(path), ss=seek, copyts=None).video
                 .filter("fps", fps=frame_rate(self.fps))
                 .filter("trim", start_pts=first, end_pts=first + count)
