@@ -88,8 +88,8 @@ def plan_segments(total_frames: int, parallelism: int, overlap: int,
 
     stitch_lead (the stitch's seconds per frame over one instance's generation seconds per frame)
     makes each segment 1 / (1 + stitch_lead) times as long as the next: segment i is then done about
-    when the stitcher, which takes segments in order, has finished segment i - 1, and only the last
-    segment's share of the stitch is left once generation ends.
+    when the stitcher has finished segment i - 1, and only the last segment's share of the stitch is
+    left once generation ends.
     """
     if parallelism < 1:
         raise ValueError("parallelism must be at least 1")

@@ -1,10 +1,12 @@
 """How fast recent jobs generated and stitched, so the planner can let the stitch overlap generation.
 
-The stitcher takes segments in order. If every segment ended at the same moment, the whole stitch would
-come after generation; making each segment a little shorter than the next (planner's stitch_lead)
-hides all but the last segment's share. The right ratio is the stitch's cost per frame over one
-instance's generation cost per frame, which this module learns from finished jobs with the same
-template, size and steps. Until it has seen one, the lead is 0 (equal segments).
+If every segment ended at the same moment, the whole stitch would come after generation; making each
+segment a little shorter than the next (planner's stitch_lead) lets the stitch of the earlier ones run
+meanwhile and leaves only the last segment's share. The right ratio is the stitch's cost per frame (all
+encoders at work) over one instance's generation cost per frame, which this module learns from finished
+jobs with the same template, size and steps. Until it has seen one, the lead is 0 (equal segments).
+Workflows whose cost moves in window steps (InfiniteTalk: 72 frames) gain less from it: segments a few
+frames apart often sample the same number of windows.
 """
 
 from __future__ import annotations
