@@ -42,7 +42,8 @@ def ceiling(gpus: int, frames: int, overlap: int) -> float:
     return gpus * frames / (frames + (gpus - 1) * overlap)
 
 
-def write_result(args, device: list[str], frames: int, weights_s: float, runs: list[dict]) -> dict:
+def write_result(args, device: list[str], frames: int, weights_s: float, runs: list[dict],
+                 rates: tuple[float, float] | None) -> dict:
     """Adds speed-up, ceiling and overhead share to each run and writes the JSON; returns it."""
     one = next((r for r in runs if r["gpus"] == 1), None)
     for r in runs:
@@ -53,8 +54,7 @@ def write_result(args, device: list[str], frames: int, weights_s: float, runs: l
     runs.sort(key=lambda r: r["gpus"])
     result = {"device": f"{len(device)} x {device[0]}", "frames": frames, "fps": args.fps,
               "size": args.size, "steps": args.steps, "overlap": args.overlap, "weights_s": round(weights_s, 1),
-              "learned_rates_s_per_frame": THROUGHPUT.rates(("wan_standin", *(int(v) for v in args.size.split("x")),
-                                                             args.steps)),
+              "learned_rates_s_per_frame": rates,
               "runs": runs}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
@@ -157,10 +157,11 @@ def main() -> None:
                 Path(args.logs).mkdir(parents=True, exist_ok=True)
                 shutil.copy(instance.log_path, Path(args.logs) / f"comfyui_{count}gpu_{instance.name.replace(':', '_')}.log")
             pool.shutdown()
-        write_result(args, device, frames, weights_s, runs)  # what is done survives a later failure
+        # What is done survives a later failure.
+        write_result(args, device, frames, weights_s, runs, THROUGHPUT.rates(rate_key))
 
     shutil.rmtree(root, ignore_errors=True)
-    result = write_result(args, device, frames, weights_s, runs)
+    result = write_result(args, device, frames, weights_s, runs, THROUGHPUT.rates(rate_key))
     print(f"learned (generate, stitch) seconds per frame: {result['learned_rates_s_per_frame']}")
     print(f"\n{result['device']}: {frames} frames ({frames / args.fps:.0f} s at {args.fps:g} fps), {args.size}, "
           f"{args.steps} steps, overlap {args.overlap}")

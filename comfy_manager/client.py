@@ -121,7 +121,7 @@ class ComfyClient:
         ws = self._connect_ws()
         prompt_id = None
         watch = _Watch(deadline, is_alive, should_stop)
-        starts: list[tuple[str, float]] = []  # (node id, when it began executing)
+        starts: list[tuple[str | None, float]] = []  # (node id, when it began executing; None: the end)
         try:
             prompt_id = self.queue_prompt(graph)
             self._follow(ws, prompt_id, watch, on_progress, starts)
@@ -181,7 +181,8 @@ class ComfyClient:
             log.warning("websocket to %s failed (%s); following the prompt through /history", self.ws_url, exc)
             return None
 
-    def _follow(self, ws, prompt_id: str, watch: "_Watch", on_progress, starts: list[tuple[str, float]]) -> None:
+    def _follow(self, ws, prompt_id: str, watch: "_Watch", on_progress,
+                starts: list[tuple[str | None, float]]) -> None:
         """Reads events until our prompt ends, noting when each node starts in `starts`; falls back to
         /history polling if the socket drops."""
         last_poll = time.monotonic()

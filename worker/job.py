@@ -18,7 +18,8 @@ from typing import Any, Callable
 from pydantic import ValidationError
 
 from comfy_manager import ComfyClient, ComfyInstance, InstancePool
-from comfy_manager.client import ConnectionLost, PromptCancelled, PromptFailed, PromptRejected, PromptTimedOut
+from comfy_manager.client import (ComfyOutputFile, ConnectionLost, PromptCancelled, PromptFailed, PromptRejected,
+                                  PromptTimedOut)
 from worker import probe, segment_media
 from worker.config import WorkerSettings
 from worker.errors import JobCancelled, JobFailed, JobInputError, describe_validation_error
@@ -313,7 +314,7 @@ def _acquire(ctx: JobContext) -> ComfyInstance:
 
 def attempt_segment(ctx: JobContext, segment: Segment, files: dict[str, Path],
                     instance: ComfyInstance) -> SegmentResult:
-    """One try of one segment on one instance: upload its media, run its prompt, download its video."""
+    """One try of one segment on one instance: upload its media, run its prompt, take its video."""
     started = time.monotonic()
     request, template = ctx.request, ctx.template
     tag = f"{ctx.job_id}_{uuid.uuid4().hex[:6]}_seg{segment.index}"
@@ -371,7 +372,7 @@ def attempt_segment(ctx: JobContext, segment: Segment, files: dict[str, Path],
         shutil.rmtree(instance.output_dir / tag, ignore_errors=True)
 
 
-def _take_output(client: ComfyClient, instance: ComfyInstance, output, dest: Path) -> Path:
+def _take_output(client: ComfyClient, instance: ComfyInstance, output: ComfyOutputFile, dest: Path) -> Path:
     """Moves an output file from the instance's output folder on this machine into the job folder
     (a rename, no copy, on one filesystem); downloads it over HTTP only if it is not there."""
     local = (instance.output_dir / output.subfolder / output.filename).resolve()

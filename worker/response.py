@@ -12,7 +12,7 @@ class SegmentReport(BaseModel):
     start_frame: int
     end_frame: int  # exclusive
     frames: int
-    seconds: float  # wall time of the segment on its instance: upload, ComfyUI, download
+    seconds: float  # wall time of the segment on its instance: upload, ComfyUI, taking its video
     comfy_seconds: float  # time ComfyUI took for the prompt
     node_seconds: dict[str, float] = {}  # "node id ClassType" -> seconds it ran (where the ComfyUI time went)
     attempts: int  # 1, or more when an instance died or the segment overran its deadline

@@ -6,25 +6,17 @@ from pathlib import Path
 
 import ffmpeg
 
-from worker.errors import JobFailed
+from worker.ffmpeg_calls import run
 from worker.planner import Segment
 
 # Intermediate clips are near-lossless and as fast to write as x264 allows; they live seconds.
 _CLIP_CODEC = {"vcodec": "libx264", "preset": "ultrafast", "crf": 10, "pix_fmt": "yuv420p"}
 
 
-def _run(stream, what: str) -> None:
-    try:
-        stream.global_args("-nostdin", "-hide_banner", "-loglevel", "error").run(
-            capture_stdout=True, capture_stderr=True, overwrite_output=True)
-    except ffmpeg.Error as exc:
-        raise JobFailed(f"ffmpeg failed to {what}: {exc.stderr.decode(errors='replace').strip()[-800:]}") from None
-
-
 def loop_video(src: Path, dst: Path, fps: float, total_frames: int) -> Path:
     """A copy of src resampled to fps and looped until it has total_frames frames."""
     stream = ffmpeg.input(str(src), stream_loop=-1).video.filter("fps", fps=fps)
-    _run(stream.output(str(dst), vframes=total_frames, an=None, **_CLIP_CODEC), "loop the video")
+    run(stream.output(str(dst), vframes=total_frames, an=None, **_CLIP_CODEC), "loop the video")
     return dst
 
 
@@ -45,7 +37,7 @@ def cut_video(src: Path, dst: Path, segment: Segment, fps: float, width: int, he
         .filter("crop", width, height)
         .filter("setsar", 1)
     )
-    _run(stream.output(str(dst), vframes=segment.frames, an=None, r=fps, **_CLIP_CODEC),
+    run(stream.output(str(dst), vframes=segment.frames, an=None, r=fps, **_CLIP_CODEC),
          f"cut frames {segment.start}-{segment.end}")
     return dst
 
@@ -53,14 +45,14 @@ def cut_video(src: Path, dst: Path, segment: Segment, fps: float, width: int, he
 def cut_audio(src: Path, dst: Path, start_s: float, duration_s: float) -> Path:
     """duration_s seconds of src from start_s as WAV, padded with silence where src ends sooner."""
     stream = ffmpeg.input(str(src), ss=start_s).audio.filter("apad", whole_dur=duration_s)
-    _run(stream.output(str(dst), t=duration_s, acodec="pcm_s16le", vn=None),
+    run(stream.output(str(dst), t=duration_s, acodec="pcm_s16le", vn=None),
          f"cut audio at {start_s:.2f} s")
     return dst
 
 
 def image_to_png(src: Path, dst: Path) -> Path:
     """The first frame of src as PNG, whatever the source format."""
-    _run(ffmpeg.input(str(src)).video.output(str(dst), vframes=1), "read the image")
+    run(ffmpeg.input(str(src)).video.output(str(dst), vframes=1), "read the image")
     return dst
 
 
@@ -68,5 +60,5 @@ def mix_audio(tracks: list[Path], dst: Path) -> Path:
     """The speakers' tracks mixed into one WAV, as long as the longest."""
     inputs = [ffmpeg.input(str(t)).audio for t in tracks]
     mixed = ffmpeg.filter(inputs, "amix", inputs=len(inputs), duration="longest", normalize=0)
-    _run(mixed.output(str(dst), acodec="pcm_s16le"), "mix the speakers' audio")
+    run(mixed.output(str(dst), acodec="pcm_s16le"), "mix the speakers' audio")
     return dst

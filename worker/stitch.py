@@ -34,23 +34,19 @@ import ffmpeg
 import numpy as np
 
 from worker.errors import JobFailed
+from worker.ffmpeg_calls import run, start
 from worker.planner import SegmentPlan
 from worker.request import OutputOptions
 
 log = logging.getLogger(__name__)
 F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)  # Linux
-QUIET = ("-nostdin", "-hide_banner", "-loglevel", "error")
 MIN_CHUNK_FRAMES = 40  # a body is split into at most one piece per encoder, none shorter than this
-# Stitch processes yield the CPU to the ComfyUI instances, whose own work (sampling loop, VAE, the
-# segment encode) is what the job waits for.
-NICE = ["nice", "-n", "10"] if shutil.which("nice") else []
 
 
 @dataclass(frozen=True)
 class StitchResult:
     path: Path
     frames: int
-    seconds: float  # from the stitcher's start (before the first segment) to the finished mp4
     busy_seconds: float  # what the stitch work would take alone: chunk encodes over the encoders, plus the join
 
 
@@ -113,7 +109,6 @@ class Stitcher:
         self.encoders = encoders or max(2, cores // 4)
         self.threads = max(1, cores // self.encoders)  # x264 threads per chunk encode
         self.chunks = plan_chunks(plan, self.encoders)
-        self.started = time.monotonic()
         self.segments: dict[int, Path] = {}
         self.encodes: dict[Chunk, Future] = {}
         self.encode_seconds = 0.0
@@ -142,18 +137,17 @@ class Stitcher:
             listing.write_text("".join(f"file '{f.name}'\n" for f in files))
             video = ffmpeg.input(str(listing), format="concat", safe=0).video
             sound = ffmpeg.input(str(self.audio.result())).audio
-            _run(ffmpeg.output(video, sound, str(dest), c="copy", movflags="+faststart"), "join the chunks")
+            run(ffmpeg.output(video, sound, str(dest), c="copy", movflags="+faststart"), "join the chunks", nice=True)
             join_s = time.monotonic() - joined
         except BaseException:
             dest.unlink(missing_ok=True)
             raise
         finally:
             self.close()
-        seconds = time.monotonic() - self.started
         busy = self.encode_seconds / self.encoders + join_s
         log.info("stitched %d frames from %d chunks (%d encoders x %d threads): %.2f s of encoding, join %.2f s",
                  self.plan.total_frames, len(self.chunks), self.encoders, self.threads, self.encode_seconds, join_s)
-        return StitchResult(dest, self.plan.total_frames, seconds, busy)
+        return StitchResult(dest, self.plan.total_frames, busy)
 
     def close(self) -> None:
         """Stops (cancelling chunks not yet started) and removes the folder; safe to call twice."""
@@ -164,9 +158,9 @@ class Stitcher:
 
     def _encode_audio(self, audio: Path) -> Path:
         dest = self.folder / "audio.m4a"
-        _run(ffmpeg.input(str(audio)).audio.output(str(dest), acodec="aac",
-                                                   audio_bitrate=f"{self.options.audio_bitrate_kbps}k"),
-             "encode the audio")
+        run(ffmpeg.input(str(audio)).audio.output(str(dest), acodec="aac",
+                                                  audio_bitrate=f"{self.options.audio_bitrate_kbps}k"),
+            "encode the audio", nice=True)
         return dest
 
     def _encode(self, chunk: Chunk) -> Path:
@@ -175,7 +169,7 @@ class Stitcher:
         if len(chunk.sources) == 1:
             segment = self.plan.segments[chunk.sources[0]]
             frames = self._frames_of(self.segments[segment.index], chunk.start - segment.start, chunk.frames)
-            _run(frames.output(str(dest), **self._codec()), f"encode frames {chunk.start}-{chunk.end}")
+            run(frames.output(str(dest), **self._codec()), f"encode frames {chunk.start}-{chunk.end}", nice=True)
         else:
             self._encode_crossfade(chunk, dest)
         if _count_frames(dest) != chunk.frames:
@@ -189,9 +183,9 @@ class Stitcher:
     def _encode_crossfade(self, chunk: Chunk, dest: Path) -> None:
         before, after = (self.plan.segments[i] for i in chunk.sources)
         tail = list(self._raw_frames(before.index, chunk.start - before.start, chunk.frames))
-        encoder = _start(ffmpeg.input("pipe:", format="rawvideo", pix_fmt="yuv420p", s=f"{self.width}x{self.height}",
-                                      framerate=frame_rate(self.fps)).output(str(dest), **self._codec()),
-                         stdin=subprocess.PIPE, stderr=subprocess.PIPE)
+        encoder = start(ffmpeg.input("pipe:", format="rawvideo", pix_fmt="yuv420p", s=f"{self.width}x{self.height}",
+                                     framerate=frame_rate(self.fps)).output(str(dest), **self._codec()),
+                        nice=True, stdin=subprocess.PIPE, stderr=subprocess.PIPE)
         try:
             head = self._raw_frames(after.index, 0, chunk.frames)
             for position, (first, second) in enumerate(zip(tail, head, strict=True)):
@@ -223,9 +217,9 @@ class Stitcher:
         """Frames [first, first + count) of segment `index` as flat yuv420p arrays; raises if there are fewer."""
         path = self.segments[index]
         frame_bytes = self.width * self.height * 3 // 2
-        decoder = _start(self._frames_of(path, first, count).output("pipe:", format="rawvideo", pix_fmt="yuv420p",
-                                                                    vframes=count),
-                         stdout=subprocess.PIPE)
+        decoder = start(self._frames_of(path, first, count).output("pipe:", format="rawvideo", pix_fmt="yuv420p",
+                                                                   vframes=count),
+                        nice=True, stdout=subprocess.PIPE)
         _widen_pipe(decoder.stdout)
         produced = 0
         try:
@@ -263,18 +257,6 @@ def stitch_segments(plan: SegmentPlan, segment_files: list[Path], audio: Path, d
 
 
 # -- ffmpeg plumbing -------------------------------------------------------------------------------
-
-def _start(stream, **popen) -> subprocess.Popen:
-    """Starts an ffmpeg-python stream as a low-priority process."""
-    return subprocess.Popen(NICE + stream.global_args(*QUIET).compile(overwrite_output=True), **popen)
-
-
-def _run(stream, what: str) -> None:
-    process = _start(stream, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    error = process.communicate()[1].decode(errors="replace")
-    if process.returncode != 0:
-        raise JobFailed(f"ffmpeg could not {what}: {error.strip()[-800:]}")
-
 
 def _count_frames(path: Path) -> int:
     out = subprocess.run(["ffprobe", "-v", "error", "-count_packets", "-select_streams", "v:0", "-show_entries",
