@@ -139,7 +139,7 @@ def main() -> None:
                 "peak_vram_gb": vram.peaks_gb(), "startup_s": round(pool.startup_s, 2),
                 "instance_ready_s": [round(i.ready_after_s or 0, 2) for i in pool.instances],
                 "first_job_s": round(first_job_s, 2), "worker_peak_rss_mb": round(rss.peak / 2**20, 1),
-                "stitch_lead": round(lead, 4),
+                "stitch_lead": round(lead, 4), "frames_copied": out["frames_copied"],
                 "segments": out["segments"],
             })
             if frames not in (None, out["frames"]):

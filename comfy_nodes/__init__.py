@@ -1,31 +1,44 @@
 """The worker's own ComfyUI nodes (scripts/install_comfyui.sh links this folder into ComfyUI/custom_nodes).
 
-SaveSegmentVideo  IMAGE batch -> H.264 mp4 in the output folder, fast, every frame kept.
+SaveSegmentVideo  IMAGE batch -> a segment's video in the output folder, every frame kept; given the
+                  segment's overlaps and the output's x264 settings, its body already encoded for the
+                  final video (the stitcher then copies it instead of encoding it again).
 """
 
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 from fractions import Fraction
 
-import av
-import numpy as np
 import torch
 
 import comfy.model_management
 import folder_paths
 
 X264_PRESETS = ["ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow"]
-CHUNK_FRAMES = 16  # frames converted to uint8 and moved to the CPU at a time: bounded extra memory
-KEYFRAME_SECONDS = 1  # the worker's stitcher seeks into a segment; it decodes from the key frame before
+CHUNK_FRAMES = 16  # frames converted on the GPU and moved to the CPU at a time: bounded extra memory
+KEYFRAME_SECONDS = 1  # the worker's stitcher seeks into a whole-segment file; it decodes from the key frame before
+# File name endings of the split form; worker/segment_video.py reads them.
+HEAD, BODY, TAIL = "_head.y4m", "_body.mp4", "_tail.y4m"
 
 
 class SaveSegmentVideo:
-    """Writes a segment's frames as an H.264 (yuv420p) mp4, one video frame per image, nothing dropped.
+    """Writes a segment's frames for the worker's stitcher, one video frame per image, nothing dropped.
 
-    Core SaveVideo encodes with libx264's default preset (medium), which costs seconds per segment; a
-    segment is re-encoded when the worker stitches anyway, so a fast preset and a low CRF lose nothing.
-    Frames become uint8 on the GPU (when there is one) before they reach the encoder.
+    Whole form (body_crf -1): one H.264 mp4 of every frame, with a fast preset, a low CRF and a key frame
+    every second; the stitcher encodes the final video from it.
+
+    Split form (body_crf >= 0): three files. The first head_frames frames (shared with the previous segment)
+    and the last tail_frames (shared with the next) go raw into y4m files, for the stitcher to cross-fade;
+    the frames between, which no other segment has, are encoded with the output's own settings
+    (body_crf, body_preset), so that the stitcher joins them into the result by stream copy. Each instance
+    thus encodes its own part of the final video, in parallel with the others, and nothing is encoded twice.
+
+    Frames are converted to yuv420p (BT.601, limited range) on the GPU when there is one, and piped raw
+    to the ffmpeg command line tool: the same ffmpeg, with the same x264 settings, as the stitcher's, so
+    the body's stream headers match the stitcher's and the streams join.
     """
 
     CATEGORY = "image/video"
@@ -35,46 +48,152 @@ class SaveSegmentVideo:
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {
-            "images": ("IMAGE",),
-            "fps": ("FLOAT", {"default": 25.0, "min": 0.01, "max": 1000.0, "step": 0.01}),
-            "filename_prefix": ("STRING", {"default": "segment"}),
-            "crf": ("INT", {"default": 12, "min": 0, "max": 51}),
-            "preset": (X264_PRESETS, {"default": "ultrafast"}),
-        }}
+        return {
+            "required": {
+                "images": ("IMAGE",),
+                "fps": ("FLOAT", {"default": 25.0, "min": 0.01, "max": 1000.0, "step": 0.01}),
+                "filename_prefix": ("STRING", {"default": "segment"}),
+                "crf": ("INT", {"default": 12, "min": 0, "max": 51}),
+                "preset": (X264_PRESETS, {"default": "ultrafast"}),
+            },
+            "optional": {
+                "frames": ("INT", {"default": 0, "min": 0, "max": 1_000_000,
+                                   "tooltip": "the segment's length: images past it are dropped; 0 keeps all"}),
+                "head_frames": ("INT", {"default": 0, "min": 0, "max": 100_000}),
+                "tail_frames": ("INT", {"default": 0, "min": 0, "max": 100_000}),
+                "body_crf": ("INT", {"default": -1, "min": -1, "max": 51,
+                                     "tooltip": "-1: one whole file; otherwise the split form's body CRF"}),
+                "body_preset": (X264_PRESETS, {"default": "veryfast"}),
+            },
+        }
 
-    def save(self, images, fps, filename_prefix, crf, preset):
+    def save(self, images, fps, filename_prefix, crf, preset, frames=0, head_frames=0, tail_frames=0,
+             body_crf=-1, body_preset="veryfast"):
         count, height, width = images.shape[0], images.shape[1], images.shape[2]
+        if frames > count:
+            raise ValueError(f"SaveSegmentVideo got {count} images, fewer than frames={frames}")
+        count = frames or count
+        if body_crf >= 0 and head_frames + tail_frames > count:
+            raise ValueError(f"SaveSegmentVideo: head_frames {head_frames} + tail_frames {tail_frames} "
+                             f"exceed the segment's {count} frames")
         folder, name, counter, subfolder, _ = folder_paths.get_save_image_path(
             filename_prefix, folder_paths.get_output_directory(), width, height)
-        file = f"{name}_{counter:05}_.mp4"
-        rate = Fraction(round(fps * 1000), 1000)
-        # Decoded frames usually sit in CPU RAM as float32; converting them on the GPU moves a quarter
-        # of the bytes back and keeps the CPU (shared by every instance of the machine) free.
-        device = comfy.model_management.get_torch_device()
-        # yuv420p needs even sides: an odd one gets its last row/column repeated.
-        pad_h, pad_w = height % 2, width % 2
-        with av.open(os.path.join(folder, file), mode="w") as container:
-            stream = container.add_stream("libx264", rate=rate)
-            stream.width, stream.height = width + pad_w, height + pad_h
-            stream.pix_fmt = "yuv420p"
-            stream.codec_context.time_base = 1 / rate
-            stream.options = {"crf": str(crf), "preset": preset}
-            stream.codec_context.thread_count = 0  # x264 picks its own thread count (libavcodec's default is 1)
-            stream.codec_context.gop_size = max(1, round(fps * KEYFRAME_SECONDS))
+        stem = os.path.join(folder, f"{name}_{counter:05}")
+        size = (width + width % 2, height + height % 2)  # yuv420p needs even sides: the last row/column repeats
+        rate = Fraction(fps).limit_denominator(1001)  # as worker/stitch.py's frame_rate()
+        if body_crf < 0:
+            gop = ["-g", str(max(1, round(fps * KEYFRAME_SECONDS)))]
+            parts = [(0, count, X264Pipe(stem + "_.mp4", size, rate, crf, preset, gop))]
+        else:
+            bounds = (0, head_frames, count - tail_frames, count)
+            writers = (lambda: Y4mWriter(stem + HEAD, size, rate),
+                       lambda: X264Pipe(stem + BODY, size, rate, body_crf, body_preset, ["-x264-params", "stitchable=1"]),
+                       lambda: Y4mWriter(stem + TAIL, size, rate))
+            parts = [(a, b, make()) for a, b, make in zip(bounds, bounds[1:], writers) if b > a]
+        try:
             for first in range(0, count, CHUNK_FRAMES):
-                chunk = images[first:first + CHUNK_FRAMES].to(device, non_blocking=True)
-                chunk = (chunk[..., :3] * 255.0).round_().clamp_(0, 255).to(torch.uint8).cpu().numpy()
-                if pad_h or pad_w:
-                    chunk = np.pad(chunk, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="edge")
-                for offset, pixels in enumerate(chunk):
-                    frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(pixels), format="rgb24")
-                    frame.pts = first + offset
-                    container.mux(stream.encode(frame))
-            container.mux(stream.encode(None))
-        result = {"filename": file, "subfolder": subfolder, "type": "output"}
-        return {"ui": {"images": [result], "animated": (True,)}}
+                last = min(count, first + CHUNK_FRAMES)
+                planes = yuv420p_frames(images[first:last]).cpu().numpy()
+                for a, b, writer in parts:
+                    if a < last and b > first:
+                        writer.write(planes[max(a, first) - first:min(b, last) - first].tobytes())
+            for _, _, writer in parts:
+                writer.close()
+        except BaseException:
+            for _, _, writer in parts:
+                writer.abort()
+            raise
+        results = [{"filename": os.path.basename(writer.path), "subfolder": subfolder, "type": "output"}
+                   for _, _, writer in parts]
+        return {"ui": {"images": results, "animated": (True,)}}
+
+
+def yuv420p_frames(images: torch.Tensor) -> torch.Tensor:
+    """[N, H, W, C] floats in 0..1 -> [N, bytes] uint8 yuv420p frames (planar Y, U, V; BT.601, limited range).
+
+    Done on ComfyUI's device: decoded frames usually sit in CPU RAM as float32; this moves them once and
+    returns a quarter of the bytes, leaving the CPU (shared by every instance of the machine) free.
+    """
+    device = comfy.model_management.get_torch_device()
+    rgb = images[..., :3].to(device, non_blocking=True).float().clamp(0, 1)
+    if rgb.shape[1] % 2 or rgb.shape[2] % 2:
+        rgb = torch.nn.functional.pad(rgb.permute(0, 3, 1, 2), (0, rgb.shape[2] % 2, 0, rgb.shape[1] % 2),
+                                      mode="replicate").permute(0, 2, 3, 1)
+    n, h, w, _ = rgb.shape
+    r, g, b = rgb.unbind(-1)
+    y = 16 + 219 * (0.299 * r + 0.587 * g + 0.114 * b)
+    # Chroma of each 2x2 block: the conversion is linear, so convert the block's mean colour.
+    r2, g2, b2 = (c.reshape(n, h // 2, 2, w // 2, 2).mean(dim=(2, 4)) for c in (r, g, b))
+    u = 128 + 224 * (-0.168736 * r2 - 0.331264 * g2 + 0.5 * b2)
+    v = 128 + 224 * (0.5 * r2 - 0.418688 * g2 - 0.081312 * b2)
+    planes = [p.reshape(n, -1) for p in (y, u, v)]
+    return torch.cat(planes, dim=1).round_().clamp_(0, 255).to(torch.uint8)
+
+
+class Y4mWriter:
+    """Raw yuv420p frames in a YUV4MPEG2 file (a header line, then "FRAME\\n" and the planes per frame)."""
+
+    def __init__(self, path: str, size: tuple[int, int], rate: Fraction):
+        self.path, self.frame_bytes = path, size[0] * size[1] * 3 // 2
+        self.file = open(path, "wb")
+        self.file.write(f"YUV4MPEG2 W{size[0]} H{size[1]} F{rate.numerator}:{rate.denominator} Ip A1:1 C420jpeg\n"
+                        .encode())
+
+    def write(self, frames: bytes) -> None:
+        for start in range(0, len(frames), self.frame_bytes):
+            self.file.write(b"FRAME\n")
+            self.file.write(frames[start:start + self.frame_bytes])
+
+    def close(self) -> None:
+        self.file.close()
+
+    def abort(self) -> None:
+        self.file.close()
+        try:
+            os.unlink(self.path)
+        except OSError:
+            pass
+
+
+class X264Pipe:
+    """An ffmpeg process encoding raw yuv420p frames from its stdin to an H.264 mp4."""
+
+    def __init__(self, path: str, size: tuple[int, int], rate: Fraction, crf: int, preset: str, extra: list[str]):
+        self.path = path
+        ffmpeg = os.environ.get("FFMPEG_BINARY") or shutil.which("ffmpeg") or "ffmpeg"
+        command = [ffmpeg, "-nostdin", "-v", "error", "-y", "-f", "rawvideo", "-pix_fmt", "yuv420p",
+                   "-s", f"{size[0]}x{size[1]}", "-framerate", f"{rate.numerator}/{rate.denominator}", "-i", "pipe:",
+                   "-an", "-c:v", "libx264", "-preset", preset, "-crf", str(crf), "-pix_fmt", "yuv420p",
+                   "-r", f"{rate.numerator}/{rate.denominator}", "-vf", "setsar=1", *extra, path]
+        self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stderr=subprocess.PIPE)
+
+    def write(self, frames: bytes) -> None:
+        try:
+            self.process.stdin.write(frames)
+        except BrokenPipeError:
+            self._fail()
+
+    def close(self) -> None:
+        try:
+            self.process.stdin.close()
+        except BrokenPipeError:
+            pass
+        if self.process.wait() != 0:
+            self._fail()
+
+    def abort(self) -> None:
+        self.process.kill()
+        self.process.wait()
+        try:
+            os.unlink(self.path)
+        except OSError:
+            pass
+
+    def _fail(self):
+        self.process.kill()
+        error = self.process.stderr.read().decode(errors="replace").strip()
+        raise RuntimeError(f"ffmpeg could not encode {os.path.basename(self.path)}: {error[-500:]}")
 
 
 NODE_CLASS_MAPPINGS = {"SaveSegmentVideo": SaveSegmentVideo}
-NODE_DISPLAY_NAME_MAPPINGS = {"SaveSegmentVideo": "Save segment video (fast H.264)"}
+NODE_DISPLAY_NAME_MAPPINGS = {"SaveSegmentVideo": "Save segment video (for the worker's stitcher)"}

@@ -95,3 +95,37 @@ def frame_count(path: Path) -> int:
                           "-show_entries", "stream=nb_read_frames", "-of", "csv=p=0", str(path)],
                          capture_output=True, text=True, check=True).stdout.strip()
     return int(out)
+
+
+def yuv420p_frames(path: Path, width: int, height: int) -> list[bytes]:
+    """Every frame of a video as raw yuv420p bytes."""
+    raw = subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-i", str(path), "-f", "rawvideo",
+                          "-pix_fmt", "yuv420p", "pipe:1"], capture_output=True, check=True).stdout
+    size = width * height * 3 // 2
+    return [raw[i:i + size] for i in range(0, len(raw), size)]
+
+
+def write_split_segment(frames: list[bytes], folder: Path, head: int, tail: int, width: int, height: int,
+                        fps: str = "25/1", crf: int = 19, preset: str = "veryfast") -> dict[str, Path]:
+    """A segment in SaveSegmentVideo's split form, written as the node writes it (comfy_nodes/): the first
+    `head` and last `tail` frames raw in y4m files, the frames between piped raw to ffmpeg's x264."""
+    folder.mkdir(parents=True, exist_ok=True)
+    parts = {"head": frames[:head], "body": frames[head:len(frames) - tail], "tail": frames[len(frames) - tail:]}
+    files = {}
+    for part, chunk in parts.items():
+        if not chunk:
+            continue
+        if part == "body":
+            path = folder / "seg_body.mp4"
+            cmd = ["ffmpeg", "-nostdin", "-v", "error", "-y", "-f", "rawvideo", "-pix_fmt", "yuv420p", "-s",
+                   f"{width}x{height}", "-framerate", fps, "-i", "pipe:", "-an", "-c:v", "libx264", "-preset", preset,
+                   "-crf", str(crf), "-pix_fmt", "yuv420p", "-r", fps, "-vf", "setsar=1", "-x264-params", "stitchable=1",
+                   str(path)]
+            subprocess.run(cmd, input=b"".join(chunk), check=True)
+        else:
+            path = folder / f"seg_{part}.y4m"
+            rate = fps.replace("/", ":")
+            path.write_bytes(f"YUV4MPEG2 W{width} H{height} F{rate} Ip A1:1 C420jpeg\n".encode()
+                             + b"".join(b"FRAME\n" + frame for frame in chunk))
+        files[part] = path
+    return files

@@ -45,6 +45,8 @@ def test_video_job_keeps_every_frame_in_order(worker, tmp_path):
     assert (first["start_frame"], second["end_frame"]) == (0, expected)
     assert first["end_frame"] - second["start_frame"] == output["overlap_frames"] == 8
     assert first["instance"] != second["instance"]
+    # restyle saves segments in SaveSegmentVideo's split form: both bodies copied, only the overlap encoded
+    assert output["frames_copied"] == expected - 8
     for segment in (first, second):  # where each segment's ComfyUI time went, node by node
         nodes = segment["node_seconds"]
         assert any(name.endswith(" SaveSegmentVideo") for name in nodes), nodes
@@ -82,6 +84,7 @@ def test_image_job_with_a_fractional_number_of_frames(worker, tmp_path):
     assert abs(media_duration(video, "a") - 2.345) < 0.03
     streams = stream_info(video)
     assert (streams["video"]["width"], streams["video"]["height"]) == (64, 80)
+    assert output["frames_copied"] == 0  # still saves whole segments, as any save node does: all encoded
 
 
 def test_two_speakers_audio_is_mixed_and_the_longer_one_sets_the_length(worker, tmp_path):

@@ -16,8 +16,9 @@ from pathlib import Path
 import pytest
 
 from comfy_manager import ComfyClient, ComfyInstance, PoolSettings
+from comfy_manager.client import PromptFailed
 from comfy_manager.instance import InstanceSpec
-from tests.media_factory import frame_count, make_image
+from tests.media_factory import frame_count, make_image, make_index_video, read_indices
 from worker.templates import load_template
 
 STANDIN_WORKFLOWS = Path(__file__).resolve().parent.parent / "benchmarks" / "gpu_standin" / "workflows"
@@ -136,3 +137,43 @@ def test_save_segment_video_writes_exact_frames(standin, tmp_path, count, width,
                             "stream=codec_name,pix_fmt,width,height,r_frame_rate", "-of", "csv=p=0", str(path)],
                            capture_output=True, text=True, check=True).stdout.strip()
     assert probe == f"h264,{width + width % 2},{height + height % 2},yuv420p,2997/125"
+
+
+def _save_graph(video: str, **save_inputs) -> dict:
+    """LoadVideo -> GetVideoComponents -> SaveSegmentVideo(**save_inputs)."""
+    inputs = {"images": ["2", 0], "fps": 25.0, "filename_prefix": "split/seg", "crf": 12, "preset": "ultrafast",
+              **save_inputs}
+    return {"1": {"class_type": "LoadVideo", "inputs": {"file": video}},
+            "2": {"class_type": "GetVideoComponents", "inputs": {"video": ["1", 0]}},
+            "3": {"class_type": "SaveSegmentVideo", "inputs": inputs}}
+
+
+def test_save_segment_video_split_form_writes_raw_overlaps_and_an_encoded_body(standin, tmp_path):
+    instance, _ = standin
+    client = ComfyClient(instance.url)
+    video = client.upload(make_index_video(tmp_path / "index.mp4", 37, 25), "split_index.mp4")
+    graph = _save_graph(video, frames=30, head_frames=5, tail_frames=7, body_crf=19, body_preset="veryfast")
+    result = client.run_prompt(graph, timeout_s=60, is_alive=instance.is_alive)
+    names = [o.filename for o in result.outputs]
+    assert [name.rsplit("_", 1)[1] for name in names] == ["head.y4m", "body.mp4", "tail.y4m"], names
+    head, body, tail = (client.download(o, tmp_path / o.filename) for o in result.outputs)
+    # Frames 30-36 are past `frames`: dropped.
+    assert (read_indices(head), read_indices(body), read_indices(tail)) == (
+        list(range(5)), list(range(5, 23)), list(range(23, 30)))
+    assert head.read_bytes().startswith(b"YUV4MPEG2 W128 H64 F25:1 ")
+    probe = subprocess.run(["ffprobe", "-v", "error", "-select_streams", "v:0", "-show_entries",
+                            "stream=codec_name,pix_fmt,width,height,r_frame_rate,sample_aspect_ratio", "-of", "csv=p=0",
+                            str(body)], capture_output=True, text=True, check=True).stdout.strip()
+    assert probe == "h264,128,64,1:1,yuv420p,25/1"
+
+
+@pytest.mark.parametrize("save_inputs, error", [
+    ({"frames": 40}, "SaveSegmentVideo got 37 images, fewer than frames=40"),
+    ({"head_frames": 20, "tail_frames": 20, "body_crf": 19}, r"head_frames 20 \+ tail_frames 20 exceed the segment.s 37 frames"),
+])
+def test_save_segment_video_refuses_impossible_counts(standin, tmp_path, save_inputs, error):
+    instance, _ = standin
+    client = ComfyClient(instance.url)
+    video = client.upload(make_index_video(tmp_path / "index.mp4", 37, 25), "refuse_index.mp4")
+    with pytest.raises(PromptFailed, match=error):
+        client.run_prompt(_save_graph(video, **save_inputs), timeout_s=60, is_alive=instance.is_alive)

@@ -12,12 +12,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.media_factory import frame_count, make_index_video, make_tone, media_duration, read_indices
+from tests.media_factory import (frame_count, make_index_video, make_tone, media_duration, read_indices,
+                                 write_split_segment, yuv420p_frames)
 from worker import media_sources, segment_media
 from worker.errors import JobFailed, JobInputError
 from worker.media_sources import fetch_media
 from worker.planner import Segment, plan_segments
 from worker.request import OutputOptions
+from worker.segment_video import SegmentVideo
 from worker.stitch import Stitcher, crossfade, plan_chunks, stitch_segments
 
 
@@ -138,6 +140,61 @@ def test_stitch_scales_segments_made_at_another_size(index_video, tmp_path):
     size = subprocess.run(["ffprobe", "-v", "error", "-select_streams", "v:0", "-show_entries", "stream=width,height",
                            "-of", "csv=p=0", str(result.path)], capture_output=True, text=True).stdout.strip()
     assert size == "128,64"
+
+
+def _split_segments(index_video, plan, folder, odd_one: dict | None = None) -> list[SegmentVideo]:
+    """Each segment of the plan in SaveSegmentVideo's split form, cut from the index video at 128x64;
+    segment 0 written with `odd_one`'s size or x264 settings instead, if given."""
+    videos = []
+    for segment in plan.segments:
+        odd = odd_one if odd_one and segment.index == 0 else {}
+        width, height = odd.get("size", (128, 64))
+        clip = segment_media.cut_video(index_video, folder / f"s{segment.index}.mp4", segment, 25, width, height)
+        files = write_split_segment(yuv420p_frames(clip, width, height), folder / f"seg{segment.index}",
+                                    plan.overlap_with_previous(segment), plan.overlap_with_next(segment),
+                                    width, height, preset=odd.get("preset", "veryfast"))
+        videos.append(SegmentVideo(files.get("body"), files.get("head"), files.get("tail"), split=True))
+    return videos
+
+
+def test_stitch_copies_encoded_bodies_and_cross_fades_the_raw_overlaps(index_video, tmp_path):
+    plan = plan_segments(200, 3, 8)
+    videos = _split_segments(index_video, plan, tmp_path)
+    stitcher = Stitcher(plan, tmp_path / "chunks", make_tone(tmp_path / "a.wav", 8.0), 25, 128, 64, OutputOptions(),
+                        encoders=3)
+    for segment in (plan.segments[1], plan.segments[2], plan.segments[0]):
+        stitcher.add_segment(segment.index, videos[segment.index])
+    result = stitcher.finish(tmp_path / "out.mp4")
+    assert result.copied_frames == 200 - 2 * 8  # every body copied; only the two overlaps were encoded
+    assert read_indices(result.path) == list(range(200))
+    decode_errors = subprocess.run(["ffmpeg", "-v", "error", "-i", str(result.path), "-f", "null", "-"],
+                                   capture_output=True, text=True).stderr
+    assert decode_errors == ""
+    assert abs(media_duration(result.path, "a") - 8.0) < 0.03
+    assert not (tmp_path / "chunks").exists()
+
+
+@pytest.mark.parametrize("odd_one", [{"preset": "ultrafast"}, {"size": (256, 128)}])
+def test_stitch_encodes_a_body_that_would_not_join(index_video, tmp_path, odd_one):
+    """A body with other x264 settings (so other H.264 headers) or at another size is encoded, not copied."""
+    plan = plan_segments(200, 3, 8)
+    videos = _split_segments(index_video, plan, tmp_path, odd_one)
+    result = stitch_segments(plan, videos, make_tone(tmp_path / "a.wav", 8.0), tmp_path / "out.mp4", 25, 128, 64,
+                             OutputOptions(), encoders=3)
+    assert result.copied_frames == 200 - 2 * 8 - 64  # segment 0's body (64 frames) was encoded
+    assert read_indices(result.path) == list(range(200))
+
+
+def test_stitch_refuses_a_split_segment_with_a_short_body(index_video, tmp_path):
+    plan = plan_segments(100, 2, 8)
+    videos = _split_segments(index_video, plan, tmp_path)
+    clip = segment_media.cut_video(index_video, tmp_path / "short.mp4", plan.segments[1], 25, 128, 64)
+    files = write_split_segment(yuv420p_frames(clip, 128, 64)[:-5], tmp_path / "short", 8, 0, 128, 64)
+    videos[1] = SegmentVideo(files["body"], files["head"], split=True)
+    with pytest.raises(JobFailed, match="seg_body.mp4 has 41 frames, expected 46"):
+        stitch_segments(plan, videos, make_tone(tmp_path / "a.wav", 4.0), tmp_path / "out.mp4", 25, 128, 64,
+                        OutputOptions())
+    assert not (tmp_path / "out.mp4").exists()
 
 
 # -- fetching inputs -------------------------------------------------------------------------------

@@ -29,6 +29,7 @@ from worker.planner import Segment, SegmentPlan, plan_segments, total_frames_for
 from worker.rates import RateKey, ThroughputLog
 from worker.request import JobRequest
 from worker.response import JobResponse, SegmentReport, Timings
+from worker.segment_video import SegmentVideo, split_part
 from worker.stitch import StitchResult, Stitcher
 from worker.summary import format_summary
 from worker.templates import WorkflowTemplate, available_templates
@@ -69,7 +70,7 @@ class JobContext:
 @dataclass(frozen=True)
 class SegmentResult:
     segment: Segment
-    path: Path
+    video: SegmentVideo
     instance: ComfyInstance
     seconds: float
     comfy_seconds: float
@@ -146,6 +147,7 @@ def run_job(job_input: Any, pool: InstancePool, settings: WorkerSettings, job_id
             fps=request.fps,
             duration_s=round(plan.total_frames / request.fps, 4),
             overlap_frames=plan.overlap,
+            frames_copied=result.copied_frames,
             segments=[SegmentReport(index=r.segment.index, instance=r.instance.name, gpu=r.instance.gpu,
                                     start_frame=r.segment.start, end_frame=r.segment.end, frames=r.segment.frames,
                                     seconds=round(r.seconds, 3), comfy_seconds=round(r.comfy_seconds, 3),
@@ -241,7 +243,7 @@ def generate_and_stitch(ctx: JobContext, plan: SegmentPlan, segment_inputs: list
 
     def run(segment: Segment) -> SegmentResult:
         nonlocal done
-        result = run_segment(ctx, segment, segment_inputs[segment.index])
+        result = run_segment(ctx, plan, segment, segment_inputs[segment.index])
         with lock:
             done += 1
             ctx.progress(f"segment {done}/{len(plan.segments)} done")
@@ -258,7 +260,7 @@ def generate_and_stitch(ctx: JobContext, plan: SegmentPlan, segment_inputs: list
                 if future.exception() is not None:
                     raise _root_failure(futures, ctx)
                 result = future.result()
-                stitcher.add_segment(result.segment.index, result.path)
+                stitcher.add_segment(result.segment.index, result.video)
             stitched = stitcher.finish(ctx.work_dir / "result.mp4")
         except BaseException:
             ctx.cancel.set()  # stop the other segments instead of finishing useless work
@@ -276,7 +278,7 @@ def _root_failure(futures: list[Future], ctx: JobContext) -> BaseException:
     return next((e for e in errors if not isinstance(e, JobCancelled)), errors[0])
 
 
-def run_segment(ctx: JobContext, segment: Segment, files: dict[str, Path]) -> SegmentResult:
+def run_segment(ctx: JobContext, plan: SegmentPlan, segment: Segment, files: dict[str, Path]) -> SegmentResult:
     """Runs one segment, retrying on another instance when its instance dies or it overruns its deadline."""
     attempts = ctx.settings.segment_retries + 1
     failures: list[str] = []
@@ -284,7 +286,7 @@ def run_segment(ctx: JobContext, segment: Segment, files: dict[str, Path]) -> Se
         instance = _acquire(ctx)
         healthy = True
         try:
-            return replace(attempt_segment(ctx, segment, files, instance), attempts=attempt)
+            return replace(attempt_segment(ctx, plan, segment, files, instance), attempts=attempt)
         except (ConnectionLost, PromptTimedOut) as exc:
             healthy = isinstance(exc, PromptTimedOut) and instance.is_alive()
             failures.append(f"attempt {attempt} on {instance.name}: {exc}")
@@ -312,7 +314,7 @@ def _acquire(ctx: JobContext) -> ComfyInstance:
             continue
 
 
-def attempt_segment(ctx: JobContext, segment: Segment, files: dict[str, Path],
+def attempt_segment(ctx: JobContext, plan: SegmentPlan, segment: Segment, files: dict[str, Path],
                     instance: ComfyInstance) -> SegmentResult:
     """One try of one segment on one instance: upload its media, run its prompt, take its video."""
     started = time.monotonic()
@@ -328,6 +330,9 @@ def attempt_segment(ctx: JobContext, segment: Segment, files: dict[str, Path],
             "fps": request.fps, "width": request.width, "height": request.height,
             "prompt": request.prompt, "negative_prompt": request.negative_prompt, "seed": request.seed,
             "steps": request.steps, "filename_prefix": f"{tag}/out",
+            # For SaveSegmentVideo's split form: the overlaps, and the output's x264 settings for the body.
+            "overlap_before": plan.overlap_with_previous(segment), "overlap_after": plan.overlap_with_next(segment),
+            "output_crf": request.output.crf, "output_preset": request.output.preset,
         }
         for slot, path in files.items():
             if template.binds(slot):
@@ -350,19 +355,17 @@ def attempt_segment(ctx: JobContext, segment: Segment, files: dict[str, Path],
             raise PromptTimedOut(f"segment {segment.index} did not finish within {timeout_s:.0f} s "
                                  "(SEGMENT_TIMEOUT_S + SEGMENT_TIMEOUT_PER_FRAME_S x frames); interrupted") from None
         outputs = [o for o in result.outputs if template.spec.output_node in (None, o.node_id)]
-        videos = [o for o in outputs if o.filename.lower().endswith(VIDEO_SUFFIXES)]
         produced = [instance.output_dir / o.subfolder / o.filename for o in outputs]
-        if not videos:
+        video = _take_video(client, instance, outputs, ctx.work_dir / f"seg{segment.index}")
+        if video is None:
             raise JobFailed(f"workflow {template.name!r} produced no video for segment {segment.index} "
                             f"(outputs: {[o.filename for o in result.outputs]})")
-        path = _take_output(client, instance, videos[0],
-                            ctx.work_dir / f"seg{segment.index}_out{Path(videos[0].filename).suffix}")
         seconds = time.monotonic() - started
         nodes = {f"{node} {graph.get(node, {}).get('class_type', '?')}": s for node, s in result.node_seconds.items()}
         slowest = ", ".join(f"{name} {s:.1f} s" for name, s in sorted(nodes.items(), key=lambda i: -i[1])[:3])
         log.info("%s: segment %d done in %.2f s (ComfyUI %.2f s; %s)", instance.name.upper(), segment.index,
                  seconds, result.seconds, slowest)
-        return SegmentResult(segment, path, instance, seconds, result.seconds, time.monotonic(),
+        return SegmentResult(segment, video, instance, seconds, result.seconds, time.monotonic(),
                              node_seconds=nodes)
     finally:
         for name in uploaded:
@@ -370,6 +373,22 @@ def attempt_segment(ctx: JobContext, segment: Segment, files: dict[str, Path],
         for path in produced:
             path.unlink(missing_ok=True)
         shutil.rmtree(instance.output_dir / tag, ignore_errors=True)
+
+
+def _take_video(client: ComfyClient, instance: ComfyInstance, outputs: list[ComfyOutputFile],
+                stem: Path) -> SegmentVideo | None:
+    """The segment's video files, moved into the job folder as `stem`_<part><suffix>: SaveSegmentVideo's
+    split form (head / body / tail) if it wrote one, else the first video output; None if there is none."""
+    parts = {split_part(o.filename): o for o in outputs if split_part(o.filename)}
+    if parts:
+        taken = {part: _take_output(client, instance, o, stem.with_name(f"{stem.name}_{part}{Path(o.filename).suffix}"))
+                 for part, o in parts.items()}
+        return SegmentVideo(taken.get("body"), taken.get("head"), taken.get("tail"), split=True)
+    videos = [o for o in outputs if o.filename.lower().endswith(VIDEO_SUFFIXES)]
+    if not videos:
+        return None
+    return SegmentVideo.whole(_take_output(client, instance, videos[0],
+                                           stem.with_name(f"{stem.name}_out{Path(videos[0].filename).suffix}")))
 
 
 def _take_output(client: ComfyClient, instance: ComfyInstance, output: ComfyOutputFile, dest: Path) -> Path:

@@ -41,5 +41,8 @@ class JobResponse(BaseModel):
     fps: float
     duration_s: float
     overlap_frames: int
+    # Frames taken into the result as the segments' workflows encoded them (SaveSegmentVideo's split form:
+    # each segment's body); the stitch encoded the rest (the cross-faded overlaps, or everything).
+    frames_copied: int = 0
     segments: list[SegmentReport]
     timings: Timings

@@ -9,8 +9,14 @@ segments it needs have arrived, several at once and at a lower CPU priority than
 encoded to AAC while the segments generated. What is left once the last segment lands is that segment's
 chunks, encoded in parallel, and the copy.
 
+A segment saved in SaveSegmentVideo's split form (worker/segment_video.py) brings its body already
+encoded with the output's settings: that body is one chunk, copied as it is, after a check that its
+stream is the one the stitch would have written (size, rate, frame count, and the same H.264 headers as
+the stitch's own chunks); a body that fails the check is encoded like any other. Its raw head and tail
+feed the cross-fades. What is left once the last segment lands is then one cross-fade and the copy.
+
 A chunk's decoder seeks into its segment file rather than decoding it from the start (SaveSegmentVideo
-writes a key frame every second or two). Memory does not grow with video length: bodies go file to file
+writes a key frame every second in its whole form). Memory does not grow with video length: bodies go file to file
 inside ffmpeg; only cross-fade frames pass through Python, as raw yuv420p (a linear blend on the Y, U and
 V planes is the same blend as on RGB).
 """
@@ -18,6 +24,7 @@ V planes is the same blend as on RGB).
 from __future__ import annotations
 
 import fcntl
+import json
 import logging
 import os
 import shutil
@@ -35,8 +42,9 @@ import numpy as np
 
 from worker.errors import JobFailed
 from worker.ffmpeg_calls import run, start
-from worker.planner import SegmentPlan
+from worker.planner import Segment, SegmentPlan
 from worker.request import OutputOptions
+from worker.segment_video import SegmentVideo
 
 log = logging.getLogger(__name__)
 F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)  # Linux
@@ -48,6 +56,20 @@ class StitchResult:
     path: Path
     frames: int
     busy_seconds: float  # what the stitch work would take alone: chunk encodes over the encoders, plus the join
+    copied_frames: int = 0  # frames of segment bodies taken as encoded by SaveSegmentVideo
+
+
+@dataclass(frozen=True)
+class StreamInfo:
+    """What ffprobe says of a file's video stream; `headers` is a hash of its H.264 parameter sets."""
+
+    codec: str
+    width: int
+    height: int
+    pix_fmt: str
+    rate: str
+    packets: int
+    headers: str
 
 
 @dataclass(frozen=True)
@@ -105,25 +127,37 @@ class Stitcher:
     def __init__(self, plan: SegmentPlan, folder: Path, audio: Path, fps: float, width: int, height: int,
                  options: OutputOptions, encoders: int | None = None):
         self.plan, self.folder, self.fps, self.width, self.height, self.options = plan, folder, fps, width, height, options
-        cores = os.cpu_count() or 1
-        self.encoders = encoders or max(2, cores // 4)
-        self.threads = max(1, cores // self.encoders)  # x264 threads per chunk encode
+        self.cores = os.cpu_count() or 1
+        self.encoders = encoders or max(2, self.cores // 4)
+        self.threads = max(1, self.cores // self.encoders)  # x264 threads per chunk encode, at least
         self.chunks = plan_chunks(plan, self.encoders)
-        self.segments: dict[int, Path] = {}
+        self.segments: dict[int, SegmentVideo] = {}
         self.encodes: dict[Chunk, Future] = {}
+        self.adopted: dict[Chunk, StreamInfo] = {}  # bodies taken as SaveSegmentVideo encoded them
+        self.own_headers: set[str] = set()  # the H.264 headers of the chunks this stitcher encoded
         self.encode_seconds = 0.0
         self.lock = threading.Lock()
         folder.mkdir(parents=True, exist_ok=True)
         self.executor = ThreadPoolExecutor(self.encoders, thread_name_prefix="stitch")
         self.audio = self.executor.submit(self._encode_audio, audio)  # needs no segment: done early
 
-    def add_segment(self, index: int, path: Path) -> None:
-        """Segment `index` exists at `path`: start every chunk that now has what it needs."""
+    def add_segment(self, index: int, video: SegmentVideo | Path) -> None:
+        """Segment `index` has arrived (one file, or the split form): start every chunk that now has what it needs."""
+        video = video if isinstance(video, SegmentVideo) else SegmentVideo.whole(video)
         with self.lock:
-            self.segments[index] = path
-            for chunk in self.chunks:
-                if chunk not in self.encodes and all(i in self.segments for i in chunk.sources):
-                    self.encodes[chunk] = self.executor.submit(self._encode, chunk)
+            self.segments[index] = video
+            pieces = [n for n, chunk in enumerate(self.chunks) if chunk.sources == (index,)]
+            if video.split and video.body is not None and pieces:
+                # An encoded body is one chunk, adopted whole.
+                first, last = self.chunks[pieces[0]], self.chunks[pieces[-1]]
+                self.chunks[pieces[0]:pieces[-1] + 1] = [Chunk(first.start, last.end, (index,))]
+            ready = [chunk for chunk in self.chunks
+                     if chunk not in self.encodes and all(i in self.segments for i in chunk.sources)]
+            # The cores go to the chunks this arrival starts: a lone cross-fade (the bodies copied) gets them all.
+            encoding = sum(1 for chunk in ready if not self._is_body_of_split(chunk)) or 1
+            threads = max(self.threads, self.cores // encoding)
+            for chunk in ready:
+                self.encodes[chunk] = self.executor.submit(self._encode, chunk, threads)
 
     def finish(self, dest: Path) -> StitchResult:
         """Waits for every chunk, joins them by stream copy with the AAC audio into dest (faststart)."""
@@ -133,8 +167,14 @@ class Stitcher:
                 raise JobFailed(f"stitch: segment(s) {missing} never arrived")
             files = [self.encodes[chunk].result() for chunk in self.chunks]
             joined = time.monotonic()
+            for n, chunk in enumerate(self.chunks):
+                if chunk in self.adopted and self.own_headers and self.adopted[chunk].headers not in self.own_headers:
+                    log.warning("segment %d: its encoded body has other H.264 headers than the stitch's chunks; "
+                                "encoding it again", chunk.sources[0])
+                    del self.adopted[chunk]
+                    files[n] = self._encode_frames(chunk, self.cores)
             listing = self.folder / "chunks.txt"
-            listing.write_text("".join(f"file '{f.name}'\n" for f in files))
+            listing.write_text("".join(f"file '{f.resolve()}'\n" for f in files))
             video = ffmpeg.input(str(listing), format="concat", safe=0).video
             sound = ffmpeg.input(str(self.audio.result())).audio
             run(ffmpeg.output(video, sound, str(dest), c="copy", movflags="+faststart"), "join the chunks", nice=True)
@@ -145,9 +185,11 @@ class Stitcher:
         finally:
             self.close()
         busy = self.encode_seconds / self.encoders + join_s
-        log.info("stitched %d frames from %d chunks (%d encoders x %d threads): %.2f s of encoding, join %.2f s",
-                 self.plan.total_frames, len(self.chunks), self.encoders, self.threads, self.encode_seconds, join_s)
-        return StitchResult(dest, self.plan.total_frames, busy)
+        copied = sum(chunk.frames for chunk in self.adopted)
+        log.info("stitched %d frames from %d chunks (%d encoders x %d threads): %d frames copied from encoded "
+                 "segment bodies, %.2f s of encoding, join %.2f s", self.plan.total_frames, len(self.chunks),
+                 self.encoders, self.threads, copied, self.encode_seconds, join_s)
+        return StitchResult(dest, self.plan.total_frames, busy, copied)
 
     def close(self) -> None:
         """Stops (cancelling chunks not yet started) and removes the folder; safe to call twice."""
@@ -163,31 +205,71 @@ class Stitcher:
             "encode the audio", nice=True)
         return dest
 
-    def _encode(self, chunk: Chunk) -> Path:
+    def _is_body_of_split(self, chunk: Chunk) -> bool:
+        return len(chunk.sources) == 1 and self.segments[chunk.sources[0]].split
+
+    def _encode(self, chunk: Chunk, threads: int) -> Path:
         started = time.monotonic()
-        dest = self.folder / f"chunk_{chunk.start:07d}.mp4"
-        if len(chunk.sources) == 1:
-            segment = self.plan.segments[chunk.sources[0]]
-            frames = self._frames_of(self.segments[segment.index], chunk.start - segment.start, chunk.frames)
-            run(frames.output(str(dest), **self._codec()), f"encode frames {chunk.start}-{chunk.end}", nice=True)
+        if len(chunk.sources) == 2:
+            dest = self.folder / f"chunk_{chunk.start:07d}.mp4"
+            self._encode_crossfade(chunk, dest, threads)
+            self._check(chunk, dest)
+        elif (adopted := self._adopt(chunk)) is not None:
+            return adopted
         else:
-            self._encode_crossfade(chunk, dest)
-        if _count_frames(dest) != chunk.frames:
-            segment = self.plan.segments[chunk.sources[-1]]
-            path = self.segments[segment.index]
-            raise JobFailed(f"segment video {path.name} has {_count_frames(path)} frames, expected {segment.frames}")
+            dest = self._encode_frames(chunk, threads)
         with self.lock:
             self.encode_seconds += time.monotonic() - started
         return dest
 
-    def _encode_crossfade(self, chunk: Chunk, dest: Path) -> None:
+    def _encode_frames(self, chunk: Chunk, threads: int) -> Path:
+        """A body chunk: frames of one segment, decoded and encoded."""
+        dest = self.folder / f"chunk_{chunk.start:07d}.mp4"
+        segment = self.plan.segments[chunk.sources[0]]
+        frames = self._frames_of(segment, chunk.start - segment.start, chunk.frames)
+        run(frames.output(str(dest), **self._codec(threads)), f"encode frames {chunk.start}-{chunk.end}", nice=True)
+        self._check(chunk, dest)
+        return dest
+
+    def _adopt(self, chunk: Chunk) -> Path | None:
+        """The segment's encoded body, if this chunk is exactly that body and its stream is the one the
+        stitch would write; else None (the chunk is then encoded)."""
+        segment = self.plan.segments[chunk.sources[0]]
+        video = self.segments[segment.index]
+        body_start = segment.start + self.plan.overlap_with_previous(segment)
+        body_end = segment.end - self.plan.overlap_with_next(segment)
+        if not video.split or video.body is None or (chunk.start, chunk.end) != (body_start, body_end):
+            return None
+        info = _probe(video.body)
+        wanted = ("h264", self.width, self.height, "yuv420p", frame_rate(self.fps), chunk.frames)
+        found = (info.codec, info.width, info.height, info.pix_fmt, info.rate, info.packets)
+        if found != wanted:
+            log.warning("segment %d: its encoded body is %s, the output needs %s; encoding it again",
+                        segment.index, found, wanted)
+            return None
+        with self.lock:
+            self.adopted[chunk] = info
+        return video.body
+
+    def _check(self, chunk: Chunk, dest: Path) -> None:
+        """The encoded chunk has its frames (else a segment had too few); notes its stream headers."""
+        info = _probe(dest)
+        if info.packets != chunk.frames:
+            segment = self.plan.segments[chunk.sources[-1]]
+            path, _ = self._locate(segment, chunk.start - segment.start)
+            raise JobFailed(f"segment video {path.name} has {_probe(path).packets} frames, "
+                            f"expected {self._frames_in(segment, path)}")
+        with self.lock:
+            self.own_headers.add(info.headers)
+
+    def _encode_crossfade(self, chunk: Chunk, dest: Path, threads: int) -> None:
         before, after = (self.plan.segments[i] for i in chunk.sources)
-        tail = list(self._raw_frames(before.index, chunk.start - before.start, chunk.frames))
+        tail = list(self._raw_frames(before, chunk.start - before.start, chunk.frames))
         encoder = start(ffmpeg.input("pipe:", format="rawvideo", pix_fmt="yuv420p", s=f"{self.width}x{self.height}",
-                                     framerate=frame_rate(self.fps)).output(str(dest), **self._codec()),
+                                     framerate=frame_rate(self.fps)).filter("setsar", 1).output(str(dest), **self._codec(threads)),
                         nice=True, stdin=subprocess.PIPE, stderr=subprocess.PIPE)
         try:
-            head = self._raw_frames(after.index, 0, chunk.frames)
+            head = self._raw_frames(after, 0, chunk.frames)
             for position, (first, second) in enumerate(zip(tail, head, strict=True)):
                 encoder.stdin.write(crossfade(first, second, position, chunk.frames).tobytes())
             encoder.stdin.close()
@@ -199,26 +281,33 @@ class Stitcher:
         if encoder.wait() != 0:
             raise JobFailed(f"ffmpeg could not encode the cross-fade {chunk.start}-{chunk.end}: {error.strip()[-500:]}")
 
-    def _frames_of(self, path: Path, first: int, count: int):
-        """Frames [first, first + count) of a segment video on the fps grid, scaled to the output size.
+    def _locate(self, segment: Segment, frame: int) -> tuple[Path, int]:
+        """The file holding the segment's frame `frame`, and the frame's index in that file."""
+        return self.segments[segment.index].locate(frame, segment.frames, self.plan.overlap_with_previous(segment),
+                                                   self.plan.overlap_with_next(segment))
+
+    def _frames_of(self, segment: Segment, first: int, count: int):
+        """Frames [first, first + count) of a segment on the fps grid, scaled to the output size (the
+        range lies in one of its files: chunks never cross a head, body or tail).
 
         Like segment_media.cut_video: -copyts keeps the source's timestamps, so the fps filter numbers
         frames from the start of the file whatever the seek, and trim picks them by number. The seek,
         half a frame early, only saves decoding: ffmpeg decodes from the key frame before it.
         """
+        path, first = self._locate(segment, first)
         seek = max(0.0, (first - 0.5) / self.fps)
         return (ffmpeg.input(str(path), ss=seek, copyts=None).video
                 .filter("fps", fps=frame_rate(self.fps))
                 .filter("trim", start_pts=first, end_pts=first + count)
                 .filter("setpts", "PTS-STARTPTS")
-                .filter("scale", self.width, self.height))
+                .filter("scale", self.width, self.height)
+                .filter("setsar", 1))
 
-    def _raw_frames(self, index: int, first: int, count: int) -> Iterator[np.ndarray]:
-        """Frames [first, first + count) of segment `index` as flat yuv420p arrays; raises if there are fewer."""
-        path = self.segments[index]
+    def _raw_frames(self, segment: Segment, first: int, count: int) -> Iterator[np.ndarray]:
+        """Frames [first, first + count) of a segment as flat yuv420p arrays; raises if there are fewer."""
         frame_bytes = self.width * self.height * 3 // 2
-        decoder = start(self._frames_of(path, first, count).output("pipe:", format="rawvideo", pix_fmt="yuv420p",
-                                                                   vframes=count),
+        decoder = start(self._frames_of(segment, first, count).output("pipe:", format="rawvideo", pix_fmt="yuv420p",
+                                                                      vframes=count),
                         nice=True, stdout=subprocess.PIPE)
         _widen_pipe(decoder.stdout)
         produced = 0
@@ -234,16 +323,28 @@ class Stitcher:
             decoder.kill()
             decoder.wait()
         if produced < count:
-            segment = self.plan.segments[index]
-            raise JobFailed(f"segment video {path.name} has {first + produced} frames, expected {segment.frames}")
+            path, first_in_file = self._locate(segment, first)
+            raise JobFailed(f"segment video {path.name} has {first_in_file + produced} frames, "
+                            f"expected {self._frames_in(segment, path)}")
 
-    def _codec(self) -> dict:
+    def _frames_in(self, segment: Segment, path: Path) -> int:
+        """How many frames the plan needs in this file of the segment."""
+        video = self.segments[segment.index]
+        before, after = self.plan.overlap_with_previous(segment), self.plan.overlap_with_next(segment)
+        if not video.split:
+            return segment.frames
+        return {video.head: before, video.tail: after}.get(path, segment.frames - before - after)
+
+    def _codec(self, threads: int) -> dict:
         # The same settings for every chunk, so that their streams join by a plain copy.
+        # stitchable: x264 writes the same headers whatever the content; with square pixels declared on
+        # every input (setsar), every chunk gets the same H.264 headers. SaveSegmentVideo's split form
+        # encodes its bodies with these settings too.
         return {"vcodec": "libx264", "preset": self.options.preset, "crf": self.options.crf, "pix_fmt": "yuv420p",
-                "r": frame_rate(self.fps), "threads": self.threads, "an": None}
+                "r": frame_rate(self.fps), "threads": threads, "x264-params": "stitchable=1", "an": None}
 
 
-def stitch_segments(plan: SegmentPlan, segment_files: list[Path], audio: Path, dest: Path, fps: float,
+def stitch_segments(plan: SegmentPlan, segment_files: list[SegmentVideo | Path], audio: Path, dest: Path, fps: float,
                     width: int, height: int, options: OutputOptions, encoders: int | None = None) -> StitchResult:
     """Every segment at hand: stitches them into dest (what a job does while its segments generate)."""
     stitcher = Stitcher(plan, dest.parent / f".{dest.stem}_chunks", audio, fps, width, height, options, encoders)
@@ -258,10 +359,15 @@ def stitch_segments(plan: SegmentPlan, segment_files: list[Path], audio: Path, d
 
 # -- ffmpeg plumbing -------------------------------------------------------------------------------
 
-def _count_frames(path: Path) -> int:
-    out = subprocess.run(["ffprobe", "-v", "error", "-count_packets", "-select_streams", "v:0", "-show_entries",
-                          "stream=nb_read_packets", "-of", "csv=p=0", str(path)], capture_output=True, text=True)
-    return int(out.stdout.strip() or 0)
+def _probe(path: Path) -> StreamInfo:
+    fields = "codec_name,width,height,pix_fmt,r_frame_rate,nb_read_packets,extradata_hash"
+    out = subprocess.run(["ffprobe", "-v", "error", "-count_packets", "-show_data_hash", "MD5", "-select_streams",
+                          "v:0", "-show_entries", f"stream={fields}", "-of", "json", str(path)],
+                         capture_output=True, text=True)
+    streams = (json.loads(out.stdout or "{}").get("streams") or [{}]) if out.returncode == 0 else [{}]
+    s = streams[0]
+    return StreamInfo(s.get("codec_name", ""), int(s.get("width", 0)), int(s.get("height", 0)), s.get("pix_fmt", ""),
+                      s.get("r_frame_rate", ""), int(s.get("nb_read_packets", 0)), s.get("extradata_hash", ""))
 
 
 def _widen_pipe(pipe) -> None:

@@ -24,6 +24,9 @@ WORKFLOWS_DIR = Path(__file__).resolve().parent.parent / "workflows"
 SLOTS = (
     "image", "video", "audio", "audio_2", "frames", "generate_frames", "fps", "width", "height",
     "prompt", "negative_prompt", "seed", "steps", "filename_prefix",
+    # For SaveSegmentVideo's split form (worker/segment_video.py): the frames shared with the previous and
+    # the next segment, and the output's x264 settings, with which the segment's body is encoded.
+    "overlap_before", "overlap_after", "output_crf", "output_preset",
 )
 
 

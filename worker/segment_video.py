@@ -1,0 +1,48 @@
+"""A segment's video as its workflow saved it: one file, or SaveSegmentVideo's head / body / tail.
+
+Any save node writes one file holding every frame of the segment. The worker's SaveSegmentVideo node
+(comfy_nodes/), when the template binds the segment's overlaps and the output's x264 settings, writes
+the split form instead: the frames shared with the previous segment (head, raw y4m), those no other
+segment has (body, already encoded as the final video will be) and those shared with the next (tail,
+raw y4m). The stitcher copies such a body into the result and only cross-fades the raw overlaps.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+# The endings SaveSegmentVideo gives the files of the split form (comfy_nodes/__init__.py: HEAD, BODY, TAIL).
+SPLIT_ENDINGS = {"head": "_head.y4m", "body": "_body.mp4", "tail": "_tail.y4m"}
+
+
+@dataclass(frozen=True)
+class SegmentVideo:
+    body: Path | None  # the whole segment; in the split form the frames between head and tail (None if none)
+    head: Path | None = None
+    tail: Path | None = None
+    split: bool = False
+
+    @classmethod
+    def whole(cls, path: Path) -> SegmentVideo:
+        return cls(body=path)
+
+    @property
+    def files(self) -> list[Path]:
+        return [p for p in (self.head, self.body, self.tail) if p is not None]
+
+    def locate(self, frame: int, frames: int, head_frames: int, tail_frames: int) -> tuple[Path, int]:
+        """The file that holds segment frame `frame` and the frame's index in it. `frames`, `head_frames`
+        and `tail_frames` are the segment's length and overlaps in the plan."""
+        if not self.split:
+            return self.body, frame
+        if frame < head_frames:
+            return self.head, frame
+        if frame >= frames - tail_frames:
+            return self.tail, frame - (frames - tail_frames)
+        return self.body, frame - head_frames
+
+
+def split_part(filename: str) -> str | None:
+    """"head", "body" or "tail" for a file of the split form, else None."""
+    return next((part for part, ending in SPLIT_ENDINGS.items() if filename.endswith(ending)), None)
