@@ -8,7 +8,6 @@ SaveSegmentVideo  IMAGE batch -> a segment's video in the output folder, every f
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 from fractions import Fraction
 
@@ -18,7 +17,7 @@ import comfy.model_management
 import folder_paths
 
 X264_PRESETS = ["ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow"]
-CHUNK_FRAMES = 16  # frames converted on the GPU and moved to the CPU at a time: bounded extra memory
+BATCH_FRAMES = 16  # frames converted on the GPU and moved to the CPU at a time: bounded extra memory
 KEYFRAME_SECONDS = 1  # the worker's stitcher seeks into a whole-segment file; it decodes from the key frame before
 # File name endings of the split form; worker/segment_video.py reads them.
 HEAD, BODY, TAIL = "_head.y4m", "_body.mp4", "_tail.y4m"
@@ -83,16 +82,19 @@ class SaveSegmentVideo:
         rate = Fraction(fps).limit_denominator(1001)  # as worker/stitch.py's frame_rate()
         if body_crf < 0:
             gop = ["-g", str(max(1, round(fps * KEYFRAME_SECONDS)))]
-            parts = [(0, count, X264Pipe(stem + "_.mp4", size, rate, crf, preset, gop))]
+            plan = [(0, count, lambda: X264Pipe(stem + "_.mp4", size, rate, crf, preset, gop))]
         else:
             bounds = (0, head_frames, count - tail_frames, count)
             writers = (lambda: Y4mWriter(stem + HEAD, size, rate),
                        lambda: X264Pipe(stem + BODY, size, rate, body_crf, body_preset, ["-x264-params", "stitchable=1"]),
                        lambda: Y4mWriter(stem + TAIL, size, rate))
-            parts = [(a, b, make()) for a, b, make in zip(bounds, bounds[1:], writers) if b > a]
+            plan = [(a, b, make) for a, b, make in zip(bounds, bounds[1:], writers) if b > a]
+        parts = []  # (first frame, end frame, writer), each added once it exists, so a failure removes it
         try:
-            for first in range(0, count, CHUNK_FRAMES):
-                last = min(count, first + CHUNK_FRAMES)
+            for a, b, make in plan:
+                parts.append((a, b, make()))
+            for first in range(0, count, BATCH_FRAMES):
+                last = min(count, first + BATCH_FRAMES)
                 planes = yuv420p_frames(images[first:last]).cpu().numpy()
                 for a, b, writer in parts:
                     if a < last and b > first:
@@ -103,9 +105,12 @@ class SaveSegmentVideo:
             for _, _, writer in parts:
                 writer.abort()
             raise
-        results = [{"filename": os.path.basename(writer.path), "subfolder": subfolder, "type": "output"}
-                   for _, _, writer in parts]
-        return {"ui": {"images": results, "animated": (True,)}}
+        files = {writer.path: {"filename": os.path.basename(writer.path), "subfolder": subfolder, "type": "output"}
+                 for _, _, writer in parts}
+        # mp4s under "images" (ComfyUI previews them as animations); the raw y4m overlaps under their own key.
+        videos = [f for path, f in files.items() if path.endswith(".mp4")]
+        overlaps = [f for path, f in files.items() if path.endswith(".y4m")]
+        return {"ui": {"images": videos, "animated": (True,), **({"overlaps": overlaps} if overlaps else {})}}
 
 
 def yuv420p_frames(images: torch.Tensor) -> torch.Tensor:
@@ -131,7 +136,11 @@ def yuv420p_frames(images: torch.Tensor) -> torch.Tensor:
 
 
 class Y4mWriter:
-    """Raw yuv420p frames in a YUV4MPEG2 file (a header line, then "FRAME\\n" and the planes per frame)."""
+    """Raw yuv420p frames in a YUV4MPEG2 file (a header line, then "FRAME\\n" and the planes per frame).
+
+    C420jpeg declares chroma sited at the centre of each 2x2 block, which is how yuv420p_frames makes it.
+    The stitcher only reads these through raw pipes, so the siting never reaches an encoder's headers.
+    """
 
     def __init__(self, path: str, size: tuple[int, int], rate: Fraction):
         self.path, self.frame_bytes = path, size[0] * size[1] * 3 // 2
@@ -160,8 +169,8 @@ class X264Pipe:
 
     def __init__(self, path: str, size: tuple[int, int], rate: Fraction, crf: int, preset: str, extra: list[str]):
         self.path = path
-        ffmpeg = os.environ.get("FFMPEG_BINARY") or shutil.which("ffmpeg") or "ffmpeg"
-        command = [ffmpeg, "-nostdin", "-v", "error", "-y", "-f", "rawvideo", "-pix_fmt", "yuv420p",
+        # "ffmpeg" from PATH, as the worker's stitcher runs it: the same binary writes the same headers.
+        command = ["ffmpeg", "-nostdin", "-v", "error", "-y", "-f", "rawvideo", "-pix_fmt", "yuv420p",
                    "-s", f"{size[0]}x{size[1]}", "-framerate", f"{rate.numerator}/{rate.denominator}", "-i", "pipe:",
                    "-an", "-c:v", "libx264", "-preset", preset, "-crf", str(crf), "-pix_fmt", "yuv420p",
                    "-r", f"{rate.numerator}/{rate.denominator}", "-vf", "setsar=1", *extra, path]
@@ -184,6 +193,11 @@ class X264Pipe:
     def abort(self) -> None:
         self.process.kill()
         self.process.wait()
+        for pipe in (self.process.stdin, self.process.stderr):
+            try:
+                pipe.close()
+            except OSError:
+                pass
         try:
             os.unlink(self.path)
         except OSError:
@@ -191,6 +205,7 @@ class X264Pipe:
 
     def _fail(self):
         self.process.kill()
+        self.process.wait()
         error = self.process.stderr.read().decode(errors="replace").strip()
         raise RuntimeError(f"ffmpeg could not encode {os.path.basename(self.path)}: {error[-500:]}")
 

@@ -154,9 +154,10 @@ def test_save_segment_video_split_form_writes_raw_overlaps_and_an_encoded_body(s
     video = client.upload(make_index_video(tmp_path / "index.mp4", 37, 25), "split_index.mp4")
     graph = _save_graph(video, frames=30, head_frames=5, tail_frames=7, body_crf=19, body_preset="veryfast")
     result = client.run_prompt(graph, timeout_s=60, is_alive=instance.is_alive)
-    names = [o.filename for o in result.outputs]
-    assert [name.rsplit("_", 1)[1] for name in names] == ["head.y4m", "body.mp4", "tail.y4m"], names
-    head, body, tail = (client.download(o, tmp_path / o.filename) for o in result.outputs)
+    parts = {o.filename.rsplit("_", 1)[1]: o for o in result.outputs}
+    assert sorted(parts) == ["body.mp4", "head.y4m", "tail.y4m"], parts
+    assert (parts["body.mp4"].kind, parts["head.y4m"].kind) == ("images", "overlaps")  # mp4 previews in the UI
+    head, body, tail = (client.download(parts[p], tmp_path / parts[p].filename) for p in ("head.y4m", "body.mp4", "tail.y4m"))
     # Frames 30-36 are past `frames`: dropped.
     assert (read_indices(head), read_indices(body), read_indices(tail)) == (
         list(range(5)), list(range(5, 23)), list(range(23, 30)))

@@ -159,13 +159,15 @@ def _split_segments(index_video, plan, folder, odd_one: dict | None = None) -> l
 
 def test_stitch_copies_encoded_bodies_and_cross_fades_the_raw_overlaps(index_video, tmp_path):
     plan = plan_segments(200, 3, 8)
-    videos = _split_segments(index_video, plan, tmp_path)
+    folder = tmp_path / "it's here"  # a quote in the path of the bodies the join lists
+    folder.mkdir()
+    videos = _split_segments(index_video, plan, folder)
     stitcher = Stitcher(plan, tmp_path / "chunks", make_tone(tmp_path / "a.wav", 8.0), 25, 128, 64, OutputOptions(),
                         encoders=3)
     for segment in (plan.segments[1], plan.segments[2], plan.segments[0]):
         stitcher.add_segment(segment.index, videos[segment.index])
     result = stitcher.finish(tmp_path / "out.mp4")
-    assert result.copied_frames == 200 - 2 * 8  # every body copied; only the two overlaps were encoded
+    assert result.frames_copied == 200 - 2 * 8  # every body copied; only the two overlaps were encoded
     assert read_indices(result.path) == list(range(200))
     decode_errors = subprocess.run(["ffmpeg", "-v", "error", "-i", str(result.path), "-f", "null", "-"],
                                    capture_output=True, text=True).stderr
@@ -181,7 +183,7 @@ def test_stitch_encodes_a_body_that_would_not_join(index_video, tmp_path, odd_on
     videos = _split_segments(index_video, plan, tmp_path, odd_one)
     result = stitch_segments(plan, videos, make_tone(tmp_path / "a.wav", 8.0), tmp_path / "out.mp4", 25, 128, 64,
                              OutputOptions(), encoders=3)
-    assert result.copied_frames == 200 - 2 * 8 - 64  # segment 0's body (64 frames) was encoded
+    assert result.frames_copied == 200 - 2 * 8 - 64  # segment 0's body (64 frames) was encoded
     assert read_indices(result.path) == list(range(200))
 
 
@@ -195,6 +197,15 @@ def test_stitch_refuses_a_split_segment_with_a_short_body(index_video, tmp_path)
         stitch_segments(plan, videos, make_tone(tmp_path / "a.wav", 4.0), tmp_path / "out.mp4", 25, 128, 64,
                         OutputOptions())
     assert not (tmp_path / "out.mp4").exists()
+
+
+
+def test_split_form_names_the_parts_a_segment_lacks(tmp_path):
+    first, middle = tmp_path / "a_body.mp4", tmp_path / "b_head.y4m"
+    assert SegmentVideo(first, tail=tmp_path / "a_tail.y4m", split=True).missing_parts(50, 0, 8) == []
+    assert SegmentVideo(None, head=middle, split=True).missing_parts(50, 8, 8) == ["body", "tail"]
+    assert SegmentVideo(None, head=middle, tail=middle, split=True).missing_parts(16, 8, 8) == []  # no body frames
+    assert SegmentVideo.whole(first).missing_parts(50, 8, 8) == []
 
 
 # -- fetching inputs -------------------------------------------------------------------------------

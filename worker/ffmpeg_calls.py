@@ -19,9 +19,11 @@ def start(stream, nice: bool = False, **popen) -> subprocess.Popen:
     return subprocess.Popen((NICE if nice else []) + command, **popen)
 
 
-def run(stream, what: str, nice: bool = False) -> None:
-    """Runs a stream to the end; raises JobFailed("ffmpeg failed to <what>: <its last error lines>")."""
-    process = start(stream, nice, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    error = process.communicate()[1].decode(errors="replace")
+def run(stream, what: str, nice: bool = False, input: bytes | None = None) -> None:
+    """Runs a stream to the end, `input` on its stdin; raises JobFailed("ffmpeg failed to <what>: <its last
+    error lines>")."""
+    process = start(stream, nice, stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    error = process.communicate(input)[1].decode(errors="replace")
     if process.returncode != 0:
         raise JobFailed(f"ffmpeg failed to {what}: {error.strip()[-800:]}")

@@ -147,7 +147,7 @@ def run_job(job_input: Any, pool: InstancePool, settings: WorkerSettings, job_id
             fps=request.fps,
             duration_s=round(plan.total_frames / request.fps, 4),
             overlap_frames=plan.overlap,
-            frames_copied=result.copied_frames,
+            frames_copied=result.frames_copied,
             segments=[SegmentReport(index=r.segment.index, instance=r.instance.name, gpu=r.instance.gpu,
                                     start_frame=r.segment.start, end_frame=r.segment.end, frames=r.segment.frames,
                                     seconds=round(r.seconds, 3), comfy_seconds=round(r.comfy_seconds, 3),
@@ -360,6 +360,11 @@ def attempt_segment(ctx: JobContext, plan: SegmentPlan, segment: Segment, files:
         if video is None:
             raise JobFailed(f"workflow {template.name!r} produced no video for segment {segment.index} "
                             f"(outputs: {[o.filename for o in result.outputs]})")
+        missing = video.missing_parts(segment.frames, values["overlap_before"], values["overlap_after"])
+        if missing:
+            raise JobFailed(f"workflow {template.name!r} saved segment {segment.index} in SaveSegmentVideo's split "
+                            f"form without its {' and '.join(missing)} (outputs: {[o.filename for o in outputs]}); "
+                            "bind both overlap_before and overlap_after, or neither")
         seconds = time.monotonic() - started
         nodes = {f"{node} {graph.get(node, {}).get('class_type', '?')}": s for node, s in result.node_seconds.items()}
         slowest = ", ".join(f"{name} {s:.1f} s" for name, s in sorted(nodes.items(), key=lambda i: -i[1])[:3])

@@ -18,7 +18,10 @@ SPLIT_ENDINGS = {"head": "_head.y4m", "body": "_body.mp4", "tail": "_tail.y4m"}
 
 @dataclass(frozen=True)
 class SegmentVideo:
-    body: Path | None  # the whole segment; in the split form the frames between head and tail (None if none)
+    # The whole form: `body` is the one file, every frame of the segment. The split form (split=True):
+    # `body` holds the frames between the overlaps, encoded as the output (None when there are none),
+    # `head` and `tail` the raw overlap frames (None where the segment has no neighbour).
+    body: Path | None
     head: Path | None = None
     tail: Path | None = None
     split: bool = False
@@ -27,9 +30,12 @@ class SegmentVideo:
     def whole(cls, path: Path) -> SegmentVideo:
         return cls(body=path)
 
-    @property
-    def files(self) -> list[Path]:
-        return [p for p in (self.head, self.body, self.tail) if p is not None]
+    def missing_parts(self, frames: int, head_frames: int, tail_frames: int) -> list[str]:
+        """The files of the split form that a segment of this shape needs but did not get."""
+        if not self.split:
+            return []
+        needed = {"head": head_frames > 0, "body": frames > head_frames + tail_frames, "tail": tail_frames > 0}
+        return [part for part, need in needed.items() if need and getattr(self, part) is None]
 
     def locate(self, frame: int, frames: int, head_frames: int, tail_frames: int) -> tuple[Path, int]:
         """The file that holds segment frame `frame` and the frame's index in it. `frames`, `head_frames`

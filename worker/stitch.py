@@ -10,10 +10,11 @@ encoded to AAC while the segments generated. What is left once the last segment 
 chunks, encoded in parallel, and the copy.
 
 A segment saved in SaveSegmentVideo's split form (worker/segment_video.py) brings its body already
-encoded with the output's settings: that body is one chunk, copied as it is, after a check that its
-stream is the one the stitch would have written (size, rate, frame count, and the same H.264 headers as
-the stitch's own chunks); a body that fails the check is encoded like any other. Its raw head and tail
-feed the cross-fades. What is left once the last segment lands is then one cross-fade and the copy.
+encoded with the output's settings: on arrival the body is checked to be the stream the stitch would
+have written (size, rate, frame count, and the same H.264 headers as a reference frame the stitcher
+encodes at the start) and is then one chunk, copied as it is; a body that fails the check is encoded in
+pieces like any other. Its raw head and tail feed the cross-fades. What is left once the last segment
+lands is then one cross-fade and the copy.
 
 A chunk's decoder seeks into its segment file rather than decoding it from the start (SaveSegmentVideo
 writes a key frame every second in its whole form). Memory does not grow with video length: bodies go file to file
@@ -56,7 +57,7 @@ class StitchResult:
     path: Path
     frames: int
     busy_seconds: float  # what the stitch work would take alone: chunk encodes over the encoders, plus the join
-    copied_frames: int = 0  # frames of segment bodies taken as encoded by SaveSegmentVideo
+    frames_copied: int = 0  # frames of segment bodies taken as SaveSegmentVideo encoded them
 
 
 @dataclass(frozen=True)
@@ -86,7 +87,7 @@ class Chunk:
 
 
 def frame_rate(fps: float) -> str:
-    """fps as the exact fraction ffmpeg expects (29.97 -> 30000/1001)."""
+    """fps as a fraction for ffmpeg (25 -> 25/1, 23.976 -> 2997/125, 29.97 -> 2997/100)."""
     rate = Fraction(fps).limit_denominator(1001)
     return f"{rate.numerator}/{rate.denominator}"
 
@@ -133,28 +134,31 @@ class Stitcher:
         self.chunks = plan_chunks(plan, self.encoders)
         self.segments: dict[int, SegmentVideo] = {}
         self.encodes: dict[Chunk, Future] = {}
-        self.adopted: dict[Chunk, StreamInfo] = {}  # bodies taken as SaveSegmentVideo encoded them
-        self.own_headers: set[str] = set()  # the H.264 headers of the chunks this stitcher encoded
+        self.adopted: dict[Chunk, Path] = {}  # body chunks taken as SaveSegmentVideo encoded them
         self.encode_seconds = 0.0
         self.lock = threading.Lock()
         folder.mkdir(parents=True, exist_ok=True)
         self.executor = ThreadPoolExecutor(self.encoders, thread_name_prefix="stitch")
-        self.audio = self.executor.submit(self._encode_audio, audio)  # needs no segment: done early
+        # Need no segment: done early.
+        self.audio = self.executor.submit(self._encode_audio, audio)
+        self.reference_headers = self.executor.submit(self._reference_headers)
 
     def add_segment(self, index: int, video: SegmentVideo | Path) -> None:
         """Segment `index` has arrived (one file, or the split form): start every chunk that now has what it needs."""
         video = video if isinstance(video, SegmentVideo) else SegmentVideo.whole(video)
+        joinable = self._joinable_body(self.plan.segments[index], video)  # an ffprobe; outside the lock
         with self.lock:
             self.segments[index] = video
             pieces = [n for n, chunk in enumerate(self.chunks) if chunk.sources == (index,)]
-            if video.split and video.body is not None and pieces:
-                # An encoded body is one chunk, adopted whole.
+            if joinable and pieces:  # the encoded body is one chunk, copied
                 first, last = self.chunks[pieces[0]], self.chunks[pieces[-1]]
-                self.chunks[pieces[0]:pieces[-1] + 1] = [Chunk(first.start, last.end, (index,))]
+                body = Chunk(first.start, last.end, (index,))
+                self.chunks[pieces[0]:pieces[-1] + 1] = [body]
+                self.adopted[body] = video.body
             ready = [chunk for chunk in self.chunks
                      if chunk not in self.encodes and all(i in self.segments for i in chunk.sources)]
-            # The cores go to the chunks this arrival starts: a lone cross-fade (the bodies copied) gets them all.
-            encoding = sum(1 for chunk in ready if not self._is_body_of_split(chunk)) or 1
+            # This arrival's encodes share the cores: a lone cross-fade (the bodies copied) gets them all.
+            encoding = sum(1 for chunk in ready if chunk not in self.adopted) or 1
             threads = max(self.threads, self.cores // encoding)
             for chunk in ready:
                 self.encodes[chunk] = self.executor.submit(self._encode, chunk, threads)
@@ -167,14 +171,8 @@ class Stitcher:
                 raise JobFailed(f"stitch: segment(s) {missing} never arrived")
             files = [self.encodes[chunk].result() for chunk in self.chunks]
             joined = time.monotonic()
-            for n, chunk in enumerate(self.chunks):
-                if chunk in self.adopted and self.own_headers and self.adopted[chunk].headers not in self.own_headers:
-                    log.warning("segment %d: its encoded body has other H.264 headers than the stitch's chunks; "
-                                "encoding it again", chunk.sources[0])
-                    del self.adopted[chunk]
-                    files[n] = self._encode_frames(chunk, self.cores)
             listing = self.folder / "chunks.txt"
-            listing.write_text("".join(f"file '{f.resolve()}'\n" for f in files))
+            listing.write_text("".join(f"file {_quoted(f.resolve())}\n" for f in files))
             video = ffmpeg.input(str(listing), format="concat", safe=0).video
             sound = ffmpeg.input(str(self.audio.result())).audio
             run(ffmpeg.output(video, sound, str(dest), c="copy", movflags="+faststart"), "join the chunks", nice=True)
@@ -186,10 +184,10 @@ class Stitcher:
             self.close()
         busy = self.encode_seconds / self.encoders + join_s
         copied = sum(chunk.frames for chunk in self.adopted)
-        log.info("stitched %d frames from %d chunks (%d encoders x %d threads): %d frames copied from encoded "
-                 "segment bodies, %.2f s of encoding, join %.2f s", self.plan.total_frames, len(self.chunks),
-                 self.encoders, self.threads, copied, self.encode_seconds, join_s)
-        return StitchResult(dest, self.plan.total_frames, busy, copied)
+        log.info("stitched %d frames from %d chunks: %d frames copied from encoded segment bodies, %.2f s of "
+                 "encoding (up to %d encodes at once), join %.2f s", self.plan.total_frames, len(self.chunks),
+                 copied, self.encode_seconds, self.encoders, join_s)
+        return StitchResult(dest, self.plan.total_frames, busy, frames_copied=copied)
 
     def close(self) -> None:
         """Stops (cancelling chunks not yet started) and removes the folder; safe to call twice."""
@@ -205,17 +203,37 @@ class Stitcher:
             "encode the audio", nice=True)
         return dest
 
-    def _is_body_of_split(self, chunk: Chunk) -> bool:
-        return len(chunk.sources) == 1 and self.segments[chunk.sources[0]].split
+    def _reference_headers(self) -> str:
+        """The H.264 headers (hash) of one black frame encoded as every chunk is; a body joins only with these."""
+        dest = self.folder / "reference.mp4"
+        black = bytes([16]) * (self.width * self.height) + bytes([128]) * (self.width * self.height // 2)
+        run(self._raw_input().output(str(dest), **self._codec(1)), "encode a reference frame", nice=True, input=black)
+        headers = _probe(dest).headers
+        dest.unlink()
+        return headers
+
+    def _joinable_body(self, segment: Segment, video: SegmentVideo) -> bool:
+        """Whether the split form's encoded body is the stream the stitch would write for those frames."""
+        if not video.split or video.body is None:
+            return False
+        frames = segment.frames - self.plan.overlap_with_previous(segment) - self.plan.overlap_with_next(segment)
+        info = _probe(video.body, count=False)
+        wanted = ("h264", self.width, self.height, "yuv420p", frame_rate(self.fps), frames,
+                  self.reference_headers.result())
+        found = (info.codec, info.width, info.height, info.pix_fmt, info.rate, info.packets, info.headers)
+        if found != wanted:
+            log.warning("segment %d: its encoded body is %s, the output needs %s; encoding it again",
+                        segment.index, found, wanted)
+        return found == wanted
 
     def _encode(self, chunk: Chunk, threads: int) -> Path:
+        if chunk in self.adopted:
+            return self.adopted[chunk]
         started = time.monotonic()
         if len(chunk.sources) == 2:
             dest = self.folder / f"chunk_{chunk.start:07d}.mp4"
             self._encode_crossfade(chunk, dest, threads)
             self._check(chunk, dest)
-        elif (adopted := self._adopt(chunk)) is not None:
-            return adopted
         else:
             dest = self._encode_frames(chunk, threads)
         with self.lock:
@@ -231,42 +249,19 @@ class Stitcher:
         self._check(chunk, dest)
         return dest
 
-    def _adopt(self, chunk: Chunk) -> Path | None:
-        """The segment's encoded body, if this chunk is exactly that body and its stream is the one the
-        stitch would write; else None (the chunk is then encoded)."""
-        segment = self.plan.segments[chunk.sources[0]]
-        video = self.segments[segment.index]
-        body_start = segment.start + self.plan.overlap_with_previous(segment)
-        body_end = segment.end - self.plan.overlap_with_next(segment)
-        if not video.split or video.body is None or (chunk.start, chunk.end) != (body_start, body_end):
-            return None
-        info = _probe(video.body)
-        wanted = ("h264", self.width, self.height, "yuv420p", frame_rate(self.fps), chunk.frames)
-        found = (info.codec, info.width, info.height, info.pix_fmt, info.rate, info.packets)
-        if found != wanted:
-            log.warning("segment %d: its encoded body is %s, the output needs %s; encoding it again",
-                        segment.index, found, wanted)
-            return None
-        with self.lock:
-            self.adopted[chunk] = info
-        return video.body
-
     def _check(self, chunk: Chunk, dest: Path) -> None:
-        """The encoded chunk has its frames (else a segment had too few); notes its stream headers."""
+        """The encoded chunk has its frames (else a segment had too few)."""
         info = _probe(dest)
         if info.packets != chunk.frames:
             segment = self.plan.segments[chunk.sources[-1]]
             path, _ = self._locate(segment, chunk.start - segment.start)
             raise JobFailed(f"segment video {path.name} has {_probe(path).packets} frames, "
                             f"expected {self._frames_in(segment, path)}")
-        with self.lock:
-            self.own_headers.add(info.headers)
 
     def _encode_crossfade(self, chunk: Chunk, dest: Path, threads: int) -> None:
         before, after = (self.plan.segments[i] for i in chunk.sources)
         tail = list(self._raw_frames(before, chunk.start - before.start, chunk.frames))
-        encoder = start(ffmpeg.input("pipe:", format="rawvideo", pix_fmt="yuv420p", s=f"{self.width}x{self.height}",
-                                     framerate=frame_rate(self.fps)).filter("setsar", 1).output(str(dest), **self._codec(threads)),
+        encoder = start(self._raw_input().output(str(dest), **self._codec(threads)),
                         nice=True, stdin=subprocess.PIPE, stderr=subprocess.PIPE)
         try:
             head = self._raw_frames(after, 0, chunk.frames)
@@ -335,6 +330,11 @@ class Stitcher:
             return segment.frames
         return {video.head: before, video.tail: after}.get(path, segment.frames - before - after)
 
+    def _raw_input(self):
+        """Raw yuv420p frames of the output's size from stdin, as the cross-fades (and SaveSegmentVideo) feed x264."""
+        return ffmpeg.input("pipe:", format="rawvideo", pix_fmt="yuv420p", s=f"{self.width}x{self.height}",
+                            framerate=frame_rate(self.fps)).filter("setsar", 1)
+
     def _codec(self, threads: int) -> dict:
         # The same settings for every chunk, so that their streams join by a plain copy.
         # stitchable: x264 writes the same headers whatever the content; with square pixels declared on
@@ -344,13 +344,13 @@ class Stitcher:
                 "r": frame_rate(self.fps), "threads": threads, "x264-params": "stitchable=1", "an": None}
 
 
-def stitch_segments(plan: SegmentPlan, segment_files: list[SegmentVideo | Path], audio: Path, dest: Path, fps: float,
+def stitch_segments(plan: SegmentPlan, segment_videos: list[SegmentVideo | Path], audio: Path, dest: Path, fps: float,
                     width: int, height: int, options: OutputOptions, encoders: int | None = None) -> StitchResult:
     """Every segment at hand: stitches them into dest (what a job does while its segments generate)."""
     stitcher = Stitcher(plan, dest.parent / f".{dest.stem}_chunks", audio, fps, width, height, options, encoders)
     try:
-        for segment, path in zip(plan.segments, segment_files, strict=True):
-            stitcher.add_segment(segment.index, path)
+        for segment, video in zip(plan.segments, segment_videos, strict=True):
+            stitcher.add_segment(segment.index, video)
     except BaseException:
         stitcher.close()
         raise
@@ -359,15 +359,23 @@ def stitch_segments(plan: SegmentPlan, segment_files: list[SegmentVideo | Path],
 
 # -- ffmpeg plumbing -------------------------------------------------------------------------------
 
-def _probe(path: Path) -> StreamInfo:
-    fields = "codec_name,width,height,pix_fmt,r_frame_rate,nb_read_packets,extradata_hash"
-    out = subprocess.run(["ffprobe", "-v", "error", "-count_packets", "-show_data_hash", "MD5", "-select_streams",
-                          "v:0", "-show_entries", f"stream={fields}", "-of", "json", str(path)],
+def _probe(path: Path, count: bool = True) -> StreamInfo:
+    """The file's video stream; its frames counted by reading every packet (count) or taken from the
+    container's index (an mp4's sample table: instant)."""
+    fields = "codec_name,width,height,pix_fmt,r_frame_rate,nb_frames,nb_read_packets,extradata_hash"
+    out = subprocess.run(["ffprobe", "-v", "error", *(["-count_packets"] if count else []), "-show_data_hash", "MD5",
+                          "-select_streams", "v:0", "-show_entries", f"stream={fields}", "-of", "json", str(path)],
                          capture_output=True, text=True)
     streams = (json.loads(out.stdout or "{}").get("streams") or [{}]) if out.returncode == 0 else [{}]
     s = streams[0]
+    frames = s.get("nb_read_packets" if count else "nb_frames", 0)
     return StreamInfo(s.get("codec_name", ""), int(s.get("width", 0)), int(s.get("height", 0)), s.get("pix_fmt", ""),
-                      s.get("r_frame_rate", ""), int(s.get("nb_read_packets", 0)), s.get("extradata_hash", ""))
+                      s.get("r_frame_rate", ""), int(frames), s.get("extradata_hash", ""))
+
+
+def _quoted(path: Path) -> str:
+    """A path as the concat demuxer's listing reads it: in single quotes, each ' written as '\\''."""
+    return "'" + str(path).replace("'", "'\\''") + "'"
 
 
 def _widen_pipe(pipe) -> None:
