@@ -195,7 +195,9 @@ class ComfyClient:
                 if time.monotonic() - last_poll > 10:
                     last_poll = time.monotonic()
                     if self._is_finished(prompt_id):
-                        return  # missed the end event
+                        # /history can be written just before the end event arrives; the last node ends now.
+                        starts.append((None, time.monotonic()))
+                        return
                 continue
             except (OSError, websocket.WebSocketException) as exc:
                 log.warning("websocket closed while following %s (%s); polling /history", prompt_id, exc)
@@ -222,6 +224,7 @@ class ComfyClient:
         while not self._is_finished(prompt_id):
             watch.check(prompt_id)
             time.sleep(0.5)
+        starts.append((None, time.monotonic()))  # the socket closed: the last node's end, to within the polling
 
     def _is_finished(self, prompt_id: str) -> bool:
         """True when /history holds the prompt; raises if it is neither there nor queued."""
