@@ -11,8 +11,8 @@ chunks, encoded in parallel, and the copy.
 
 A segment saved in SaveSegmentVideo's split form (worker/segment_video.py) brings its body already
 encoded with the output's settings: on arrival the body is checked to be the stream the stitch would
-have written (size, rate, frame count, and the same H.264 headers as a reference frame the stitcher
-encodes at the start) and is then one chunk, copied as it is; a body that fails the check is encoded in
+have written (size, rate, frame count, and the same H.264 headers as a reference frame encoded with
+the output's settings, once per worker process) and is then one chunk, copied as it is; a body that fails the check is encoded in
 pieces like any other. Its raw head and tail feed the cross-fades. What is left once the last segment
 lands is then one cross-fade and the copy.
 
@@ -25,16 +25,17 @@ V planes is the same blend as on RGB).
 from __future__ import annotations
 
 import fcntl
-import json
 import logging
 import os
 import shutil
 import subprocess
+import tempfile
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from fractions import Fraction
+from functools import lru_cache
 from pathlib import Path
 from typing import Iterator
 
@@ -139,9 +140,7 @@ class Stitcher:
         self.lock = threading.Lock()
         folder.mkdir(parents=True, exist_ok=True)
         self.executor = ThreadPoolExecutor(self.encoders, thread_name_prefix="stitch")
-        # Need no segment: done early.
-        self.audio = self.executor.submit(self._encode_audio, audio)
-        self.reference_headers = self.executor.submit(self._reference_headers)
+        self.audio = self.executor.submit(self._encode_audio, audio)  # needs no segment: done early
 
     def add_segment(self, index: int, video: SegmentVideo | Path) -> None:
         """Segment `index` has arrived (one file, or the split form): start every chunk that now has what it needs."""
@@ -203,15 +202,6 @@ class Stitcher:
             "encode the audio", nice=True)
         return dest
 
-    def _reference_headers(self) -> str:
-        """The H.264 headers (hash) of one black frame encoded as every chunk is; a body joins only with these."""
-        dest = self.folder / "reference.mp4"
-        black = bytes([16]) * (self.width * self.height) + bytes([128]) * (self.width * self.height // 2)
-        run(self._raw_input().output(str(dest), **self._codec(1)), "encode a reference frame", nice=True, input=black)
-        headers = _probe(dest).headers
-        dest.unlink()
-        return headers
-
     def _joinable_body(self, segment: Segment, video: SegmentVideo) -> bool:
         """Whether the split form's encoded body is the stream the stitch would write for those frames."""
         if not video.split or video.body is None:
@@ -219,7 +209,7 @@ class Stitcher:
         frames = segment.frames - self.plan.overlap_with_previous(segment) - self.plan.overlap_with_next(segment)
         info = _probe(video.body, count=False)
         wanted = ("h264", self.width, self.height, "yuv420p", frame_rate(self.fps), frames,
-                  self.reference_headers.result())
+                  _reference_headers(self.width, self.height, self.fps, self.options.preset, self.options.crf))
         found = (info.codec, info.width, info.height, info.pix_fmt, info.rate, info.packets, info.headers)
         if found != wanted:
             log.warning("segment %d: its encoded body is %s, the output needs %s; encoding it again",
@@ -261,7 +251,7 @@ class Stitcher:
     def _encode_crossfade(self, chunk: Chunk, dest: Path, threads: int) -> None:
         before, after = (self.plan.segments[i] for i in chunk.sources)
         tail = list(self._raw_frames(before, chunk.start - before.start, chunk.frames))
-        encoder = start(self._raw_input().output(str(dest), **self._codec(threads)),
+        encoder = start(_raw_input(self.width, self.height, self.fps).output(str(dest), **self._codec(threads)),
                         nice=True, stdin=subprocess.PIPE, stderr=subprocess.PIPE)
         try:
             head = self._raw_frames(after, 0, chunk.frames)
@@ -330,18 +320,8 @@ class Stitcher:
             return segment.frames
         return {video.head: before, video.tail: after}.get(path, segment.frames - before - after)
 
-    def _raw_input(self):
-        """Raw yuv420p frames of the output's size from stdin, as the cross-fades (and SaveSegmentVideo) feed x264."""
-        return ffmpeg.input("pipe:", format="rawvideo", pix_fmt="yuv420p", s=f"{self.width}x{self.height}",
-                            framerate=frame_rate(self.fps)).filter("setsar", 1)
-
     def _codec(self, threads: int) -> dict:
-        # The same settings for every chunk, so that their streams join by a plain copy.
-        # stitchable: x264 writes the same headers whatever the content; with square pixels declared on
-        # every input (setsar), every chunk gets the same H.264 headers. SaveSegmentVideo's split form
-        # encodes its bodies with these settings too.
-        return {"vcodec": "libx264", "preset": self.options.preset, "crf": self.options.crf, "pix_fmt": "yuv420p",
-                "r": frame_rate(self.fps), "threads": threads, "x264-params": "stitchable=1", "an": None}
+        return _x264(self.options.preset, self.options.crf, self.fps, threads)
 
 
 def stitch_segments(plan: SegmentPlan, segment_videos: list[SegmentVideo | Path], audio: Path, dest: Path, fps: float,
@@ -359,16 +339,41 @@ def stitch_segments(plan: SegmentPlan, segment_videos: list[SegmentVideo | Path]
 
 # -- ffmpeg plumbing -------------------------------------------------------------------------------
 
+def _x264(preset: str, crf: int, fps: float, threads: int) -> dict:
+    """Output options of every chunk, so that their streams join by a plain copy. stitchable: x264 writes
+    the same headers whatever the content; with square pixels declared on every input (setsar), every
+    chunk gets the same H.264 headers. SaveSegmentVideo's split form encodes its bodies with these too."""
+    return {"vcodec": "libx264", "preset": preset, "crf": crf, "pix_fmt": "yuv420p", "r": frame_rate(fps),
+            "threads": threads, "x264-params": "stitchable=1", "an": None}
+
+
+def _raw_input(width: int, height: int, fps: float):
+    """Raw yuv420p frames from stdin, as the cross-fades (and SaveSegmentVideo) feed x264."""
+    return ffmpeg.input("pipe:", format="rawvideo", pix_fmt="yuv420p", s=f"{width}x{height}",
+                        framerate=frame_rate(fps)).filter("setsar", 1)
+
+
+@lru_cache(maxsize=None)
+def _reference_headers(width: int, height: int, fps: float, preset: str, crf: int) -> str:
+    """The H.264 headers (hash) of one black frame encoded as every chunk is; a body joins only with these.
+    They depend on the settings alone, so each set is encoded once per worker process."""
+    black = bytes([16]) * (width * height) + bytes([128]) * (width * height // 2)
+    with tempfile.TemporaryDirectory(prefix="stitch-reference-") as folder:
+        dest = Path(folder) / "reference.mp4"
+        run(_raw_input(width, height, fps).output(str(dest), **_x264(preset, crf, fps, 1)),
+            "encode a reference frame", input=black)
+        return _probe(dest).headers
+
+
 def _probe(path: Path, count: bool = True) -> StreamInfo:
     """The file's video stream; its frames counted by reading every packet (count) or taken from the
     container's index (an mp4's sample table: instant)."""
-    fields = "codec_name,width,height,pix_fmt,r_frame_rate,nb_frames,nb_read_packets,extradata_hash"
-    out = subprocess.run(["ffprobe", "-v", "error", *(["-count_packets"] if count else []), "-show_data_hash", "MD5",
-                          "-select_streams", "v:0", "-show_entries", f"stream={fields}", "-of", "json", str(path)],
-                         capture_output=True, text=True)
-    streams = (json.loads(out.stdout or "{}").get("streams") or [{}]) if out.returncode == 0 else [{}]
-    s = streams[0]
-    frames = s.get("nb_read_packets" if count else "nb_frames", 0)
+    options = {"select_streams": "v:0", "show_data_hash": "MD5", **({"count_packets": None} if count else {})}
+    try:
+        s = (ffmpeg.probe(str(path), **options).get("streams") or [{}])[0]
+    except ffmpeg.Error:
+        s = {}
+    frames = s.get("nb_read_packets" if count else "nb_frames") or 0
     return StreamInfo(s.get("codec_name", ""), int(s.get("width", 0)), int(s.get("height", 0)), s.get("pix_fmt", ""),
                       s.get("r_frame_rate", ""), int(frames), s.get("extradata_hash", ""))
 
