@@ -11,7 +11,16 @@ from comfy_manager import InstancePool, PoolSettings
 from worker.config import WorkerSettings
 
 # Tests start their own instances on ports of their own, away from a running worker (8188...).
-TEST_BASE_PORT = int(os.environ.get("TEST_COMFY_BASE_PORT", "8300"))
+# TEST_PORT_OFFSET shifts every port the tests use, so two test runs on one machine do not collide.
+PORT_OFFSET = int(os.environ.get("TEST_PORT_OFFSET", "0"))
+
+
+def shifted_port(port: int) -> int:
+    """A port the tests use, shifted by TEST_PORT_OFFSET."""
+    return port + PORT_OFFSET
+
+
+TEST_BASE_PORT = int(os.environ.get("TEST_COMFY_BASE_PORT", str(shifted_port(8300))))
 
 
 def pool_settings(instances_dir: Path, base_port: int, cpu_instances: int = 2) -> PoolSettings:
@@ -38,7 +47,7 @@ def worker(tmp_path_factory):
     """
     from tests.worker_api import WorkerApi
 
-    api = WorkerApi(tmp_path_factory.mktemp("worker"), api_port=8031, comfy_port=8400,
+    api = WorkerApi(tmp_path_factory.mktemp("worker"), api_port=shifted_port(8031), comfy_port=shifted_port(8400),
                     env={"MAX_DURATION_S": "30", "MAX_INPUT_MB": "2"}).start()
     yield api
     api.stop()

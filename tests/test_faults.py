@@ -17,7 +17,7 @@ import pytest
 import requests
 
 from comfy_manager import ComfyClient, InstancePool
-from tests.conftest import pool_settings
+from tests.conftest import pool_settings, shifted_port
 from tests.media_factory import make_index_video, make_tone, read_indices
 from worker.errors import JobCancelled, JobFailed
 from worker.job import run_job
@@ -182,7 +182,7 @@ def test_a_dropped_websocket_falls_back_to_history_polling(pool, media_dir):
 
 
 def test_an_instance_that_cannot_boot_is_left_out_and_the_rest_serve(tmp_path, media_dir, settings):
-    base_port = 8350
+    base_port = shifted_port(8350)
     blocker = socket.create_server(("127.0.0.1", base_port + 1))  # instance 1's port is taken
     degraded = InstancePool(pool_settings(tmp_path / "instances", base_port))
     try:

@@ -18,6 +18,7 @@ import pytest
 from comfy_manager import ComfyClient, ComfyInstance, PoolSettings
 from comfy_manager.client import PromptFailed
 from comfy_manager.instance import InstanceSpec
+from tests.conftest import shifted_port
 from tests.media_factory import frame_count, make_image, make_index_video, read_indices
 from worker.templates import load_template
 
@@ -25,7 +26,7 @@ STANDIN_WORKFLOWS = Path(__file__).resolve().parent.parent / "benchmarks" / "gpu
 
 REPO = Path(__file__).resolve().parent.parent
 STANDIN = REPO / "benchmarks" / "gpu_standin"
-PORT = int(os.environ.get("TEST_STANDIN_PORT", "8601"))
+PORT = int(os.environ.get("TEST_STANDIN_PORT", str(shifted_port(8601))))
 
 # Every key and shape make_weights.py writes against ComfyUI's own modules, built on the meta device.
 CHECK_SHAPES = f"""
