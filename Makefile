@@ -2,6 +2,10 @@
 #   make run    set up, then run the sample job (test_input.json) through the runpod SDK's local mode
 #   make test   set up, then run the whole test suite
 PY := .venv/bin/python
+# Custom nodes come from GitHub at their pinned commits, or, where ../shared/custom_nodes holds their
+# trees (CI and machines without GitHub), from there.
+CUSTOM_NODES_ARCHIVES ?= $(if $(wildcard ../shared/custom_nodes/*.tar.gz),$(abspath ../shared/custom_nodes))
+export CUSTOM_NODES_ARCHIVES
 export RUNPOD_DEBUG_LEVEL ?= INFO
 
 .PHONY: setup run serve test bench clean
@@ -10,6 +14,7 @@ setup:
 	bash scripts/install_system.sh
 	bash scripts/install_worker.sh
 	bash scripts/install_comfyui.sh
+	bash scripts/install_custom_nodes.sh
 
 run: setup
 	mkdir -p output

@@ -1,15 +1,18 @@
 #!/usr/bin/env bash
 # Installs the ComfyUI custom nodes listed in models/manifest.json ("custom_nodes": name, repo, commit):
-# each is cloned from GitHub at exactly its commit into ComfyUI/custom_nodes/<name>, and its
-# requirements.txt is pip-installed into ComfyUI's Python environment; idempotent (a node already at its
-# commit is left alone).
+# each is cloned from GitHub at exactly its commit (or unpacked from a pre-fetched tree, see
+# CUSTOM_NODES_ARCHIVES) into ComfyUI/custom_nodes/<name>, and its requirements.txt is pip-installed into
+# ComfyUI's Python environment; idempotent (a node already at its commit is left alone).
 #   --dry-run             print what would be cloned and installed; touch nothing, need no network
 #   COMFYUI_HOME=dir      as install_comfyui.sh (default .comfyui); ComfyUI is $COMFYUI_HOME/ComfyUI
 #   COMFYUI_PYTHON=path   ComfyUI's python (default $COMFYUI_VENV/bin/python, venv $COMFYUI_HOME/venv)
 #   MODELS_MANIFEST=file  the manifest (default models/manifest.json)
 #   GITHUB_URL=url        where repos are cloned from (default https://github.com)
-# torch, torchvision, torchaudio and numpy stay at the versions in requirements/comfyui.lock: a node's
-# requirements may add packages but not swap those.
+#   CUSTOM_NODES_ARCHIVES=dir   no GitHub: take each node from dir/<name>-<commit>.tar.gz instead (a tree
+#                         whose top folder is <name>, as `git archive --prefix=<name>/` writes it); a node
+#                         without its archive there is an error. The commit is recorded in .installed-commit.
+# Every package in requirements/comfyui.lock stays at its locked version: a node's requirements may add
+# packages but never move a locked one (the whole lock is passed to pip as constraints).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 dry_run=0
@@ -42,10 +45,8 @@ for node in manifest.get("custom_nodes", []):
 PY
 )
 
-constraints=$(mktemp)
-trap 'rm -f "$constraints"' EXIT
-grep -E '^(torch|torchvision|torchaudio|numpy)==' requirements/comfyui.lock requirements/comfyui.txt \
-  | cut -d: -f2 | sort -u > "$constraints" || true
+constraints=requirements/comfyui.lock
+archives=${CUSTOM_NODES_ARCHIVES:-}
 
 count=0
 while read -r name repo commit; do
@@ -53,13 +54,25 @@ while read -r name repo commit; do
   count=$((count + 1))
   dest="$nodes_dir/$name"
   url="$github/$repo"
+  archive=${archives:+$archives/$name-$commit.tar.gz}
   if [ "$dry_run" = 1 ]; then
-    echo "would clone $url at $commit into $dest"
+    echo "would ${archive:+unpack $archive}${archive:-clone $url at $commit} into $dest"
     echo "would pip install -r $dest/requirements.txt (if present) with $python"
     continue
   fi
-  if [ -d "$dest/.git" ] && [ "$(git -C "$dest" rev-parse HEAD 2>/dev/null)" = "$commit" ]; then
+  if [ -d "$dest/.git" ] && [ "$(git -C "$dest" rev-parse HEAD 2>/dev/null)" = "$commit" ] \
+     || [ "$(cat "$dest/.installed-commit" 2>/dev/null)" = "$commit" ]; then
     echo "$name already at $commit"
+  elif [ -n "$archive" ]; then
+    [ -f "$archive" ] || { echo "$name: no $archive (CUSTOM_NODES_ARCHIVES holds <name>-<commit>.tar.gz)" >&2; exit 1; }
+    echo "unpacking $archive into $dest"
+    rm -rf "$dest" "$dest.unpacking"
+    mkdir -p "$dest.unpacking"
+    tar -xzf "$archive" -C "$dest.unpacking"
+    [ -d "$dest.unpacking/$name" ] || { echo "$name: $archive has no top folder $name/" >&2; exit 1; }
+    mv "$dest.unpacking/$name" "$dest"
+    rm -rf "$dest.unpacking"
+    echo "$commit" > "$dest/.installed-commit"
   else
     echo "cloning $url at $commit into $dest"
     rm -rf "$dest"
