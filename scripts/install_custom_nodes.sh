@@ -56,7 +56,7 @@ while read -r name repo commit; do
   url="$github/$repo"
   archive=${archives:+$archives/$name-$commit.tar.gz}
   if [ "$dry_run" = 1 ]; then
-    echo "would ${archive:+unpack $archive}${archive:-clone $url at $commit} into $dest"
+    if [ -n "$archive" ]; then echo "would unpack $archive into $dest"; else echo "would clone $url at $commit into $dest"; fi
     echo "would pip install -r $dest/requirements.txt (if present) with $python"
     continue
   fi
