@@ -1,11 +1,12 @@
-# Sourced at the start of a device command (see prepare_carry.sh): unpacks the carried packages,
-# ffmpeg and ComfyUI under /tmp and exports PATH, PYTHONPATH, COMFYUI_PATH and COMFYUI_PYTHON.
+# Sourced at the start of a device command (see prepare_carry.sh): unpacks the carried packages, ffmpeg,
+# ComfyUI and the WanVideoWrapper under /tmp and exports PATH, PYTHONPATH, COMFYUI_PATH and COMFYUI_PYTHON.
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1 PYTHONUNBUFFERED=1
 mkdir -p /tmp/site /tmp/ffbin
 [ -d /tmp/site/av ] || tar -xJf .devcarry/site.tar.xz -C /tmp/site || return 1
 [ -f /tmp/ffbin/ffmpeg ] || tar -xJf .devcarry/ffmpeg.tar.xz -C /tmp/ffbin || return 1
 chmod +x /tmp/ffbin/ffmpeg /tmp/ffbin/ffprobe
 [ -d /tmp/ComfyUI ] || tar -xJf .devcarry/comfyui.tar.xz -C /tmp || return 1
+[ -d /tmp/ComfyUI/custom_nodes/ComfyUI-WanVideoWrapper ] || tar -xJf .devcarry/wrapper.tar.xz -C /tmp/ComfyUI/custom_nodes || return 1
 export PATH=/tmp/ffbin:$PATH PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 export COMFYUI_PATH=/tmp/ComfyUI COMFYUI_PYTHON=$(command -v python3)
 nvidia-smi --query-gpu=index,name,memory.total --format=csv,noheader

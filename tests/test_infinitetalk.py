@@ -1,0 +1,221 @@
+"""The four InfiniteTalk templates, executed for real: the pinned ComfyUI-WanVideoWrapper in a CPU ComfyUI,
+every model file of models/manifest.json made with random values at the loaders' shapes
+(scripts/make_random_weights.py: a small DiT, everything else full size), the real worker (`run_job`),
+real ffmpeg. The pictures are noise; frame counts, audio, the split-form copy, the presets and the
+request checks are real.
+
+One ComfyUI instance serves every test here: umt5-xxl alone is 11.4 GB, so two instances do not fit in a
+24 GiB machine; the two segments of each job queue for it instead of running side by side. The first job
+pays for the text encoder (umt5-xxl in bf16 on a CPU without bf16 instructions: minutes); the templates
+keep its output in the wrapper's text-embedding disk cache, and ComfyUI keeps it between prompts.
+"""
+
+from __future__ import annotations
+
+import gzip
+import math
+import shutil
+import subprocess
+import time
+import uuid
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+
+from comfy_manager import ComfyClient, InstancePool, PoolSettings
+from tests.conftest import shifted_port
+from tests.media_factory import frame_count, make_image, make_index_video, make_tone, media_duration
+from worker.job import run_job
+from worker.templates import load_template
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED_TOKENIZER = REPO.parent / "shared" / "custom_nodes" / "standin-umt5-tokenizer" / "tokenizer.json.gz"
+TEMPLATES = ["infinitetalk_image_single", "infinitetalk_image_multi", "infinitetalk_video_single",
+             "infinitetalk_video_multi"]
+SIZE = (64, 64)  # the smallest the request allows: the DiT sees 8 x 8 latents
+
+
+def weights_dir() -> Path:
+    import os
+    return Path(os.environ.get("RANDOM_WEIGHTS_DIR", Path.home() / ".cache" / "comfy-worker" / "random-weights"))
+
+
+def ensure_t5_tokenizer(comfy_path: Path) -> None:
+    """A wrapper unpacked from the offline archive lacks umt5's tokenizer.json (see ../shared/custom_nodes/
+    README.md); the stand-in there has umt5's layout. A GitHub clone has the real file and is left alone."""
+    target = comfy_path / "custom_nodes" / "ComfyUI-WanVideoWrapper" / "configs" / "T5_tokenizer" / "tokenizer.json"
+    if target.exists():
+        return
+    if not SHARED_TOKENIZER.exists():
+        pytest.fail(f"{target} is missing and there is no stand-in at {SHARED_TOKENIZER}: install the wrapper "
+                    "from GitHub (scripts/install_custom_nodes.sh without CUSTOM_NODES_ARCHIVES)")
+    with gzip.open(SHARED_TOKENIZER) as source, open(target, "wb") as out:
+        shutil.copyfileobj(source, out)
+
+
+@pytest.fixture(scope="module")
+def weights() -> Path:
+    root = weights_dir()
+    settings = PoolSettings.from_env()
+    subprocess.run([settings.python, str(REPO / "scripts" / "make_random_weights.py"), str(root)], check=True,
+                   env={**__import__("os").environ, "COMFYUI_PATH": str(settings.comfy_path)}, timeout=1800)
+    return root
+
+
+@pytest.fixture(scope="module")
+def it_pool(weights, tmp_path_factory):
+    """One CPU ComfyUI with the wrapper and the random weights."""
+    defaults = PoolSettings.from_env()
+    ensure_t5_tokenizer(defaults.comfy_path)
+    settings = replace(defaults, instances_dir=tmp_path_factory.mktemp("it-instances"),
+                       base_port=shifted_port(8700), cpu_instances=1, force_cpu=True, startup_timeout_s=300,
+                       extra_args=["--extra-model-paths-config", str(weights / "extra_model_paths.yaml")])
+    pool = InstancePool(settings)
+    pool.start()
+    yield pool
+    pool.shutdown()
+
+
+@pytest.fixture(scope="module")
+def media(tmp_path_factory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("it-media")
+    return {
+        "image": make_image(folder / "face.png", 96, 96),
+        "video": make_index_video(folder / "source.mp4", frames=60, fps=25.0, width=96, height=96),
+        "audio": make_tone(folder / "speaker1.wav", seconds=4.9, frequency=220),
+        "audio_2": make_tone(folder / "speaker2.wav", seconds=4.2, frequency=330),
+    }
+
+
+@pytest.fixture(scope="module")
+def settings(tmp_path_factory, media):
+    from worker.config import WorkerSettings
+    root = tmp_path_factory.mktemp("it-worker")
+    return WorkerSettings(job_work_dir=root / "jobs", allowed_input_roots=(media["image"].parent.resolve(),),
+                          output_volume_dir=root / "volume", segment_timeout_s=7200)
+
+
+def it_request(template: str, media: dict[str, Path], **fields) -> dict:
+    spec = load_template(template).spec
+    request = {"workflow": template, "input_type": spec.input_type, "person_count": spec.person_counts[0],
+               "audio": str(media["audio"]), "width": SIZE[0], "height": SIZE[1], "fps": 25, "steps": 2,
+               "output": {"destination": "volume"}}
+    request["image" if spec.input_type == "image" else "video"] = str(media[spec.input_type])
+    if spec.person_counts[0] == "multi":
+        request["audio_2"] = str(media["audio_2"])
+    return {**request, **fields}
+
+
+def decoded_frames(path: Path, width: int, height: int) -> np.ndarray:
+    raw = subprocess.run(["ffmpeg", "-v", "error", "-i", str(path), "-f", "rawvideo", "-pix_fmt", "rgb24", "-"],
+                         capture_output=True, check=True).stdout
+    return np.frombuffer(raw, np.uint8).reshape(-1, height, width, 3)
+
+
+def assert_real_pictures(path: Path, width: int, height: int) -> None:
+    """Random weights give noise, but finite noise: a NaN decodes to a black or one-colour frame."""
+    frames = decoded_frames(path, width, height)
+    for index, frame in enumerate(frames):
+        spread = frame.reshape(-1, 3).std(axis=0)
+        assert spread.max() > 2.0, f"frame {index} is one colour (mean {frame.reshape(-1, 3).mean(axis=0)})"
+
+
+def check_output(output: dict, audio_s: float) -> Path:
+    video = Path(output["video_path"])
+    frames = math.ceil(audio_s * 25)
+    assert output["frames"] == frames and frame_count(video) == frames
+    assert abs(media_duration(video, "a") - audio_s) < 0.05
+    overlaps = sum(a["end_frame"] - b["start_frame"] for a, b in zip(output["segments"], output["segments"][1:]))
+    assert output["frames_copied"] == frames - overlaps  # every body copied as the node encoded it
+    assert_real_pictures(video, *SIZE)
+    return video
+
+
+@pytest.mark.parametrize("template", TEMPLATES)
+def test_template_runs_end_to_end_in_two_segments(template, it_pool, media, settings):
+    audio_s = 4.9 if template.endswith("single") else 4.9  # multi: the longer track sets the length
+    output = run_job(it_request(template, media, max_segment_frames=81), it_pool, settings)
+    assert output["workflow"] == template
+    assert output["segments_processed"] == 2 and output["gpu_count"] == 1
+    first, second = output["segments"]
+    assert first["start_frame"] == 0 and second["end_frame"] == output["frames"]
+    assert first["frames"] <= 81 and second["frames"] <= 81 and first["end_frame"] > second["start_frame"]
+    check_output(output, audio_s)
+    assert output["quality"] == "fast"
+
+
+@pytest.mark.parametrize("steps", [4, 30])
+def test_video_template_follows_the_requested_steps(steps, it_pool, media, settings):
+    """The sampler starts at round(steps x (1 - denoise)): 4 and 30 steps both run (it was fixed at 20)."""
+    output = run_job(it_request("infinitetalk_video_single", media, steps=steps, denoise=0.5,
+                                max_segment_frames=150), it_pool, settings)
+    assert output["segments_processed"] == 1
+    check_output(output, 4.9)
+
+
+def test_full_quality_runs_without_the_distill_lora(it_pool, media, settings):
+    output = run_job(it_request("infinitetalk_image_single", media, quality="full", max_segment_frames=150),
+                     it_pool, settings)
+    assert output["quality"] == "full" and output["segments_processed"] == 1
+    check_output(output, 4.9)
+
+
+# ------------------------------------------------------------------------ the templates against the real nodes
+
+
+EXTREMES = {
+    "shortest": {"frames": "min", "fps": 1.0, "width": 64, "height": 64, "seed": 0, "steps": 1, "denoise": 0.01,
+                 "quality": "fast", "prompt": "", "negative_prompt": ""},
+    "longest": {"frames": "max", "fps": 60.0, "width": 2048, "height": 2048, "seed": 2**53, "steps": 200,
+                "denoise": 1.0, "quality": "full", "prompt": "word " * 2000, "negative_prompt": "noise " * 500},
+}
+
+
+def validate_only(client: ComfyClient, graph: dict) -> dict:
+    """POSTs the graph for ComfyUI's own validation and returns its node_errors; a prompt that passes is
+    taken off the queue, or interrupted, before it can run."""
+    response = requests.post(f"{client.url}/prompt", json={"prompt": graph, "client_id": uuid.uuid4().hex},
+                             timeout=60)
+    body = response.json()
+    prompt_id = body.get("prompt_id")
+    if prompt_id:
+        requests.post(f"{client.url}/queue", json={"delete": [prompt_id]}, timeout=10)
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            queue = requests.get(f"{client.url}/queue", timeout=10).json()
+            if not any(item[1] == prompt_id for item in queue["queue_running"] + queue["queue_pending"]):
+                break
+            requests.post(f"{client.url}/interrupt", timeout=10)
+            time.sleep(0.5)
+        else:
+            pytest.fail(f"prompt {prompt_id} could not be stopped")
+    return body.get("node_errors") or ({} if response.ok else {"error": body.get("error")})
+
+
+@pytest.mark.parametrize("case", sorted(EXTREMES))
+@pytest.mark.parametrize("template", TEMPLATES)
+def test_extreme_requests_pass_comfyui_validation(template, case, it_pool, media):
+    from worker.segment_values import bound_graph_for_validation
+    instance = it_pool.instances[0]
+    client = ComfyClient(instance.url)
+    tag = uuid.uuid4().hex[:8]
+    uploads = {slot: client.upload(path, f"validate_{tag}_{slot}{path.suffix}") for slot, path in media.items()}
+    try:
+        graph = bound_graph_for_validation(load_template(template), EXTREMES[case], uploads)
+        assert validate_only(client, graph) == {}
+    finally:
+        for name in uploads.values():
+            (instance.input_dir / name).unlink(missing_ok=True)
+
+
+def test_node_schema_matches_the_real_nodes(it_pool):
+    """workflows/custom_nodes_schema.json is what scripts/update_node_schema.py writes from this ComfyUI."""
+    import json
+    from scripts.update_node_schema import SCHEMA, fetch_object_info, schema_from_object_info, used_classes
+    from worker.templates import workflow_dirs
+    live = schema_from_object_info(fetch_object_info(it_pool.instances[0].url), used_classes(workflow_dirs()),
+                                   json.loads((REPO / "models" / "manifest.json").read_text()))
+    assert live == json.loads(SCHEMA.read_text()), "run scripts/update_node_schema.py"
