@@ -18,9 +18,19 @@ from worker import media_sources, segment_media
 from worker.errors import JobFailed, JobInputError
 from worker.media_sources import fetch_media
 from worker.planner import Segment, plan_segments
-from worker.request import OutputOptions
 from worker.segment_video import SegmentVideo
-from worker.stitch import Stitcher, crossfade, plan_chunks, stitch_segments
+from worker.stitch import OutputFormat, Stitcher, StitchResult, crossfade, plan_chunks
+
+# The request's defaults (crf 19, veryfast, 192 kb/s AAC) at the test videos' size and rate.
+OUTPUT = OutputFormat(width=128, height=64, fps=25, crf=19, preset="veryfast", audio_bitrate_kbps=192)
+
+
+def stitch(plan, videos: list[SegmentVideo | Path], audio: Path, dest: Path, encoders: int | None = None) -> StitchResult:
+    """Every segment at hand, in order: stitched into dest as a job stitches them (paths: whole-form segments)."""
+    with Stitcher(plan, dest.parent / "chunks", audio, OUTPUT, encoders) as stitcher:
+        for segment, video in zip(plan.segments, videos, strict=True):
+            stitcher.add_segment(segment.index, video if isinstance(video, SegmentVideo) else SegmentVideo.whole(video))
+        return stitcher.finish(dest)
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +77,7 @@ def test_stitch_is_frame_exact_and_muxes_the_whole_audio(index_video, tmp_path):
     clips = [segment_media.cut_video(index_video, tmp_path / f"s{s.index}.mp4", s, 25, 128, 64)
              for s in plan.segments]
     audio = make_tone(tmp_path / "a.wav", 7.99)
-    result = stitch_segments(plan, clips, audio, tmp_path / "out.mp4", 25, 128, 64, OutputOptions())
+    result = stitch(plan, clips, audio, tmp_path / "out.mp4")
     assert result.frames == frame_count(result.path) == 200
     assert read_indices(result.path) == list(range(200))
     assert abs(media_duration(result.path, "a") - 7.99) < 0.03
@@ -80,7 +90,7 @@ def test_stitch_refuses_a_segment_with_missing_frames(index_video, tmp_path):
     short = segment_media.cut_video(index_video, tmp_path / "short.mp4", Segment(1, 46, 90), 25, 128, 64)
     audio = make_tone(tmp_path / "a.wav", 4.0)
     with pytest.raises(JobFailed, match="has 44 frames, expected 54"):
-        stitch_segments(plan, [clips[0], short], audio, tmp_path / "out.mp4", 25, 128, 64, OutputOptions())
+        stitch(plan, [clips[0], short], audio, tmp_path / "out.mp4")
     assert not (tmp_path / "out.mp4").exists()
 
 
@@ -102,9 +112,9 @@ def test_stitch_in_many_chunks_arriving_out_of_order_is_frame_exact_with_even_ti
     plan = plan_segments(500, 3, 12)
     clips = [segment_media.cut_video(source, tmp_path / f"s{s.index}.mp4", s, 25, 128, 64) for s in plan.segments]
     audio = make_tone(tmp_path / "a.wav", 20.0)
-    stitcher = Stitcher(plan, tmp_path / "chunks", audio, 25, 128, 64, OutputOptions(), encoders=3)
+    stitcher = Stitcher(plan, tmp_path / "chunks", audio, OUTPUT, encoders=3)
     for segment in reversed(plan.segments):
-        stitcher.add_segment(segment.index, clips[segment.index])
+        stitcher.add_segment(segment.index, SegmentVideo.whole(clips[segment.index]))
     result = stitcher.finish(tmp_path / "out.mp4")
     assert read_indices(result.path) == list(range(500))
     times = subprocess.run(["ffprobe", "-v", "error", "-select_streams", "v:0", "-show_entries", "frame=pts_time",
@@ -126,16 +136,14 @@ def test_stitch_seeks_exactly_into_segments_with_b_frames_and_short_gops(index_v
         subprocess.run(["ffmpeg", "-v", "error", "-i", str(cut), "-c:v", "libx264", "-preset", "medium", "-bf", "3",
                         "-g", "7", "-crf", "8", str(clip)], check=True)
         clips.append(clip)
-    result = stitch_segments(plan, clips, make_tone(tmp_path / "a.wav", 8.0), tmp_path / "out.mp4", 25, 128, 64,
-                             OutputOptions(), encoders=4)
+    result = stitch(plan, clips, make_tone(tmp_path / "a.wav", 8.0), tmp_path / "out.mp4", encoders=4)
     assert read_indices(result.path) == list(range(200))
 
 def test_stitch_scales_segments_made_at_another_size(index_video, tmp_path):
     plan = plan_segments(120, 2, 8)
     clips = [segment_media.cut_video(index_video, tmp_path / f"s{s.index}.mp4", s, 25, 256, 128)
              for s in plan.segments]
-    result = stitch_segments(plan, clips, make_tone(tmp_path / "a.wav", 4.8), tmp_path / "out.mp4", 25, 128, 64,
-                             OutputOptions())
+    result = stitch(plan, clips, make_tone(tmp_path / "a.wav", 4.8), tmp_path / "out.mp4")
     assert read_indices(result.path) == list(range(120))
     size = subprocess.run(["ffprobe", "-v", "error", "-select_streams", "v:0", "-show_entries", "stream=width,height",
                            "-of", "csv=p=0", str(result.path)], capture_output=True, text=True).stdout.strip()
@@ -162,8 +170,7 @@ def test_stitch_copies_encoded_bodies_and_cross_fades_the_raw_overlaps(index_vid
     folder = tmp_path / "it's here"  # a quote in the path of the bodies the join lists
     folder.mkdir()
     videos = _split_segments(index_video, plan, folder)
-    stitcher = Stitcher(plan, tmp_path / "chunks", make_tone(tmp_path / "a.wav", 8.0), 25, 128, 64, OutputOptions(),
-                        encoders=3)
+    stitcher = Stitcher(plan, tmp_path / "chunks", make_tone(tmp_path / "a.wav", 8.0), OUTPUT, encoders=3)
     for segment in (plan.segments[1], plan.segments[2], plan.segments[0]):
         stitcher.add_segment(segment.index, videos[segment.index])
     result = stitcher.finish(tmp_path / "out.mp4")
@@ -181,8 +188,7 @@ def test_stitch_encodes_a_body_that_would_not_join(index_video, tmp_path, odd_on
     """A body with other x264 settings (so other H.264 headers) or at another size is encoded, not copied."""
     plan = plan_segments(200, 3, 8)
     videos = _split_segments(index_video, plan, tmp_path, odd_one)
-    result = stitch_segments(plan, videos, make_tone(tmp_path / "a.wav", 8.0), tmp_path / "out.mp4", 25, 128, 64,
-                             OutputOptions(), encoders=3)
+    result = stitch(plan, videos, make_tone(tmp_path / "a.wav", 8.0), tmp_path / "out.mp4", encoders=3)
     assert result.frames_copied == 200 - 2 * 8 - 64  # segment 0's body (64 frames) was encoded
     assert read_indices(result.path) == list(range(200))
 
@@ -194,8 +200,7 @@ def test_stitch_refuses_a_split_segment_with_a_short_body(index_video, tmp_path)
     files = write_split_segment(yuv420p_frames(clip, 128, 64)[:-5], tmp_path / "short", 8, 0, 128, 64)
     videos[1] = SegmentVideo(files["body"], files["head"], split=True)
     with pytest.raises(JobFailed, match="seg_body.mp4 has 41 frames, expected 46"):
-        stitch_segments(plan, videos, make_tone(tmp_path / "a.wav", 4.0), tmp_path / "out.mp4", 25, 128, 64,
-                        OutputOptions())
+        stitch(plan, videos, make_tone(tmp_path / "a.wav", 4.0), tmp_path / "out.mp4")
     assert not (tmp_path / "out.mp4").exists()
 
 

@@ -29,8 +29,9 @@ from worker.planner import Segment, SegmentPlan, plan_segments, total_frames_for
 from worker.rates import RateKey, ThroughputLog
 from worker.request import JobRequest
 from worker.response import JobResponse, SegmentReport, Timings
-from worker.segment_video import SegmentVideo, split_part
-from worker.stitch import StitchResult, Stitcher
+from worker.segment_format import split_part
+from worker.segment_video import SegmentVideo
+from worker.stitch import OutputFormat, StitchResult, Stitcher
 from worker.summary import format_summary
 from worker.templates import WorkflowTemplate, available_templates
 
@@ -251,8 +252,9 @@ def generate_and_stitch(ctx: JobContext, plan: SegmentPlan, segment_inputs: list
 
     ctx.progress(f"generating {len(plan.segments)} segment(s)")
     request = ctx.request
-    stitcher = Stitcher(plan, ctx.work_dir / "chunks", final_audio, request.fps, request.width, request.height,
-                        request.output)
+    stitcher = Stitcher(plan, ctx.work_dir / "chunks", final_audio,
+                        OutputFormat(request.width, request.height, request.fps, request.output.crf,
+                                     request.output.preset, request.output.audio_bitrate_kbps))
     with ThreadPoolExecutor(max_workers=len(plan.segments)) as executor:
         futures = [executor.submit(run, segment) for segment in plan.segments]
         try:
