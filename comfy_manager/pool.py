@@ -79,7 +79,6 @@ class InstancePool:
     def __init__(self, settings: PoolSettings):
         self.settings = settings
         self.instances: list[ComfyInstance] = []
-        self.gpus: list[GpuInfo] = []
         self.startup_s = 0.0
         self._free: queue.Queue[ComfyInstance] = queue.Queue()
         self._closed = False
@@ -95,8 +94,7 @@ class InstancePool:
                 f"ComfyUI not found at {self.settings.comfy_path}: run scripts/install_comfyui.sh "
                 "or set COMFYUI_PATH")
         started = time.monotonic()
-        self.gpus = discover_gpus()
-        specs = instance_specs(self.settings, self.gpus)
+        specs = instance_specs(self.settings, discover_gpus())
         cpu_threads = max(1, (os.cpu_count() or 1) // len(specs))
         candidates = [ComfyInstance(spec, self.settings.comfy_path, self.settings.python,
                                     self.settings.extra_args, cpu_threads) for spec in specs]
