@@ -14,7 +14,7 @@ from comfy_manager import InstancePool, PoolSettings
 from worker.config import WorkerSettings
 from worker.errors import JobCancelled, JobFailed, JobInputError
 from worker.job import run_job
-from worker.models import models_fitness_check
+from worker.model_weights import models_fitness_check
 
 logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO"),
                     format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -155,7 +155,7 @@ def run_job(job_input: Any, pool: InstancePool, settings: WorkerSettings, job_id
                                     node_seconds=r.node_seconds, attempts=r.attempts)
                       for r in results],
             timings=Timings(prepare=round(prepared - started, 3), generate=round(generated - prepared, 3),
-                            stitch=round(stitched - generated, 3), encode=round(delivered - stitched, 3),
+                            stitch=round(stitched - generated, 3), deliver=round(delivered - stitched, 3),
                             total=round(delivered - started, 3)),
         )
         log.info("job %s done\n%s", job_id, format_summary(response))

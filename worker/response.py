@@ -22,7 +22,7 @@ class Timings(BaseModel):
     prepare: float  # fetch, probe and cut the inputs
     generate: float  # all segments, in parallel
     stitch: float  # from the last segment done to the stitched mp4 (the stitch starts with the first segment done)
-    encode: float  # deliver the result: base64 or write to the volume
+    deliver: float  # hand the result over: base64, upload to the bucket or write to the volume
     total: float
 
 
