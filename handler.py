@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import atexit
 import logging
-import os
 import threading
 
 import runpod
@@ -16,13 +15,10 @@ from worker.errors import JobCancelled, JobFailed, JobInputError
 from worker.job import run_job
 from worker.model_weights import models_fitness_check
 
-logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO"),
-                    format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-log = logging.getLogger("handler")
-ON_RUNPOD = "RUNPOD_WEBHOOK_POST_OUTPUT" in os.environ
-
 settings = WorkerSettings.from_env()
 pool = InstancePool(PoolSettings.from_env())
+logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+log = logging.getLogger("handler")
 
 
 async def handler(job: dict) -> dict:
@@ -39,7 +35,7 @@ async def handler(job: dict) -> dict:
 
 def run_one(job: dict, cancel: threading.Event) -> dict:
     def progress(message: str) -> None:
-        if ON_RUNPOD:  # local test and serve-api modes have no endpoint to send progress to
+        if settings.on_runpod:  # local test and serve-api modes have no endpoint to send progress to
             runpod.serverless.progress_update(job, message)
 
     try:

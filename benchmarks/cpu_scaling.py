@@ -15,7 +15,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import psutil
@@ -65,9 +64,8 @@ def main() -> None:
         root = Path(tmp)
         media = root / "media"
         media.mkdir()
-        defaults = PoolSettings.from_env()
-        pool = InstancePool(replace(defaults, instances_dir=root / "instances", base_port=8700, cpu_instances=2,
-                                    force_cpu=True))
+        pool = InstancePool(PoolSettings(instances_dir=root / "instances", base_port=8700, cpu_instances=2,
+                                         force_cpu=True))
         settings = WorkerSettings(job_work_dir=root / "jobs", allowed_input_roots=(media.resolve(),),
                                   output_volume_dir=root / "volume")
         pool.start()

@@ -23,7 +23,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import replace
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -119,8 +118,9 @@ def main() -> None:
     device = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
                             text=True).stdout.strip().splitlines() if not args.cpu else ["cpu"]
     for count in counts:
-        pool = InstancePool(replace(base, instances_dir=root / f"instances{count}", gpus=tuple(range(count)),
-                                    force_cpu=args.cpu, cpu_instances=count, extra_args=base.extra_args + extra))
+        pool = InstancePool(base.model_copy(update=dict(
+            instances_dir=root / f"instances{count}", gpus=tuple(range(count)), force_cpu=args.cpu,
+            cpu_instances=count, extra_args=base.extra_args + extra)))
         pool.start()
         try:
             started = time.monotonic()

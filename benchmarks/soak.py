@@ -14,7 +14,6 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
 from pathlib import Path
 
 import psutil
@@ -48,8 +47,8 @@ def main() -> None:
         root = Path(tmp)
         media = root / "media"
         media.mkdir()
-        pool = InstancePool(replace(PoolSettings.from_env(), instances_dir=root / "instances", base_port=8750,
-                                    cpu_instances=2, force_cpu=True))
+        pool = InstancePool(PoolSettings(instances_dir=root / "instances", base_port=8750, cpu_instances=2,
+                                         force_cpu=True))
         settings = WorkerSettings(job_work_dir=root / "jobs", allowed_input_roots=(media.resolve(),),
                                   output_volume_dir=root / "volume")
         settings.job_work_dir.mkdir()

@@ -5,57 +5,19 @@ from __future__ import annotations
 import logging
 import os
 import queue
-import shlex
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from pathlib import Path
 
 from comfy_manager.gpus import GpuInfo, discover_gpus
 from comfy_manager.instance import ComfyInstance, InstanceDied, InstanceSpec
+from comfy_manager.settings import PoolSettings
 
 log = logging.getLogger(__name__)
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 class PoolStartError(RuntimeError):
     """No ComfyUI instance could be started."""
-
-
-def _default_python(comfy_home: Path) -> str:
-    venv_python = comfy_home / "venv" / "bin" / "python"
-    return str(venv_python) if venv_python.exists() else sys.executable
-
-
-@dataclass(frozen=True)
-class PoolSettings:
-    comfy_path: Path
-    python: str
-    instances_dir: Path
-    base_port: int = 8188
-    cpu_instances: int = 2
-    force_cpu: bool = False
-    startup_timeout_s: float = 300.0
-    extra_args: list[str] = field(default_factory=list)
-    gpus: tuple[int, ...] | None = None  # which GPUs to use; None: all of them
-
-    @classmethod
-    def from_env(cls) -> "PoolSettings":
-        home = Path(os.environ.get("COMFYUI_HOME", REPO_ROOT / ".comfyui"))
-        return cls(
-            comfy_path=Path(os.environ.get("COMFYUI_PATH", home / "ComfyUI")),
-            python=os.environ.get("COMFYUI_PYTHON", _default_python(home)),
-            instances_dir=Path(os.environ.get("COMFY_INSTANCES_DIR", "/tmp/comfy-instances")),
-            base_port=int(os.environ.get("COMFY_BASE_PORT", "8188")),
-            cpu_instances=int(os.environ.get("COMFY_CPU_INSTANCES", "2")),
-            force_cpu=os.environ.get("COMFY_FORCE_CPU", "0") == "1",
-            startup_timeout_s=float(os.environ.get("COMFY_STARTUP_TIMEOUT_S", "300")),
-            extra_args=shlex.split(os.environ.get("COMFY_EXTRA_ARGS", "")),
-            gpus=tuple(int(i) for i in os.environ["COMFY_GPUS"].split(",")) if os.environ.get("COMFY_GPUS") else None,
-        )
 
 
 def instance_specs(settings: PoolSettings, gpus: list[GpuInfo]) -> list[InstanceSpec]:

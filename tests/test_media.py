@@ -6,7 +6,6 @@ import base64
 import http.server
 import subprocess
 import threading
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +14,7 @@ import pytest
 from tests.media_factory import (frame_count, make_index_video, make_tone, media_duration, read_indices,
                                  write_split_segment, yuv420p_frames)
 from worker import media_sources, segment_media
+from worker.config import MB
 from worker.errors import JobFailed, JobInputError
 from worker.media_sources import fetch_media
 from worker.planner import Segment, plan_segments
@@ -249,7 +249,7 @@ def test_base64_and_data_uris_decode(settings, tmp_path):
 def test_urls_to_loopback_are_refused_unless_allowed(settings, http_server, tmp_path):
     with pytest.raises(JobInputError, match="image: URL host 127.0.0.1 resolves to a non-public address"):
         fetch_media("image", http_server + "/small", tmp_path / "x", settings)
-    allowed = replace(settings, allow_private_urls=True)
+    allowed = settings.model_copy(update=dict(allow_private_urls=True))
     assert fetch_media("image", http_server + "/small", tmp_path / "y", allowed).read_bytes() == b"x" * 10
 
 
@@ -269,7 +269,7 @@ def test_every_redirect_is_checked_like_the_first_url(settings, http_server, tmp
 
 
 def test_downloads_stop_at_the_byte_cap(settings, http_server, tmp_path):
-    capped = replace(settings, allow_private_urls=True, max_input_bytes=1000)
+    capped = settings.model_copy(update=dict(allow_private_urls=True, max_input_mb=1000 / MB))
     with pytest.raises(JobInputError, match="video: download exceeds"):
         fetch_media("video", http_server + "/big", tmp_path / "z", capped)
 

@@ -11,7 +11,6 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import boto3
@@ -88,8 +87,8 @@ def base(tmp_path) -> WorkerSettings:
 
 
 def with_bucket(settings: WorkerSettings, endpoint_url: str, **extra) -> WorkerSettings:
-    return replace(settings, bucket_endpoint_url=endpoint_url, bucket_access_key_id=ACCESS_KEY,
-                   bucket_secret_access_key=SECRET_KEY, **extra)
+    return settings.model_copy(update=dict(bucket_endpoint_url=endpoint_url, bucket_access_key_id=ACCESS_KEY,
+                                           bucket_secret_access_key=SECRET_KEY, **extra))
 
 
 def assert_no_secrets(text: str) -> None:
@@ -105,7 +104,7 @@ def test_large_result_goes_to_the_bucket_as_multipart_and_comes_back_byte_for_by
     caplog.set_level(logging.DEBUG, logger="worker")
     video = make_mp4(tmp_path / "result.mp4", 1, size="640x360", noisy=True, crf=0)
     assert video.stat().st_size > 10 * MB  # three 5 MB parts at least
-    settings = with_bucket(base, f"{s3_server}/{BUCKET}", bucket_part_bytes=5 * MB)
+    settings = with_bucket(base, f"{s3_server}/{BUCKET}", bucket_part_mb=5)
 
     check_deliverable(request("auto"), 25 * 3600, settings)  # an hour of video: the bucket takes anything
     delivery = deliver(video, request("auto"), "job-123", settings)
@@ -148,7 +147,8 @@ def test_bucket_name_from_env_and_settings_from_env(s3_server, base, tmp_path, m
     assert settings.max_response_bytes == 9 * MB and settings.bucket_url_expiry_s == 3600
     assert_no_secrets(repr(settings))
     video = make_mp4(tmp_path / "small.mp4", 1)
-    url = deliver(video, request(), "env-job", replace(settings, output_volume_dir=base.output_volume_dir)).video_url
+    settings = settings.model_copy(update=dict(output_volume_dir=base.output_volume_dir))
+    url = deliver(video, request(), "env-job", settings).video_url
     assert requests.get(url, timeout=30).content == video.read_bytes()
     s3_client(s3_server).head_object(Bucket=BUCKET, Key="renders/env-job.mp4")
 
@@ -196,7 +196,7 @@ def test_forced_bucket_without_configuration_names_the_env_vars(base):
 
 
 def test_too_big_for_a_response_names_the_env_vars_and_sizes(base):
-    settings = replace(base, output_volume_dir=Path("/nonexistent-volume/outputs"))
+    settings = base.model_copy(update=dict(output_volume_dir=Path("/nonexistent-volume/outputs")))
     frames = 25 * 600  # ten minutes at 512x512
     for destination in ("base64", "auto"):
         with pytest.raises(JobInputError) as info:
@@ -214,9 +214,10 @@ def test_too_big_for_a_response_names_the_env_vars_and_sizes(base):
 def test_auto_falls_back_to_the_volume_then_refuses(base):
     frames = 25 * 600
     check_deliverable(request("auto"), frames, base)  # volume's parent (tmp_path) exists
-    check_deliverable(request("auto"), 25 * 5, replace(base, output_volume_dir=Path("/nonexistent/outputs")))
+    no_volume = base.model_copy(update=dict(output_volume_dir=Path("/nonexistent/outputs")))
+    check_deliverable(request("auto"), 25 * 5, no_volume)
     with pytest.raises(JobInputError, match="destination 'volume' needs a network volume"):
-        check_deliverable(request("volume"), 10, replace(base, output_volume_dir=Path("/nonexistent/outputs")))
+        check_deliverable(request("volume"), 10, no_volume)
 
 
 @pytest.mark.parametrize("preset", ["ultrafast", "superfast", "veryfast", "medium"])
@@ -245,7 +246,7 @@ def test_base64_when_it_fits(base, tmp_path):
 
 def test_actual_file_over_the_limit_fails_clearly_with_base64(base, tmp_path, caplog):
     video = make_mp4(tmp_path / "small.mp4", 1)
-    settings = replace(base, max_response_bytes=video.stat().st_size // 2)
+    settings = base.model_copy(update=dict(max_response_mb=video.stat().st_size // 2 / MB))
     with pytest.raises(JobInputError) as info:
         deliver(video, request("base64"), "j", settings)
     assert "a response can carry; set BUCKET_ENDPOINT_URL, BUCKET_ACCESS_KEY_ID and BUCKET_SECRET_ACCESS_KEY" \

@@ -90,7 +90,7 @@ def parse_request(job_input: Any) -> JobRequest:
 
 
 def choose_template(request: JobRequest, settings: WorkerSettings) -> WorkflowTemplate:
-    templates = available_templates()
+    templates = available_templates(settings.extra_workflow_dirs)
     name = request.workflow or settings.default_workflow(request.input_type, request.person_count)
     template = templates.get(name)
     if template is None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
@@ -122,15 +121,10 @@ def load_template(name: str, directory: Path = WORKFLOWS_DIR) -> WorkflowTemplat
     return WorkflowTemplate(name, graph, spec)
 
 
-def workflow_dirs() -> list[Path]:
-    """workflows/, then the folders in EXTRA_WORKFLOW_DIRS (colon-separated; e.g. a benchmark's own)."""
-    extra = [Path(p) for p in os.environ.get("EXTRA_WORKFLOW_DIRS", "").split(":") if p]
-    return [WORKFLOWS_DIR, *extra]
-
-
-def available_templates() -> dict[str, WorkflowTemplate]:
-    """Every template, by name (a template is a NAME.json with a NAME.bindings.json)."""
-    return _load_all(tuple(workflow_dirs()))
+def available_templates(extra_dirs: tuple[Path, ...] = ()) -> dict[str, WorkflowTemplate]:
+    """Every template of workflows/, then of extra_dirs (EXTRA_WORKFLOW_DIRS: e.g. a benchmark's own), by name
+    (a template is a NAME.json with a NAME.bindings.json)."""
+    return _load_all((WORKFLOWS_DIR, *extra_dirs))
 
 
 @lru_cache(maxsize=None)
