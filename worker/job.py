@@ -120,7 +120,7 @@ def run_job(job_input: Any, pool: InstancePool, settings: WorkerSettings, job_id
     try:
         inputs = prepare_inputs(request, work_dir, settings)
         total_frames = total_frames_for(inputs.duration_s, request.fps)
-        check_deliverable(request, total_frames, settings)
+        check_deliverable(request.output.destination, output_format(request), total_frames, settings)
         plan = make_plan(request, template, pool, total_frames, settings)
         segment_inputs = cut_segment_inputs(request, plan, inputs, work_dir)
         prepared = time.monotonic()
@@ -132,7 +132,7 @@ def run_job(job_input: Any, pool: InstancePool, settings: WorkerSettings, job_id
                           sum(r.comfy_seconds for r in results) / sum(r.segment.frames for r in results),
                           result.busy_seconds / plan.total_frames)
 
-        delivery = deliver(result.path, request, job_id, settings)
+        delivery = deliver(result.path, request.output.destination, job_id, settings)
         delivered = time.monotonic()
         response = JobResponse(
             message=f"{plan.total_frames} frames in {len(plan.segments)} segment(s)",
@@ -252,9 +252,7 @@ def generate_and_stitch(ctx: JobContext, plan: SegmentPlan, segment_inputs: list
 
     ctx.progress(f"generating {len(plan.segments)} segment(s)")
     request = ctx.request
-    stitcher = Stitcher(plan, ctx.work_dir / "chunks", final_audio,
-                        OutputFormat(request.width, request.height, request.fps, request.output.crf,
-                                     request.output.preset, request.output.audio_bitrate_kbps))
+    stitcher = Stitcher(plan, ctx.work_dir / "chunks", final_audio, output_format(request))
     with ThreadPoolExecutor(max_workers=len(plan.segments)) as executor:
         futures = [executor.submit(run, segment) for segment in plan.segments]
         try:
@@ -405,6 +403,11 @@ def _take_output(client: ComfyClient, instance: ComfyInstance, output: ComfyOutp
     if output.type == "output" and local.is_relative_to(instance.output_dir.resolve()) and local.is_file():
         return Path(shutil.move(local, dest))
     return client.download(output, dest)
+
+
+def output_format(request: JobRequest) -> OutputFormat:
+    return OutputFormat(request.width, request.height, request.fps, request.output.crf, request.output.preset,
+                        request.output.audio_bitrate_kbps)
 
 
 def _safe(text: str) -> str:

@@ -6,6 +6,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from worker.outputs import DESTINATIONS
+
 MEDIA_FIELDS = ("image", "video", "audio", "audio_2")
 
 
@@ -17,8 +19,8 @@ class OutputOptions(BaseModel):
     audio_bitrate_kbps: int = Field(default=192, ge=32, le=512)
     # auto: bucket if BUCKET_* is set, else base64 if it fits MAX_RESPONSE_MB, else the volume.
     # base64: the mp4 in the response; bucket: uploaded, a presigned URL returned;
-    # volume: written under OUTPUT_VOLUME_DIR, the path returned.
-    destination: Literal["auto", "base64", "bucket", "volume"] = "auto"
+    # volume: written under OUTPUT_VOLUME_DIR, the path returned. worker/outputs.py: DESTINATIONS.
+    destination: Literal[("auto", *DESTINATIONS)] = "auto"  # type: ignore[valid-type]
 
 
 class JobRequest(BaseModel):
