@@ -13,10 +13,12 @@ from comfy_manager import InstancePool, PoolSettings
 from worker.config import WorkerSettings
 from worker.errors import JobCancelled, JobFailed, JobInputError
 from worker.job import run_job
+from worker.job_planner import JobPlanner
 from worker.model_weights import models_fitness_check
 
 settings = WorkerSettings.from_env()
 pool = InstancePool(PoolSettings.from_env())
+planner = JobPlanner(settings.stitch_lead)  # learns from each job how to size the next one's segments
 logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 log = logging.getLogger("handler")
 
@@ -40,7 +42,7 @@ def run_one(job: dict, cancel: threading.Event) -> dict:
 
     try:
         return run_job(job.get("input"), pool, settings, job_id=str(job.get("id", "job")), on_progress=progress,
-                       cancel=cancel)
+                       cancel=cancel, planner=planner)
     except (JobInputError, JobFailed, JobCancelled) as exc:
         log.warning("job %s failed: %s", job.get("id"), exc)
         return {"error": str(exc)}

@@ -27,6 +27,7 @@ from comfy_manager import InstancePool, PoolSettings  # noqa: E402
 from tests.media_factory import make_index_video, make_tone  # noqa: E402
 from worker.config import WorkerSettings  # noqa: E402
 from worker.job import run_job  # noqa: E402
+from worker.job_planner import JobPlanner  # noqa: E402
 
 
 def job_for(media: Path, seconds: float, size: tuple[int, int], **extra) -> dict:
@@ -68,15 +69,18 @@ def main() -> None:
                                          force_cpu=True))
         settings = WorkerSettings(job_work_dir=root / "jobs", allowed_input_roots=(media.resolve(),),
                                   output_volume_dir=root / "volume")
+        planner = JobPlanner(settings.stitch_lead)  # one for the run, as a worker has: it learns the stitch lead
         pool.start()
         try:
             job = job_for(media, args.seconds, size)
-            run_job({**job, "gpu_count": 1}, pool, settings)  # warm-up: first prompt loads torch kernels
+            # Warm-up: the first prompt loads torch kernels.
+            run_job({**job, "gpu_count": 1}, pool, settings, planner=planner)
             runs = []
             for instances in (1, 2):
                 for repeat in range(args.repeats):
                     with PeakRss() as rss:
-                        out = run_job({**job, "gpu_count": instances}, pool, settings, job_id=f"b{instances}_{repeat}")
+                        out = run_job({**job, "gpu_count": instances}, pool, settings, job_id=f"b{instances}_{repeat}",
+                                      planner=planner)
                     comfy_critical = max(s["comfy_seconds"] for s in out["segments"])
                     runs.append({
                         "instances": instances, "repeat": repeat, "frames": out["frames"],
@@ -91,7 +95,7 @@ def main() -> None:
             for seconds in (args.seconds, args.seconds * 4):
                 long_job = job_for(media, seconds, size)
                 with PeakRss() as rss:
-                    out = run_job(long_job, pool, settings)
+                    out = run_job(long_job, pool, settings, planner=planner)
                 memory.append({"seconds": seconds, "frames": out["frames"], "peak_rss_mb": round(rss.peak / 2**20, 1)})
         finally:
             pool.shutdown()

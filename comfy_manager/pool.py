@@ -9,6 +9,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+from comfy_manager.client import ConnectionLost
 from comfy_manager.gpus import GpuInfo, discover_gpus
 from comfy_manager.instance import ComfyInstance, InstanceDied, InstanceSpec
 from comfy_manager.settings import PoolSettings
@@ -103,8 +104,13 @@ class InstancePool:
         except queue.Empty:
             raise TimeoutError(f"no ComfyUI instance became free within {timeout_s} s") from None
 
-    def release(self, instance: ComfyInstance) -> None:
-        self._free.put(instance)
+    def release(self, instance: ComfyInstance, failure: BaseException | None = None) -> None:
+        """Takes back a lent instance. If the work on it failed through the instance's own fault (it stopped
+        answering, or its process is gone), it is restarted first (recover); otherwise it is free at once."""
+        if failure is not None and (isinstance(failure, ConnectionLost) or not instance.is_alive()):
+            self.recover(instance)
+        else:
+            self._free.put(instance)
 
     def free_count(self) -> int:
         return self._free.qsize()

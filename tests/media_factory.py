@@ -123,6 +123,7 @@ def write_split_segment(frames: list[bytes], folder: Path, head: int, tail: int,
             command = segment_format.encode_command(str(path), width, height, fps, crf, preset)
             subprocess.run(command, input=b"".join(chunk), check=True)
         else:
-            path.write_bytes(segment_format.y4m_header(width, height, fps) + b"".join(b"FRAME\n" + frame for frame in chunk))
+            raw = b"".join(b"FRAME\n" + frame for frame in chunk)
+            path.write_bytes(segment_format.y4m_header(width, height, fps) + raw)
         files[part] = path
     return files
