@@ -21,11 +21,10 @@ import psutil
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from comfy_manager import InstancePool, PoolSettings  # noqa: E402
+from benchmarks.local_worker import LocalWorker  # noqa: E402
+from comfy_manager import InstancePool  # noqa: E402
 from tests.media_factory import make_index_video, make_tone, read_indices  # noqa: E402
 from worker.config import WorkerSettings  # noqa: E402
-from worker.job import run_job  # noqa: E402
-from worker.job_planner import JobPlanner  # noqa: E402
 
 
 def snapshot(settings: WorkerSettings, pool: InstancePool) -> dict:
@@ -46,27 +45,20 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="soak-") as tmp:
         root = Path(tmp)
-        media = root / "media"
-        media.mkdir()
-        pool = InstancePool(PoolSettings(instances_dir=root / "instances", base_port=8750, cpu_instances=2,
-                                         force_cpu=True))
-        settings = WorkerSettings(job_work_dir=root / "jobs", allowed_input_roots=(media.resolve(),),
-                                  output_volume_dir=root / "volume")
-        settings.job_work_dir.mkdir()
-        planner = JobPlanner(settings.stitch_lead)  # one for every job, as a worker has
-        video = make_index_video(media / "v.mp4", 60, 25)
-        audio = make_tone(media / "a.wav", 2.0)
+        worker = LocalWorker.on_cpu(root, base_port=8750)
+        pool, settings = worker.pool, worker.settings
+        video = make_index_video(worker.media / "v.mp4", 60, 25)
+        audio = make_tone(worker.media / "a.wav", 2.0)
         job = {"workflow": "restyle", "input_type": "video", "video": str(video), "audio": str(audio),
                "width": 128, "height": 64, "output": {"destination": "base64"}}
         pool.start()
         try:
-            run_job(job, pool, settings, planner=planner)  # warm-up
+            worker.run(job)  # warm-up
             rows = [("start", snapshot(settings, pool), 0.0, 0)]
             for phase, parallel in (("in a row", 1), (f"{args.parallel} at a time", args.parallel)):
                 started = time.monotonic()
                 with ThreadPoolExecutor(parallel) as executor:
-                    outputs = list(executor.map(lambda i: run_job(job, pool, settings, f"soak{i}", planner=planner),
-                                                range(args.jobs)))
+                    outputs = list(executor.map(lambda i: worker.run(job, f"soak{i}"), range(args.jobs)))
                 assert all(o["frames"] == 50 for o in outputs)
                 rows.append((f"after {args.jobs} {phase}", snapshot(settings, pool), time.monotonic() - started,
                              args.jobs))
