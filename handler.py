@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import atexit
 import logging
-import os
 import threading
 
 import runpod
@@ -14,15 +13,14 @@ from comfy_manager import InstancePool, PoolSettings
 from worker.config import WorkerSettings
 from worker.errors import JobCancelled, JobFailed, JobInputError
 from worker.job import run_job
-from worker.models import models_fitness_check
-
-logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO"),
-                    format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-log = logging.getLogger("handler")
-ON_RUNPOD = "RUNPOD_WEBHOOK_POST_OUTPUT" in os.environ
+from worker.job_planner import JobPlanner
+from worker.model_weights import models_fitness_check
 
 settings = WorkerSettings.from_env()
 pool = InstancePool(PoolSettings.from_env())
+planner = JobPlanner(settings.stitch_lead)  # learns from each job how to size the next one's segments
+logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+log = logging.getLogger("handler")
 
 
 async def handler(job: dict) -> dict:
@@ -39,12 +37,12 @@ async def handler(job: dict) -> dict:
 
 def run_one(job: dict, cancel: threading.Event) -> dict:
     def progress(message: str) -> None:
-        if ON_RUNPOD:  # local test and serve-api modes have no endpoint to send progress to
+        if settings.on_runpod:  # local test and serve-api modes have no endpoint to send progress to
             runpod.serverless.progress_update(job, message)
 
     try:
         return run_job(job.get("input"), pool, settings, job_id=str(job.get("id", "job")), on_progress=progress,
-                       cancel=cancel)
+                       cancel=cancel, planner=planner)
     except (JobInputError, JobFailed, JobCancelled) as exc:
         log.warning("job %s failed: %s", job.get("id"), exc)
         return {"error": str(exc)}

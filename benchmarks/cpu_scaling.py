@@ -15,7 +15,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import psutil
@@ -23,11 +22,9 @@ import psutil
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from benchmarks.local_worker import LocalWorker  # noqa: E402
 from benchmarks.samplers import PeakRss  # noqa: E402
-from comfy_manager import InstancePool, PoolSettings  # noqa: E402
 from tests.media_factory import make_index_video, make_tone  # noqa: E402
-from worker.config import WorkerSettings  # noqa: E402
-from worker.job import run_job  # noqa: E402
 
 
 def job_for(media: Path, seconds: float, size: tuple[int, int], **extra) -> dict:
@@ -62,23 +59,16 @@ def main() -> None:
     size = tuple(int(v) for v in args.size.split("x"))
 
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
-        root = Path(tmp)
-        media = root / "media"
-        media.mkdir()
-        defaults = PoolSettings.from_env()
-        pool = InstancePool(replace(defaults, instances_dir=root / "instances", base_port=8700, cpu_instances=2,
-                                    force_cpu=True))
-        settings = WorkerSettings(job_work_dir=root / "jobs", allowed_input_roots=(media.resolve(),),
-                                  output_volume_dir=root / "volume")
-        pool.start()
+        worker = LocalWorker.on_cpu(Path(tmp), base_port=8700)
+        worker.pool.start()
         try:
-            job = job_for(media, args.seconds, size)
-            run_job({**job, "gpu_count": 1}, pool, settings)  # warm-up: first prompt loads torch kernels
+            job = job_for(worker.media, args.seconds, size)
+            worker.run({**job, "gpu_count": 1})  # warm-up: the first prompt loads torch kernels
             runs = []
             for instances in (1, 2):
                 for repeat in range(args.repeats):
                     with PeakRss() as rss:
-                        out = run_job({**job, "gpu_count": instances}, pool, settings, job_id=f"b{instances}_{repeat}")
+                        out = worker.run({**job, "gpu_count": instances}, job_id=f"b{instances}_{repeat}")
                     comfy_critical = max(s["comfy_seconds"] for s in out["segments"])
                     runs.append({
                         "instances": instances, "repeat": repeat, "frames": out["frames"],
@@ -91,12 +81,12 @@ def main() -> None:
             reencode = plain_reencode_fps(runs[-1]["video_path"], {"preset": "veryfast", "crf": 19})
             memory = []
             for seconds in (args.seconds, args.seconds * 4):
-                long_job = job_for(media, seconds, size)
+                long_job = job_for(worker.media, seconds, size)
                 with PeakRss() as rss:
-                    out = run_job(long_job, pool, settings)
+                    out = worker.run(long_job)
                 memory.append({"seconds": seconds, "frames": out["frames"], "peak_rss_mb": round(rss.peak / 2**20, 1)})
         finally:
-            pool.shutdown()
+            worker.pool.shutdown()
 
     best = {n: min(r["wall_s"] for r in runs if r["instances"] == n) for n in (1, 2)}
     result = {"machine": f"{platform.processor() or platform.machine()}, {psutil.cpu_count()} cores",

@@ -23,7 +23,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import replace
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -34,7 +33,8 @@ from benchmarks.samplers import PeakRss, PeakVram  # noqa: E402
 from comfy_manager import InstancePool, PoolSettings  # noqa: E402
 from tests.media_factory import make_image, make_tone  # noqa: E402
 from worker.config import WorkerSettings  # noqa: E402
-from worker.job import THROUGHPUT, run_job  # noqa: E402
+from worker.job import run_job  # noqa: E402
+from worker.job_planner import JobPlanner, RateKey  # noqa: E402
 
 
 def ceiling(gpus: int, frames: int, overlap: int) -> float:
@@ -107,7 +107,8 @@ def main() -> None:
 
     extra = ["--extra-model-paths-config", str(models / "extra_model_paths.yaml")]
     runs, frames = [], None
-    rate_key = ("wan_standin", width, height, args.steps)  # what the worker learns the stitch lead under
+    planner = JobPlanner(settings.stitch_lead)  # one for every run, as a worker has
+    rate_key = RateKey("wan_standin", width, height, args.steps)  # what it learns the stitch lead under
     earlier = json.loads(Path(args.baseline).read_text()) if args.baseline else None
     if earlier:
         settings_now = {"fps": args.fps, "size": args.size, "steps": args.steps, "overlap": args.overlap}
@@ -115,22 +116,23 @@ def main() -> None:
             raise SystemExit(f"--baseline {args.baseline} ran other settings: {[earlier[k] for k in settings_now]}")
         runs, frames = [r for r in earlier["runs"] if r["gpus"] not in counts], earlier["frames"]
         # The worker then knows the rates of the earlier runs, as it would after serving them.
-        THROUGHPUT.record(rate_key, *earlier["learned_rates_s_per_frame"])
+        planner.throughput.record(rate_key, *earlier["learned_rates_s_per_frame"])
     device = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
                             text=True).stdout.strip().splitlines() if not args.cpu else ["cpu"]
     for count in counts:
-        pool = InstancePool(replace(base, instances_dir=root / f"instances{count}", gpus=tuple(range(count)),
-                                    force_cpu=args.cpu, cpu_instances=count, extra_args=base.extra_args + extra))
+        pool = InstancePool(base.model_copy(update=dict(
+            instances_dir=root / f"instances{count}", gpus=tuple(range(count)), force_cpu=args.cpu,
+            cpu_instances=count, extra_args=base.extra_args + extra)))
         pool.start()
         try:
             started = time.monotonic()
-            warm = run_job({**warmup, "gpu_count": count}, pool, settings, job_id=f"warmup{count}")
+            warm = run_job({**warmup, "gpu_count": count}, pool, settings, job_id=f"warmup{count}", planner=planner)
             if len({segment["instance"] for segment in warm["segments"]}) < count:
                 raise SystemExit(f"the warm-up reached {warm['segments_processed']} of {count} instances")
             first_job_s = time.monotonic() - started
-            lead = THROUGHPUT.stitch_lead(rate_key)
+            lead = planner.stitch_lead(rate_key)
             with PeakRss() as rss, PeakVram(list(range(count)) if not args.cpu else []) as vram:
-                out = run_job({**job, "gpu_count": count}, pool, settings, job_id=f"run{count}")
+                out = run_job({**job, "gpu_count": count}, pool, settings, job_id=f"run{count}", planner=planner)
             comfy = max(s["comfy_seconds"] for s in out["segments"])
             runs.append({
                 "gpus": count, "wall_s": out["timings"]["total"], "generate_s": out["timings"]["generate"],
@@ -149,7 +151,7 @@ def main() -> None:
                 longest = max(counts)
                 segment_s = (args.seconds + (longest - 1) * args.overlap / args.fps) / longest
                 half = run_job({**job, "audio": str(make_tone(media / "segment.wav", segment_s))}, pool, settings,
-                               job_id="segment_alone")
+                               job_id="segment_alone", planner=planner)
                 runs[-1]["one_segment_alone"] = {"frames": half["frames"],
                                                  "comfy_s": half["segments"][0]["comfy_seconds"]}
         finally:
@@ -158,10 +160,10 @@ def main() -> None:
                 shutil.copy(instance.log_path, Path(args.logs) / f"comfyui_{count}gpu_{instance.name.replace(':', '_')}.log")
             pool.shutdown()
         # What is done survives a later failure.
-        write_result(args, device, frames, weights_s, runs, THROUGHPUT.rates(rate_key))
+        write_result(args, device, frames, weights_s, runs, planner.throughput.rates(rate_key))
 
     shutil.rmtree(root, ignore_errors=True)
-    result = write_result(args, device, frames, weights_s, runs, THROUGHPUT.rates(rate_key))
+    result = write_result(args, device, frames, weights_s, runs, planner.throughput.rates(rate_key))
     print(f"learned (generate, stitch) seconds per frame: {result['learned_rates_s_per_frame']}")
     print(f"\n{result['device']}: {frames} frames ({frames / args.fps:.0f} s at {args.fps:g} fps), {args.size}, "
           f"{args.steps} steps, overlap {args.overlap}")

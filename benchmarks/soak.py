@@ -14,7 +14,6 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
 from pathlib import Path
 
 import psutil
@@ -22,10 +21,10 @@ import psutil
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from comfy_manager import InstancePool, PoolSettings  # noqa: E402
+from benchmarks.local_worker import LocalWorker  # noqa: E402
+from comfy_manager import InstancePool  # noqa: E402
 from tests.media_factory import make_index_video, make_tone, read_indices  # noqa: E402
 from worker.config import WorkerSettings  # noqa: E402
-from worker.job import run_job  # noqa: E402
 
 
 def snapshot(settings: WorkerSettings, pool: InstancePool) -> dict:
@@ -46,25 +45,20 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="soak-") as tmp:
         root = Path(tmp)
-        media = root / "media"
-        media.mkdir()
-        pool = InstancePool(replace(PoolSettings.from_env(), instances_dir=root / "instances", base_port=8750,
-                                    cpu_instances=2, force_cpu=True))
-        settings = WorkerSettings(job_work_dir=root / "jobs", allowed_input_roots=(media.resolve(),),
-                                  output_volume_dir=root / "volume")
-        settings.job_work_dir.mkdir()
-        video = make_index_video(media / "v.mp4", 60, 25)
-        audio = make_tone(media / "a.wav", 2.0)
+        worker = LocalWorker.on_cpu(root, base_port=8750)
+        pool, settings = worker.pool, worker.settings
+        video = make_index_video(worker.media / "v.mp4", 60, 25)
+        audio = make_tone(worker.media / "a.wav", 2.0)
         job = {"workflow": "restyle", "input_type": "video", "video": str(video), "audio": str(audio),
                "width": 128, "height": 64, "output": {"destination": "base64"}}
         pool.start()
         try:
-            run_job(job, pool, settings)  # warm-up
+            worker.run(job)  # warm-up
             rows = [("start", snapshot(settings, pool), 0.0, 0)]
             for phase, parallel in (("in a row", 1), (f"{args.parallel} at a time", args.parallel)):
                 started = time.monotonic()
                 with ThreadPoolExecutor(parallel) as executor:
-                    outputs = list(executor.map(lambda i: run_job(job, pool, settings, f"soak{i}"), range(args.jobs)))
+                    outputs = list(executor.map(lambda i: worker.run(job, f"soak{i}"), range(args.jobs)))
                 assert all(o["frames"] == 50 for o in outputs)
                 rows.append((f"after {args.jobs} {phase}", snapshot(settings, pool), time.monotonic() - started,
                              args.jobs))

@@ -19,8 +19,6 @@ import websocket
 
 log = logging.getLogger(__name__)
 
-ProgressCallback = Callable[[int, int], None]
-
 
 class ComfyError(RuntimeError):
     """ComfyUI refused or failed a prompt, or could not be reached."""
@@ -107,8 +105,7 @@ class ComfyClient:
         stored = response.json()
         return f"{stored['subfolder']}/{stored['name']}" if stored.get("subfolder") else stored["name"]
 
-    def run_prompt(self, graph: dict, timeout_s: float, on_progress: ProgressCallback | None = None,
-                   is_alive: Callable[[], bool] | None = None,
+    def run_prompt(self, graph: dict, timeout_s: float, is_alive: Callable[[], bool] | None = None,
                    should_stop: Callable[[], bool] | None = None) -> PromptResult:
         """Queues graph, follows it to the end and returns its output files.
 
@@ -124,7 +121,7 @@ class ComfyClient:
         starts: list[tuple[str | None, float]] = []  # (node id, when it began executing; None: the end)
         try:
             prompt_id = self.queue_prompt(graph)
-            self._follow(ws, prompt_id, watch, on_progress, starts)
+            self._follow(ws, prompt_id, watch, starts)
             entry = self._history_entry(prompt_id, watch)
         except (PromptTimedOut, PromptCancelled):
             if prompt_id is not None:
@@ -181,8 +178,7 @@ class ComfyClient:
             log.warning("websocket to %s failed (%s); following the prompt through /history", self.ws_url, exc)
             return None
 
-    def _follow(self, ws, prompt_id: str, watch: "_Watch", on_progress,
-                starts: list[tuple[str | None, float]]) -> None:
+    def _follow(self, ws, prompt_id: str, watch: "_Watch", starts: list[tuple[str | None, float]]) -> None:
         """Reads events until our prompt ends, noting when each node starts in `starts`; falls back to
         /history polling if the socket drops."""
         last_poll = time.monotonic()
@@ -209,9 +205,7 @@ class ComfyClient:
             if data.get("prompt_id") not in (None, prompt_id):
                 continue
             kind = event.get("type")
-            if kind == "progress" and on_progress is not None:
-                on_progress(int(data.get("value", 0)), int(data.get("max", 0)))
-            elif kind == "executing" and data.get("prompt_id") == prompt_id:
+            if kind == "executing" and data.get("prompt_id") == prompt_id:
                 starts.append((data.get("node"), time.monotonic()))
                 if data.get("node") is None:
                     return

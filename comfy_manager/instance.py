@@ -21,9 +21,7 @@ class InstanceDied(RuntimeError):
     """A ComfyUI process exited or never became ready; the message carries its last log lines."""
 
     def __init__(self, instance: "ComfyInstance", what: str):
-        self.instance_name = instance.name
-        self.log_tail = instance.log_tail()
-        super().__init__(f"ComfyUI {instance.name} {what}. Last log lines:\n{self.log_tail}")
+        super().__init__(f"ComfyUI {instance.name} {what}. Last log lines:\n{instance.log_tail()}")
 
 
 @dataclass(frozen=True)

@@ -5,57 +5,20 @@ from __future__ import annotations
 import logging
 import os
 import queue
-import shlex
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from pathlib import Path
 
+from comfy_manager.client import ConnectionLost
 from comfy_manager.gpus import GpuInfo, discover_gpus
 from comfy_manager.instance import ComfyInstance, InstanceDied, InstanceSpec
+from comfy_manager.settings import PoolSettings
 
 log = logging.getLogger(__name__)
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 class PoolStartError(RuntimeError):
     """No ComfyUI instance could be started."""
-
-
-def _default_python(comfy_home: Path) -> str:
-    venv_python = comfy_home / "venv" / "bin" / "python"
-    return str(venv_python) if venv_python.exists() else sys.executable
-
-
-@dataclass(frozen=True)
-class PoolSettings:
-    comfy_path: Path
-    python: str
-    instances_dir: Path
-    base_port: int = 8188
-    cpu_instances: int = 2
-    force_cpu: bool = False
-    startup_timeout_s: float = 300.0
-    extra_args: list[str] = field(default_factory=list)
-    gpus: tuple[int, ...] | None = None  # which GPUs to use; None: all of them
-
-    @classmethod
-    def from_env(cls) -> "PoolSettings":
-        home = Path(os.environ.get("COMFYUI_HOME", REPO_ROOT / ".comfyui"))
-        return cls(
-            comfy_path=Path(os.environ.get("COMFYUI_PATH", home / "ComfyUI")),
-            python=os.environ.get("COMFYUI_PYTHON", _default_python(home)),
-            instances_dir=Path(os.environ.get("COMFY_INSTANCES_DIR", "/tmp/comfy-instances")),
-            base_port=int(os.environ.get("COMFY_BASE_PORT", "8188")),
-            cpu_instances=int(os.environ.get("COMFY_CPU_INSTANCES", "2")),
-            force_cpu=os.environ.get("COMFY_FORCE_CPU", "0") == "1",
-            startup_timeout_s=float(os.environ.get("COMFY_STARTUP_TIMEOUT_S", "300")),
-            extra_args=shlex.split(os.environ.get("COMFY_EXTRA_ARGS", "")),
-            gpus=tuple(int(i) for i in os.environ["COMFY_GPUS"].split(",")) if os.environ.get("COMFY_GPUS") else None,
-        )
 
 
 def instance_specs(settings: PoolSettings, gpus: list[GpuInfo]) -> list[InstanceSpec]:
@@ -79,7 +42,6 @@ class InstancePool:
     def __init__(self, settings: PoolSettings):
         self.settings = settings
         self.instances: list[ComfyInstance] = []
-        self.gpus: list[GpuInfo] = []
         self.startup_s = 0.0
         self._free: queue.Queue[ComfyInstance] = queue.Queue()
         self._closed = False
@@ -95,8 +57,7 @@ class InstancePool:
                 f"ComfyUI not found at {self.settings.comfy_path}: run scripts/install_comfyui.sh "
                 "or set COMFYUI_PATH")
         started = time.monotonic()
-        self.gpus = discover_gpus()
-        specs = instance_specs(self.settings, self.gpus)
+        specs = instance_specs(self.settings, discover_gpus())
         cpu_threads = max(1, (os.cpu_count() or 1) // len(specs))
         candidates = [ComfyInstance(spec, self.settings.comfy_path, self.settings.python,
                                     self.settings.extra_args, cpu_threads) for spec in specs]
@@ -143,8 +104,13 @@ class InstancePool:
         except queue.Empty:
             raise TimeoutError(f"no ComfyUI instance became free within {timeout_s} s") from None
 
-    def release(self, instance: ComfyInstance) -> None:
-        self._free.put(instance)
+    def release(self, instance: ComfyInstance, failure: BaseException | None = None) -> None:
+        """Takes back a lent instance. If the work on it failed through the instance's own fault (it stopped
+        answering, or its process is gone), it is restarted first (recover); otherwise it is free at once."""
+        if failure is not None and (isinstance(failure, ConnectionLost) or not instance.is_alive()):
+            self.recover(instance)
+        else:
+            self._free.put(instance)
 
     def free_count(self) -> int:
         return self._free.qsize()

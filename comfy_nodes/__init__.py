@@ -7,20 +7,33 @@ SaveSegmentVideo  IMAGE batch -> a segment's video in the output folder, every f
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
-from fractions import Fraction
+import sys
+from pathlib import Path
 
 import torch
 
 import comfy.model_management
 import folder_paths
 
+
+def _load_segment_format():
+    """worker/segment_format.py (file names, frame rate, x264 options: what the stitcher expects), loaded by
+    its path: this runs in ComfyUI's process, which has none of the worker's packages."""
+    path = Path(__file__).resolve().parent.parent / "worker" / "segment_format.py"
+    spec = importlib.util.spec_from_file_location("runpod_worker_segment_format", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+segment_format = _load_segment_format()
 X264_PRESETS = ["ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow"]
 BATCH_FRAMES = 16  # frames converted on the GPU and moved to the CPU at a time: bounded extra memory
 KEYFRAME_SECONDS = 1  # the worker's stitcher seeks into a whole-segment file; it decodes from the key frame before
-# File name endings of the split form; worker/segment_video.py reads them.
-HEAD, BODY, TAIL = "_head.y4m", "_body.mp4", "_tail.y4m"
 
 
 class SaveSegmentVideo:
@@ -79,15 +92,15 @@ class SaveSegmentVideo:
             filename_prefix, folder_paths.get_output_directory(), width, height)
         stem = os.path.join(folder, f"{name}_{counter:05}")
         size = (width + width % 2, height + height % 2)  # yuv420p needs even sides: the last row/column repeats
-        rate = Fraction(fps).limit_denominator(1001)  # as worker/stitch.py's frame_rate()
         if body_crf < 0:
-            gop = ["-g", str(max(1, round(fps * KEYFRAME_SECONDS)))]
-            plan = [(0, count, lambda: X264Pipe(stem + "_.mp4", size, rate, crf, preset, gop))]
+            gop = ("-g", str(max(1, round(fps * KEYFRAME_SECONDS))))
+            plan = [(0, count, lambda: X264Pipe(stem + "_.mp4", size, fps, crf, preset, stitchable=False, extra=gop))]
         else:
+            endings = segment_format.PART_ENDINGS
             bounds = (0, head_frames, count - tail_frames, count)
-            writers = (lambda: Y4mWriter(stem + HEAD, size, rate),
-                       lambda: X264Pipe(stem + BODY, size, rate, body_crf, body_preset, ["-x264-params", "stitchable=1"]),
-                       lambda: Y4mWriter(stem + TAIL, size, rate))
+            writers = (lambda: Y4mWriter(stem + endings["head"], size, fps),
+                       lambda: X264Pipe(stem + endings["body"], size, fps, body_crf, body_preset),
+                       lambda: Y4mWriter(stem + endings["tail"], size, fps))
             plan = [(a, b, make) for a, b, make in zip(bounds, bounds[1:], writers) if b > a]
         parts = []  # (first frame, end frame, writer), each added once it exists, so a failure removes it
         try:
@@ -142,11 +155,10 @@ class Y4mWriter:
     The stitcher only reads these through raw pipes, so the siting never reaches an encoder's headers.
     """
 
-    def __init__(self, path: str, size: tuple[int, int], rate: Fraction):
+    def __init__(self, path: str, size: tuple[int, int], fps: float):
         self.path, self.frame_bytes = path, size[0] * size[1] * 3 // 2
         self.file = open(path, "wb")
-        self.file.write(f"YUV4MPEG2 W{size[0]} H{size[1]} F{rate.numerator}:{rate.denominator} Ip A1:1 C420jpeg\n"
-                        .encode())
+        self.file.write(segment_format.y4m_header(size[0], size[1], fps))
 
     def write(self, frames: bytes) -> None:
         for start in range(0, len(frames), self.frame_bytes):
@@ -165,15 +177,13 @@ class Y4mWriter:
 
 
 class X264Pipe:
-    """An ffmpeg process encoding raw yuv420p frames from its stdin to an H.264 mp4."""
+    """An ffmpeg process encoding raw yuv420p frames from its stdin to an H.264 mp4, with the x264 options
+    the worker's stitcher uses (stitchable: so that the stitcher can copy the stream into the result)."""
 
-    def __init__(self, path: str, size: tuple[int, int], rate: Fraction, crf: int, preset: str, extra: list[str]):
+    def __init__(self, path: str, size: tuple[int, int], fps: float, crf: int, preset: str, stitchable: bool = True,
+                 extra: tuple[str, ...] = ()):
         self.path = path
-        # "ffmpeg" from PATH, as the worker's stitcher runs it: the same binary writes the same headers.
-        command = ["ffmpeg", "-nostdin", "-v", "error", "-y", "-f", "rawvideo", "-pix_fmt", "yuv420p",
-                   "-s", f"{size[0]}x{size[1]}", "-framerate", f"{rate.numerator}/{rate.denominator}", "-i", "pipe:",
-                   "-an", "-c:v", "libx264", "-preset", preset, "-crf", str(crf), "-pix_fmt", "yuv420p",
-                   "-r", f"{rate.numerator}/{rate.denominator}", "-vf", "setsar=1", *extra, path]
+        command = segment_format.encode_command(path, size[0], size[1], fps, crf, preset, stitchable, extra)
         self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stderr=subprocess.PIPE)
 
     def write(self, frames: bytes) -> None:

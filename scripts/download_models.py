@@ -29,7 +29,7 @@ from urllib.parse import quote
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from worker.models import ModelFile, load_manifest, model_files  # noqa: E402
+from worker.model_weights import ModelFile, load_manifest, model_files  # noqa: E402
 
 CHUNK = 8 * 1024**2  # hashing
 READ_CHUNK = 64 * 1024  # network reads: a dropped connection loses at most this much of what came
@@ -165,7 +165,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--root", type=Path, default=Path(os.environ.get("MODELS_ROOT", "/runpod-volume/models")),
                         help="where <folder>/<file> go (env MODELS_ROOT; default /runpod-volume/models)")
-    parser.add_argument("--manifest", type=Path, default=None, help="default models/manifest.json")
+    parser.add_argument("--manifest", type=Path, default=os.environ.get("MODELS_MANIFEST") or None,
+                        help="env MODELS_MANIFEST; default models/manifest.json")
     parser.add_argument("--optional", action="store_true", help="also the optional models")
     parser.add_argument("--template", action="append", default=None,
                         help="only the models this workflow uses (repeatable)")

@@ -24,9 +24,8 @@ TEST_BASE_PORT = int(os.environ.get("TEST_COMFY_BASE_PORT", str(shifted_port(830
 
 
 def pool_settings(instances_dir: Path, base_port: int, cpu_instances: int = 2) -> PoolSettings:
-    defaults = PoolSettings.from_env()
-    return PoolSettings(comfy_path=defaults.comfy_path, python=defaults.python, instances_dir=instances_dir,
-                        base_port=base_port, cpu_instances=cpu_instances, force_cpu=True,
+    """CPU instances of the installed ComfyUI (COMFYUI_HOME / COMFYUI_PATH) in a folder and on ports of the test's."""
+    return PoolSettings(instances_dir=instances_dir, base_port=base_port, cpu_instances=cpu_instances, force_cpu=True,
                         startup_timeout_s=180)
 
 

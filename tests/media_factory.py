@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from worker import segment_format
+
 COLUMNS, ROWS = 8, 2  # 16 bits: up to 65535 frames
 
 
@@ -106,26 +108,22 @@ def yuv420p_frames(path: Path, width: int, height: int) -> list[bytes]:
 
 
 def write_split_segment(frames: list[bytes], folder: Path, head: int, tail: int, width: int, height: int,
-                        fps: str = "25/1", crf: int = 19, preset: str = "veryfast") -> dict[str, Path]:
-    """A segment in SaveSegmentVideo's split form, written as the node writes it (comfy_nodes/): the first
-    `head` and last `tail` frames raw in y4m files, the frames between piped raw to ffmpeg's x264."""
+                        fps: float = 25.0, crf: int = 19, preset: str = "veryfast") -> dict[str, Path]:
+    """A segment in SaveSegmentVideo's split form, written as the node writes it (comfy_nodes/, both following
+    worker/segment_format.py): the first `head` and last `tail` frames raw in y4m files, the frames between
+    piped raw to ffmpeg's x264."""
     folder.mkdir(parents=True, exist_ok=True)
     parts = {"head": frames[:head], "body": frames[head:len(frames) - tail], "tail": frames[len(frames) - tail:]}
     files = {}
     for part, chunk in parts.items():
         if not chunk:
             continue
+        path = folder / f"seg{segment_format.PART_ENDINGS[part]}"
         if part == "body":
-            path = folder / "seg_body.mp4"
-            cmd = ["ffmpeg", "-nostdin", "-v", "error", "-y", "-f", "rawvideo", "-pix_fmt", "yuv420p", "-s",
-                   f"{width}x{height}", "-framerate", fps, "-i", "pipe:", "-an", "-c:v", "libx264", "-preset", preset,
-                   "-crf", str(crf), "-pix_fmt", "yuv420p", "-r", fps, "-vf", "setsar=1", "-x264-params", "stitchable=1",
-                   str(path)]
-            subprocess.run(cmd, input=b"".join(chunk), check=True)
+            command = segment_format.encode_command(str(path), width, height, fps, crf, preset)
+            subprocess.run(command, input=b"".join(chunk), check=True)
         else:
-            path = folder / f"seg_{part}.y4m"
-            rate = fps.replace("/", ":")
-            path.write_bytes(f"YUV4MPEG2 W{width} H{height} F{rate} Ip A1:1 C420jpeg\n".encode()
-                             + b"".join(b"FRAME\n" + frame for frame in chunk))
+            raw = b"".join(b"FRAME\n" + frame for frame in chunk)
+            path.write_bytes(segment_format.y4m_header(width, height, fps) + raw)
         files[part] = path
     return files

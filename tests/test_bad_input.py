@@ -11,7 +11,7 @@ import pytest
 from tests.media_factory import b64, make_image, make_index_video, make_tone
 from tests.worker_api import WorkerApi
 from worker.errors import JobInputError
-from worker.job import parse_request
+from worker.request import parse_request
 
 
 @pytest.fixture(scope="module")

@@ -51,7 +51,7 @@ def test_video_job_keeps_every_frame_in_order(worker, tmp_path):
         nodes = segment["node_seconds"]
         assert any(name.endswith(" SaveSegmentVideo") for name in nodes), nodes
         assert 0 < sum(nodes.values()) <= segment["comfy_seconds"] + 0.05
-    assert set(output["timings"]) == {"prepare", "generate", "stitch", "encode", "total"}
+    assert set(output["timings"]) == {"prepare", "generate", "stitch", "deliver", "total"}
     assert worker.leftover_job_files() == []
 
 

@@ -6,7 +6,6 @@ import base64
 import http.server
 import subprocess
 import threading
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -14,13 +13,25 @@ import pytest
 
 from tests.media_factory import (frame_count, make_index_video, make_tone, media_duration, read_indices,
                                  write_split_segment, yuv420p_frames)
-from worker import media_sources, segment_media
+from worker import inputs, media_sources
+from worker.config import MB
 from worker.errors import JobFailed, JobInputError
 from worker.media_sources import fetch_media
 from worker.planner import Segment, plan_segments
-from worker.request import OutputOptions
 from worker.segment_video import SegmentVideo
-from worker.stitch import Stitcher, crossfade, plan_chunks, stitch_segments
+from worker.stitch import OutputFormat, Stitcher, StitchResult, crossfade, plan_chunks
+
+# The request's defaults (crf 19, veryfast, 192 kb/s AAC) at the test videos' size and rate.
+OUTPUT = OutputFormat(width=128, height=64, fps=25, crf=19, preset="veryfast", audio_bitrate_kbps=192)
+
+
+def stitch(plan, videos: list[SegmentVideo | Path], audio: Path, dest: Path,
+           encoders: int | None = None) -> StitchResult:
+    """Every segment at hand, in order: stitched into dest as a job stitches them (paths: whole-form segments)."""
+    with Stitcher(plan, dest.parent / "chunks", audio, OUTPUT, encoders) as stitcher:
+        for segment, video in zip(plan.segments, videos, strict=True):
+            stitcher.add_segment(segment.index, video if isinstance(video, SegmentVideo) else SegmentVideo.whole(video))
+        return stitcher.finish(dest)
 
 
 @pytest.fixture(scope="module")
@@ -30,27 +41,27 @@ def index_video(tmp_path_factory) -> Path:
 
 @pytest.mark.parametrize("start, end", [(0, 60), (52, 120), (113, 200), (199, 200)])
 def test_cut_video_takes_exactly_the_segments_frames(index_video, tmp_path, start, end):
-    clip = segment_media.cut_video(index_video, tmp_path / "clip.mp4", Segment(0, start, end), 25, 128, 64)
+    clip = inputs.cut_video(index_video, tmp_path / "clip.mp4", Segment(0, start, end), 25, 128, 64)
     assert read_indices(clip) == list(range(start, end))
 
 
 def test_cut_video_at_another_frame_rate_agrees_on_shared_frames(tmp_path):
     source = make_index_video(tmp_path / "src30.mp4", 300, 30)
-    first = read_indices(segment_media.cut_video(source, tmp_path / "a.mp4", Segment(0, 0, 60), 25, 128, 64))
-    second = read_indices(segment_media.cut_video(source, tmp_path / "b.mp4", Segment(1, 50, 110), 25, 128, 64))
+    first = read_indices(inputs.cut_video(source, tmp_path / "a.mp4", Segment(0, 0, 60), 25, 128, 64))
+    second = read_indices(inputs.cut_video(source, tmp_path / "b.mp4", Segment(1, 50, 110), 25, 128, 64))
     assert first[50:] == second[:10]  # the overlap shows the same source frames in both segments
     assert first[-1] == 71  # frame 59 at 25 fps is source frame 70.8 -> 71 at 30 fps
 
 
 def test_loop_video_repeats_the_source(index_video, tmp_path):
-    looped = segment_media.loop_video(index_video, tmp_path / "loop.mp4", 25, 450)
+    looped = inputs.loop_video(index_video, tmp_path / "loop.mp4", 25, 450)
     assert read_indices(looped) == [i % 200 for i in range(450)]
 
 
 def test_cut_audio_is_exact_and_padded_past_the_end(tmp_path):
     tone = make_tone(tmp_path / "tone.wav", 2.0)
-    middle = segment_media.cut_audio(tone, tmp_path / "mid.wav", 0.5, 1.0)
-    tail = segment_media.cut_audio(tone, tmp_path / "tail.wav", 1.5, 1.2)  # 0.5 s of audio, 0.7 s of silence
+    middle = inputs.cut_audio(tone, tmp_path / "mid.wav", 0.5, 1.0)
+    tail = inputs.cut_audio(tone, tmp_path / "tail.wav", 1.5, 1.2)  # 0.5 s of audio, 0.7 s of silence
     assert abs(media_duration(middle, "a") - 1.0) < 1e-3
     assert abs(media_duration(tail, "a") - 1.2) < 1e-3
 
@@ -64,10 +75,10 @@ def test_crossfade_moves_from_the_previous_to_the_following_segment():
 
 def test_stitch_is_frame_exact_and_muxes_the_whole_audio(index_video, tmp_path):
     plan = plan_segments(200, 3, 8)
-    clips = [segment_media.cut_video(index_video, tmp_path / f"s{s.index}.mp4", s, 25, 128, 64)
+    clips = [inputs.cut_video(index_video, tmp_path / f"s{s.index}.mp4", s, 25, 128, 64)
              for s in plan.segments]
     audio = make_tone(tmp_path / "a.wav", 7.99)
-    result = stitch_segments(plan, clips, audio, tmp_path / "out.mp4", 25, 128, 64, OutputOptions())
+    result = stitch(plan, clips, audio, tmp_path / "out.mp4")
     assert result.frames == frame_count(result.path) == 200
     assert read_indices(result.path) == list(range(200))
     assert abs(media_duration(result.path, "a") - 7.99) < 0.03
@@ -75,12 +86,12 @@ def test_stitch_is_frame_exact_and_muxes_the_whole_audio(index_video, tmp_path):
 
 def test_stitch_refuses_a_segment_with_missing_frames(index_video, tmp_path):
     plan = plan_segments(100, 2, 8)
-    clips = [segment_media.cut_video(index_video, tmp_path / f"s{s.index}.mp4", s, 25, 128, 64)
+    clips = [inputs.cut_video(index_video, tmp_path / f"s{s.index}.mp4", s, 25, 128, 64)
              for s in plan.segments]
-    short = segment_media.cut_video(index_video, tmp_path / "short.mp4", Segment(1, 46, 90), 25, 128, 64)
+    short = inputs.cut_video(index_video, tmp_path / "short.mp4", Segment(1, 46, 90), 25, 128, 64)
     audio = make_tone(tmp_path / "a.wav", 4.0)
     with pytest.raises(JobFailed, match="has 44 frames, expected 54"):
-        stitch_segments(plan, [clips[0], short], audio, tmp_path / "out.mp4", 25, 128, 64, OutputOptions())
+        stitch(plan, [clips[0], short], audio, tmp_path / "out.mp4")
     assert not (tmp_path / "out.mp4").exists()
 
 
@@ -100,11 +111,11 @@ def test_chunks_cover_every_frame_once_and_split_bodies_per_encoder():
 def test_stitch_in_many_chunks_arriving_out_of_order_is_frame_exact_with_even_timestamps(tmp_path):
     source = make_index_video(tmp_path / "src.mp4", 500, 25)  # key frames 250 apart: chunks must seek
     plan = plan_segments(500, 3, 12)
-    clips = [segment_media.cut_video(source, tmp_path / f"s{s.index}.mp4", s, 25, 128, 64) for s in plan.segments]
+    clips = [inputs.cut_video(source, tmp_path / f"s{s.index}.mp4", s, 25, 128, 64) for s in plan.segments]
     audio = make_tone(tmp_path / "a.wav", 20.0)
-    stitcher = Stitcher(plan, tmp_path / "chunks", audio, 25, 128, 64, OutputOptions(), encoders=3)
+    stitcher = Stitcher(plan, tmp_path / "chunks", audio, OUTPUT, encoders=3)
     for segment in reversed(plan.segments):
-        stitcher.add_segment(segment.index, clips[segment.index])
+        stitcher.add_segment(segment.index, SegmentVideo.whole(clips[segment.index]))
     result = stitcher.finish(tmp_path / "out.mp4")
     assert read_indices(result.path) == list(range(500))
     times = subprocess.run(["ffprobe", "-v", "error", "-select_streams", "v:0", "-show_entries", "frame=pts_time",
@@ -121,21 +132,19 @@ def test_stitch_seeks_exactly_into_segments_with_b_frames_and_short_gops(index_v
     plan = plan_segments(200, 2, 10)
     clips = []
     for segment in plan.segments:  # as another save node might write them: B-frames, a key frame every 7
-        cut = segment_media.cut_video(index_video, tmp_path / f"c{segment.index}.mp4", segment, 25, 128, 64)
+        cut = inputs.cut_video(index_video, tmp_path / f"c{segment.index}.mp4", segment, 25, 128, 64)
         clip = tmp_path / f"s{segment.index}.mp4"
         subprocess.run(["ffmpeg", "-v", "error", "-i", str(cut), "-c:v", "libx264", "-preset", "medium", "-bf", "3",
                         "-g", "7", "-crf", "8", str(clip)], check=True)
         clips.append(clip)
-    result = stitch_segments(plan, clips, make_tone(tmp_path / "a.wav", 8.0), tmp_path / "out.mp4", 25, 128, 64,
-                             OutputOptions(), encoders=4)
+    result = stitch(plan, clips, make_tone(tmp_path / "a.wav", 8.0), tmp_path / "out.mp4", encoders=4)
     assert read_indices(result.path) == list(range(200))
 
 def test_stitch_scales_segments_made_at_another_size(index_video, tmp_path):
     plan = plan_segments(120, 2, 8)
-    clips = [segment_media.cut_video(index_video, tmp_path / f"s{s.index}.mp4", s, 25, 256, 128)
+    clips = [inputs.cut_video(index_video, tmp_path / f"s{s.index}.mp4", s, 25, 256, 128)
              for s in plan.segments]
-    result = stitch_segments(plan, clips, make_tone(tmp_path / "a.wav", 4.8), tmp_path / "out.mp4", 25, 128, 64,
-                             OutputOptions())
+    result = stitch(plan, clips, make_tone(tmp_path / "a.wav", 4.8), tmp_path / "out.mp4")
     assert read_indices(result.path) == list(range(120))
     size = subprocess.run(["ffprobe", "-v", "error", "-select_streams", "v:0", "-show_entries", "stream=width,height",
                            "-of", "csv=p=0", str(result.path)], capture_output=True, text=True).stdout.strip()
@@ -149,7 +158,7 @@ def _split_segments(index_video, plan, folder, odd_one: dict | None = None) -> l
     for segment in plan.segments:
         odd = odd_one if odd_one and segment.index == 0 else {}
         width, height = odd.get("size", (128, 64))
-        clip = segment_media.cut_video(index_video, folder / f"s{segment.index}.mp4", segment, 25, width, height)
+        clip = inputs.cut_video(index_video, folder / f"s{segment.index}.mp4", segment, 25, width, height)
         files = write_split_segment(yuv420p_frames(clip, width, height), folder / f"seg{segment.index}",
                                     plan.overlap_with_previous(segment), plan.overlap_with_next(segment),
                                     width, height, preset=odd.get("preset", "veryfast"))
@@ -162,8 +171,7 @@ def test_stitch_copies_encoded_bodies_and_cross_fades_the_raw_overlaps(index_vid
     folder = tmp_path / "it's here"  # a quote in the path of the bodies the join lists
     folder.mkdir()
     videos = _split_segments(index_video, plan, folder)
-    stitcher = Stitcher(plan, tmp_path / "chunks", make_tone(tmp_path / "a.wav", 8.0), 25, 128, 64, OutputOptions(),
-                        encoders=3)
+    stitcher = Stitcher(plan, tmp_path / "chunks", make_tone(tmp_path / "a.wav", 8.0), OUTPUT, encoders=3)
     for segment in (plan.segments[1], plan.segments[2], plan.segments[0]):
         stitcher.add_segment(segment.index, videos[segment.index])
     result = stitcher.finish(tmp_path / "out.mp4")
@@ -181,8 +189,7 @@ def test_stitch_encodes_a_body_that_would_not_join(index_video, tmp_path, odd_on
     """A body with other x264 settings (so other H.264 headers) or at another size is encoded, not copied."""
     plan = plan_segments(200, 3, 8)
     videos = _split_segments(index_video, plan, tmp_path, odd_one)
-    result = stitch_segments(plan, videos, make_tone(tmp_path / "a.wav", 8.0), tmp_path / "out.mp4", 25, 128, 64,
-                             OutputOptions(), encoders=3)
+    result = stitch(plan, videos, make_tone(tmp_path / "a.wav", 8.0), tmp_path / "out.mp4", encoders=3)
     assert result.frames_copied == 200 - 2 * 8 - 64  # segment 0's body (64 frames) was encoded
     assert read_indices(result.path) == list(range(200))
 
@@ -190,12 +197,11 @@ def test_stitch_encodes_a_body_that_would_not_join(index_video, tmp_path, odd_on
 def test_stitch_refuses_a_split_segment_with_a_short_body(index_video, tmp_path):
     plan = plan_segments(100, 2, 8)
     videos = _split_segments(index_video, plan, tmp_path)
-    clip = segment_media.cut_video(index_video, tmp_path / "short.mp4", plan.segments[1], 25, 128, 64)
+    clip = inputs.cut_video(index_video, tmp_path / "short.mp4", plan.segments[1], 25, 128, 64)
     files = write_split_segment(yuv420p_frames(clip, 128, 64)[:-5], tmp_path / "short", 8, 0, 128, 64)
     videos[1] = SegmentVideo(files["body"], files["head"], split=True)
     with pytest.raises(JobFailed, match="seg_body.mp4 has 41 frames, expected 46"):
-        stitch_segments(plan, videos, make_tone(tmp_path / "a.wav", 4.0), tmp_path / "out.mp4", 25, 128, 64,
-                        OutputOptions())
+        stitch(plan, videos, make_tone(tmp_path / "a.wav", 4.0), tmp_path / "out.mp4")
     assert not (tmp_path / "out.mp4").exists()
 
 
@@ -244,7 +250,7 @@ def test_base64_and_data_uris_decode(settings, tmp_path):
 def test_urls_to_loopback_are_refused_unless_allowed(settings, http_server, tmp_path):
     with pytest.raises(JobInputError, match="image: URL host 127.0.0.1 resolves to a non-public address"):
         fetch_media("image", http_server + "/small", tmp_path / "x", settings)
-    allowed = replace(settings, allow_private_urls=True)
+    allowed = settings.model_copy(update=dict(allow_private_urls=True))
     assert fetch_media("image", http_server + "/small", tmp_path / "y", allowed).read_bytes() == b"x" * 10
 
 
@@ -264,7 +270,7 @@ def test_every_redirect_is_checked_like_the_first_url(settings, http_server, tmp
 
 
 def test_downloads_stop_at_the_byte_cap(settings, http_server, tmp_path):
-    capped = replace(settings, allow_private_urls=True, max_input_bytes=1000)
+    capped = settings.model_copy(update=dict(allow_private_urls=True, max_input_mb=1000 / MB))
     with pytest.raises(JobInputError, match="video: download exceeds"):
         fetch_media("video", http_server + "/big", tmp_path / "z", capped)
 

@@ -11,7 +11,6 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import boto3
@@ -22,7 +21,7 @@ from worker import outputs
 from worker.config import WorkerSettings
 from worker.errors import JobFailed, JobInputError
 from worker.outputs import check_deliverable, deliver, estimate_mp4_bytes
-from worker.request import JobRequest
+from worker.stitch import OutputFormat
 
 ACCESS_KEY = "AKIATESTKEYID0000042"
 SECRET_KEY = "s3cr3t-Sup3rSecretValue/0123456789abcdefXYZ"
@@ -77,9 +76,8 @@ def make_mp4(path: Path, seconds: float, size: str = "320x240", noisy: bool = Fa
     return path
 
 
-def request(destination: str = "auto", width: int = 512, height: int = 512, crf: int = 19) -> JobRequest:
-    return JobRequest(image="face.png", audio="speech.wav", width=width, height=height,
-                      output={"destination": destination, "crf": crf})
+# A request's defaults: 512x512 at 25 fps, crf 19, veryfast, 192 kb/s AAC.
+OUTPUT = OutputFormat(width=512, height=512, fps=25.0, crf=19, preset="veryfast", audio_bitrate_kbps=192)
 
 
 @pytest.fixture()
@@ -88,8 +86,8 @@ def base(tmp_path) -> WorkerSettings:
 
 
 def with_bucket(settings: WorkerSettings, endpoint_url: str, **extra) -> WorkerSettings:
-    return replace(settings, bucket_endpoint_url=endpoint_url, bucket_access_key_id=ACCESS_KEY,
-                   bucket_secret_access_key=SECRET_KEY, **extra)
+    return settings.model_copy(update=dict(bucket_endpoint_url=endpoint_url, bucket_access_key_id=ACCESS_KEY,
+                                           bucket_secret_access_key=SECRET_KEY, **extra))
 
 
 def assert_no_secrets(text: str) -> None:
@@ -105,10 +103,10 @@ def test_large_result_goes_to_the_bucket_as_multipart_and_comes_back_byte_for_by
     caplog.set_level(logging.DEBUG, logger="worker")
     video = make_mp4(tmp_path / "result.mp4", 1, size="640x360", noisy=True, crf=0)
     assert video.stat().st_size > 10 * MB  # three 5 MB parts at least
-    settings = with_bucket(base, f"{s3_server}/{BUCKET}", bucket_part_bytes=5 * MB)
+    settings = with_bucket(base, f"{s3_server}/{BUCKET}", bucket_part_mb=5)
 
-    check_deliverable(request("auto"), 25 * 3600, settings)  # an hour of video: the bucket takes anything
-    delivery = deliver(video, request("auto"), "job-123", settings)
+    check_deliverable("auto", OUTPUT, 25 * 3600, settings)  # an hour of video: the bucket takes anything
+    delivery = deliver(video, "auto", "job-123", settings)
 
     assert delivery.video is None and delivery.video_path is None
     got = requests.get(delivery.video_url, timeout=30)
@@ -127,7 +125,7 @@ def test_small_result_with_forced_bucket_prefix_and_path_in_the_endpoint(s3_serv
     video = make_mp4(tmp_path / "small.mp4", 1)
     settings = with_bucket(base, f"{s3_server}/{BUCKET}/team-a/", bucket_prefix="talk/out",
                            bucket_url_expiry_s=600)
-    delivery = deliver(video, request("bucket"), "abc", settings)
+    delivery = deliver(video, "bucket", "abc", settings)
     assert "X-Amz-Expires=600" in delivery.video_url
     got = requests.get(delivery.video_url, timeout=30)
     assert got.content == video.read_bytes() and got.headers["Content-Type"] == "video/mp4"
@@ -148,7 +146,8 @@ def test_bucket_name_from_env_and_settings_from_env(s3_server, base, tmp_path, m
     assert settings.max_response_bytes == 9 * MB and settings.bucket_url_expiry_s == 3600
     assert_no_secrets(repr(settings))
     video = make_mp4(tmp_path / "small.mp4", 1)
-    url = deliver(video, request(), "env-job", replace(settings, output_volume_dir=base.output_volume_dir)).video_url
+    settings = settings.model_copy(update=dict(output_volume_dir=base.output_volume_dir))
+    url = deliver(video, "auto", "env-job", settings).video_url
     assert requests.get(url, timeout=30).content == video.read_bytes()
     s3_client(s3_server).head_object(Bucket=BUCKET, Key="renders/env-job.mp4")
 
@@ -158,7 +157,7 @@ def test_upload_failure_is_a_clear_error_without_secrets(s3_server, base, tmp_pa
     video = make_mp4(tmp_path / "small.mp4", 1)
     settings = with_bucket(base, f"{s3_server}/no-such-bucket")
     with pytest.raises(JobFailed) as info:
-        deliver(video, request("bucket"), "j", settings)
+        deliver(video, "bucket", "j", settings)
     assert "no-such-bucket" in str(info.value) and "NoSuchBucket" in str(info.value)
     assert_no_secrets(str(info.value))
     assert_no_secrets(caplog.text)
@@ -182,12 +181,12 @@ def test_bucket_target_forms(base):
     named = outputs.bucket_target(with_bucket(base, "https://minio.local:9000", bucket_name="out"))
     assert (named.endpoint_url, named.bucket, named.region) == ("https://minio.local:9000", "out", "us-east-1")
     with pytest.raises(JobInputError, match="BUCKET_NAME"):
-        check_deliverable(request("bucket"), 100, with_bucket(base, "https://minio.local:9000"))
+        check_deliverable("bucket", OUTPUT, 100, with_bucket(base, "https://minio.local:9000"))
 
 
 def test_forced_bucket_without_configuration_names_the_env_vars(base):
     with pytest.raises(JobInputError) as info:
-        check_deliverable(request("bucket"), 100, base)
+        check_deliverable("bucket", OUTPUT, 100, base)
     for name in ("BUCKET_ENDPOINT_URL", "BUCKET_ACCESS_KEY_ID", "BUCKET_SECRET_ACCESS_KEY"):
         assert name in str(info.value)
 
@@ -196,11 +195,11 @@ def test_forced_bucket_without_configuration_names_the_env_vars(base):
 
 
 def test_too_big_for_a_response_names_the_env_vars_and_sizes(base):
-    settings = replace(base, output_volume_dir=Path("/nonexistent-volume/outputs"))
+    settings = base.model_copy(update=dict(output_volume_dir=Path("/nonexistent-volume/outputs")))
     frames = 25 * 600  # ten minutes at 512x512
     for destination in ("base64", "auto"):
         with pytest.raises(JobInputError) as info:
-            check_deliverable(request(destination), frames, settings)
+            check_deliverable(destination, OUTPUT, frames, settings)
         message = str(info.value)
         assert message.startswith("output: the result would be about ")
         assert "over the 15 MB a response can carry" in message
@@ -208,15 +207,16 @@ def test_too_big_for_a_response_names_the_env_vars_and_sizes(base):
             assert name in message
     # forced base64 is refused even where a volume exists
     with pytest.raises(JobInputError):
-        check_deliverable(request("base64"), frames, base)
+        check_deliverable("base64", OUTPUT, frames, base)
 
 
 def test_auto_falls_back_to_the_volume_then_refuses(base):
     frames = 25 * 600
-    check_deliverable(request("auto"), frames, base)  # volume's parent (tmp_path) exists
-    check_deliverable(request("auto"), 25 * 5, replace(base, output_volume_dir=Path("/nonexistent/outputs")))
+    check_deliverable("auto", OUTPUT, frames, base)  # volume's parent (tmp_path) exists
+    no_volume = base.model_copy(update=dict(output_volume_dir=Path("/nonexistent/outputs")))
+    check_deliverable("auto", OUTPUT, 25 * 5, no_volume)
     with pytest.raises(JobInputError, match="destination 'volume' needs a network volume"):
-        check_deliverable(request("volume"), 10, replace(base, output_volume_dir=Path("/nonexistent/outputs")))
+        check_deliverable("volume", OUTPUT, 10, no_volume)
 
 
 @pytest.mark.parametrize("preset", ["ultrafast", "superfast", "veryfast", "medium"])
@@ -238,20 +238,20 @@ def test_size_model_is_monotonic():
 
 def test_base64_when_it_fits(base, tmp_path):
     video = make_mp4(tmp_path / "small.mp4", 1)
-    delivery = deliver(video, request("auto"), "j", base)
+    delivery = deliver(video, "auto", "j", base)
     assert base64.b64decode(delivery.video) == video.read_bytes()
     assert delivery.video_url is None and delivery.video_path is None
 
 
 def test_actual_file_over_the_limit_fails_clearly_with_base64(base, tmp_path, caplog):
     video = make_mp4(tmp_path / "small.mp4", 1)
-    settings = replace(base, max_response_bytes=video.stat().st_size // 2)
+    settings = base.model_copy(update=dict(max_response_mb=video.stat().st_size // 2 / MB))
     with pytest.raises(JobInputError) as info:
-        deliver(video, request("base64"), "j", settings)
+        deliver(video, "base64", "j", settings)
     assert "a response can carry; set BUCKET_ENDPOINT_URL, BUCKET_ACCESS_KEY_ID and BUCKET_SECRET_ACCESS_KEY" \
         in str(info.value)
     # auto mode with a volume puts it there instead
-    delivery = deliver(video, request("auto"), "j2", settings)
+    delivery = deliver(video, "auto", "j2", settings)
     assert Path(delivery.video_path).read_bytes() == video.read_bytes()
 
 
@@ -260,7 +260,7 @@ def test_actual_file_over_the_limit_fails_clearly_with_base64(base, tmp_path, ca
 
 def test_volume_delivery(base, tmp_path):
     video = make_mp4(tmp_path / "small.mp4", 1)
-    delivery = deliver(video, request("volume"), "vol-job", base)
+    delivery = deliver(video, "volume", "vol-job", base)
     assert delivery.video_path == str(base.output_volume_dir / "vol-job.mp4")
     assert Path(delivery.video_path).read_bytes() == video.read_bytes()
     assert sorted(p.name for p in base.output_volume_dir.iterdir()) == ["vol-job.mp4"]
@@ -276,5 +276,5 @@ def test_volume_delivery_leaves_no_partial_file_on_failure(base, tmp_path, monke
 
     monkeypatch.setattr(shutil, "copyfile", copy_until_disk_full)
     with pytest.raises(JobFailed, match="No space left on device"):
-        deliver(video, request("volume"), "full", base)
+        deliver(video, "volume", "full", base)
     assert list(base.output_volume_dir.iterdir()) == []

@@ -1,12 +1,14 @@
 """Delivering the finished video: base64 in the response, a presigned bucket URL, or a file on the volume.
 
 RunPod caps what a response may carry (about 10 MB for /run, 20 MB for /runsync), so a long or large
-video cannot come back as base64. `output.destination` picks how the mp4 leaves the worker:
+video cannot come back as base64. `output.destination` picks how the mp4 leaves the worker, through
+resolve_destination(), which a job calls twice: before any GPU time is spent, with the estimated size
+(check_deliverable), and at delivery, with the real one (deliver).
 
 - "auto" (default): the bucket when BUCKET_ENDPOINT_URL, BUCKET_ACCESS_KEY_ID and
   BUCKET_SECRET_ACCESS_KEY are all set; else base64 when it fits MAX_RESPONSE_MB; else the network
   volume (OUTPUT_VOLUME_DIR) when its parent folder exists; else the job is refused before any GPU time
-  is spent (check_deliverable), or, if the real file turns out bigger than estimated, at delivery.
+  is spent, or, if the real file turns out bigger than estimated, at delivery.
 - "base64": always in the response; refused if it would not fit.
 - "bucket": uploaded to the bucket (multipart once it is larger than BUCKET_PART_MB), as
   `<BUCKET_PREFIX>/<job_id>.mp4` with content type video/mp4; a presigned GET URL is returned.
@@ -20,6 +22,9 @@ the host name. The region is BUCKET_REGION, else the one in an `*.s3.<region>.*`
 
 Credentials never appear in log lines or error messages: every text that leaves this module about the
 bucket goes through _redact, and the endpoint URL itself is never echoed (it may carry user:password).
+
+A new destination is a Destination subclass with a `name`, registered in DESTINATIONS (requests may
+then name it in output.destination).
 """
 
 from __future__ import annotations
@@ -28,13 +33,17 @@ import base64
 import logging
 import math
 import shutil
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, ClassVar
 from urllib.parse import urlparse
 
 from worker.config import WorkerSettings
 from worker.errors import JobFailed, JobInputError
-from worker.request import JobRequest
+
+if TYPE_CHECKING:
+    from worker.stitch import OutputFormat
 
 log = logging.getLogger(__name__)
 
@@ -108,49 +117,90 @@ def too_big_error(mp4_bytes: int, settings: WorkerSettings) -> JobInputError:
                                    f"a network volume)")
 
 
-def check_deliverable(request: JobRequest, total_frames: int, settings: WorkerSettings) -> None:
-    """Raises JobInputError before any GPU time is spent if the result cannot be returned."""
-    destination = request.output.destination
-    if destination == "bucket" or (destination == "auto" and settings.bucket_configured):
-        if not settings.bucket_configured:
+class Destination(ABC):
+    """Where a finished mp4 goes: check() refuses, naming what to set, a result it cannot take; deliver()
+    hands the file over."""
+
+    name: ClassVar[str]  # as output.destination names it
+
+    def __init__(self, settings: WorkerSettings):
+        self.settings = settings
+
+    @abstractmethod
+    def check(self, mp4_bytes: int) -> None:
+        """Raises JobInputError if a result of this size cannot go here."""
+
+    @abstractmethod
+    def deliver(self, path: Path, job_id: str) -> Delivery:
+        """Hands the mp4 over; raises JobFailed if that fails."""
+
+
+class Base64(Destination):
+    name = "base64"
+
+    def check(self, mp4_bytes: int) -> None:
+        if not fits_response(mp4_bytes, self.settings):
+            raise too_big_error(mp4_bytes, self.settings)
+
+    def deliver(self, path: Path, job_id: str) -> Delivery:
+        return Delivery(video=base64.b64encode(path.read_bytes()).decode())
+
+
+class Bucket(Destination):
+    name = "bucket"
+
+    def check(self, mp4_bytes: int) -> None:
+        if not self.settings.bucket_configured:
             raise JobInputError("output", f"destination 'bucket' needs {BUCKET_ENV} set on the endpoint")
-        bucket_target(settings)  # a bucket name must be found in the settings
-        return
-    if destination == "volume":
-        if not volume_available(settings):
+        bucket_target(self.settings)  # a bucket name must be found in the settings
+
+    def deliver(self, path: Path, job_id: str) -> Delivery:
+        return Delivery(video_url=upload_to_bucket(path, job_id, self.settings))
+
+
+class Volume(Destination):
+    name = "volume"
+
+    def check(self, mp4_bytes: int) -> None:
+        if not volume_available(self.settings):
             raise JobInputError("output", f"destination 'volume' needs a network volume: "
-                                          f"{settings.output_volume_dir.parent} does not exist; attach one to the "
-                                          f"endpoint or use destination 'bucket'")
-        return
-    estimate = estimate_mp4_bytes(request.width, request.height, total_frames, request.fps, request.output.crf,
-                                  request.output.audio_bitrate_kbps, request.output.preset)
-    if fits_response(estimate, settings):
-        return
-    if destination == "auto" and volume_available(settings):
-        log.info("the result (about %.0f MB) will not fit a response: it goes to the volume",
-                 response_bytes(estimate) / MB)
-        return
-    raise too_big_error(estimate, settings)
+                                          f"{self.settings.output_volume_dir.parent} does not exist; attach one to "
+                                          f"the endpoint or use destination 'bucket'")
+
+    def deliver(self, path: Path, job_id: str) -> Delivery:
+        return Delivery(video_path=str(write_to_volume(path, job_id, self.settings)))
 
 
-def deliver(path: Path, request: JobRequest, job_id: str, settings: WorkerSettings) -> Delivery:
-    """Hands the finished mp4 over the way output.destination (and the settings) say."""
-    destination = request.output.destination
-    size = path.stat().st_size
-    if destination == "auto":
+DESTINATIONS: dict[str, type[Destination]] = {kind.name: kind for kind in (Base64, Bucket, Volume)}
+
+
+def resolve_destination(choice: str, mp4_bytes: int, settings: WorkerSettings) -> Destination:
+    """The destination output.destination `choice` ("auto" or a name in DESTINATIONS) means for a result of
+    mp4_bytes; raises JobInputError, naming what to set, if the result cannot go there."""
+    if choice == "auto":
         if settings.bucket_configured:
-            destination = "bucket"
-        elif fits_response(size, settings) or not volume_available(settings):
-            destination = "base64"
+            choice = "bucket"
+        elif fits_response(mp4_bytes, settings) or not volume_available(settings):
+            choice = "base64"  # which refuses it, with the fix, if it does not fit
         else:
-            destination = "volume"
-    if destination == "bucket":
-        return Delivery(video_url=upload_to_bucket(path, job_id, settings))
-    if destination == "volume":
-        return Delivery(video_path=str(write_to_volume(path, job_id, settings)))
-    if not fits_response(size, settings):
-        raise too_big_error(size, settings)
-    return Delivery(video=base64.b64encode(path.read_bytes()).decode())
+            log.info("the result (about %.0f MB) will not fit a response: it goes to the volume",
+                     response_bytes(mp4_bytes) / MB)
+            choice = "volume"
+    destination = DESTINATIONS[choice](settings)
+    destination.check(mp4_bytes)
+    return destination
+
+
+def check_deliverable(choice: str, output: OutputFormat, frames: int, settings: WorkerSettings) -> None:
+    """Before any GPU time is spent: raises JobInputError if a result of this format and length could not be
+    delivered (its size estimated high)."""
+    resolve_destination(choice, estimate_mp4_bytes(output.width, output.height, frames, output.fps, output.crf,
+                                                   output.audio_bitrate_kbps, output.preset), settings)
+
+
+def deliver(path: Path, choice: str, job_id: str, settings: WorkerSettings) -> Delivery:
+    """Hands the finished mp4 over the way output.destination `choice` (and the settings) say."""
+    return resolve_destination(choice, path.stat().st_size, settings).deliver(path, job_id)
 
 
 def write_to_volume(path: Path, job_id: str, settings: WorkerSettings) -> Path:

@@ -18,9 +18,6 @@ class MediaInfo:
     duration_s: float
     video_codec: str | None
     audio_codec: str | None
-    width: int = 0
-    height: int = 0
-    fps: float = 0.0
 
     @property
     def is_still_image(self) -> bool:
@@ -38,19 +35,11 @@ def probe(field: str, path: Path) -> MediaInfo:
     streams = info.get("streams", [])
     video = next((s for s in streams if s.get("codec_type") == "video"), None)
     audio = next((s for s in streams if s.get("codec_type") == "audio"), None)
-    duration = _duration(info.get("format", {}), audio or video or {})
-    fps = 0.0
-    if video and video.get("avg_frame_rate", "0/0") not in ("0/0", ""):
-        num, den = video["avg_frame_rate"].split("/")
-        fps = float(num) / float(den) if float(den) else 0.0
     return MediaInfo(
         format_name=info.get("format", {}).get("format_name", ""),
-        duration_s=duration,
+        duration_s=_duration(info.get("format", {}), audio or video or {}),
         video_codec=video.get("codec_name") if video else None,
         audio_codec=audio.get("codec_name") if audio else None,
-        width=int(video.get("width", 0)) if video else 0,
-        height=int(video.get("height", 0)) if video else 0,
-        fps=fps,
     )
 
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from worker.errors import JobInputError, describe_validation_error
+from worker.outputs import DESTINATIONS
 
 MEDIA_FIELDS = ("image", "video", "audio", "audio_2")
 
@@ -17,8 +20,8 @@ class OutputOptions(BaseModel):
     audio_bitrate_kbps: int = Field(default=192, ge=32, le=512)
     # auto: bucket if BUCKET_* is set, else base64 if it fits MAX_RESPONSE_MB, else the volume.
     # base64: the mp4 in the response; bucket: uploaded, a presigned URL returned;
-    # volume: written under OUTPUT_VOLUME_DIR, the path returned.
-    destination: Literal["auto", "base64", "bucket", "volume"] = "auto"
+    # volume: written under OUTPUT_VOLUME_DIR, the path returned. worker/outputs.py: DESTINATIONS.
+    destination: Literal[("auto", *DESTINATIONS)] = "auto"  # type: ignore[valid-type]
 
 
 class JobRequest(BaseModel):
@@ -58,3 +61,13 @@ class JobRequest(BaseModel):
         if self.person_count == "single" and self.audio_2:
             raise ValueError("audio_2: only used when person_count is 'multi'; remove it or set person_count")
         return self
+
+
+def parse_request(job_input: Any) -> JobRequest:
+    """The job's input as a JobRequest; JobInputError naming each field at fault otherwise."""
+    if not isinstance(job_input, dict):
+        raise JobInputError("input", "must be a JSON object")
+    try:
+        return JobRequest.model_validate(job_input)
+    except ValidationError as exc:
+        raise JobInputError("input", describe_validation_error(exc, list(JobRequest.model_fields))) from None

@@ -1,8 +1,17 @@
-"""The job's `output` on success."""
+"""The job's `output` on success, and its assembly from what the job's steps produced."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from pydantic import BaseModel
+
+if TYPE_CHECKING:
+    from worker.job_context import JobContext
+    from worker.outputs import Delivery
+    from worker.planner import SegmentPlan
+    from worker.segments import SegmentResult
+    from worker.stitch import StitchResult
 
 
 class SegmentReport(BaseModel):
@@ -22,8 +31,15 @@ class Timings(BaseModel):
     prepare: float  # fetch, probe and cut the inputs
     generate: float  # all segments, in parallel
     stitch: float  # from the last segment done to the stitched mp4 (the stitch starts with the first segment done)
-    encode: float  # deliver the result: base64 or write to the volume
+    deliver: float  # hand the result over: base64, upload to the bucket or write to the volume
     total: float
+
+    @classmethod
+    def between(cls, started: float, prepared: float, generated: float, stitched: float, delivered: float) -> Timings:
+        """From the moments (time.monotonic()) each phase ended."""
+        return cls(prepare=round(prepared - started, 3), generate=round(generated - prepared, 3),
+                   stitch=round(stitched - generated, 3), deliver=round(delivered - stitched, 3),
+                   total=round(delivered - started, 3))
 
 
 class JobResponse(BaseModel):
@@ -46,3 +62,30 @@ class JobResponse(BaseModel):
     frames_copied: int = 0
     segments: list[SegmentReport]
     timings: Timings
+
+
+def build_response(ctx: JobContext, plan: SegmentPlan, results: list[SegmentResult], stitched: StitchResult,
+                   delivery: Delivery, timings: Timings) -> JobResponse:
+    request = ctx.request
+    return JobResponse(
+        message=f"{plan.total_frames} frames in {len(plan.segments)} segment(s)",
+        workflow=ctx.template.name,
+        video=delivery.video,
+        video_url=delivery.video_url,
+        video_path=delivery.video_path,
+        video_bytes=stitched.path.stat().st_size,
+        gpu_count=len({r.instance.name for r in results}),
+        instances_available=ctx.pool.size,
+        segments_processed=len(results),
+        frames=plan.total_frames,
+        fps=request.fps,
+        duration_s=round(plan.total_frames / request.fps, 4),
+        overlap_frames=plan.overlap,
+        frames_copied=stitched.frames_copied,
+        segments=[SegmentReport(index=r.segment.index, instance=r.instance.name, gpu=r.instance.gpu,
+                                start_frame=r.segment.start, end_frame=r.segment.end, frames=r.segment.frames,
+                                seconds=round(r.seconds, 3), comfy_seconds=round(r.comfy_seconds, 3),
+                                node_seconds=r.node_seconds, attempts=r.attempts)
+                  for r in results],
+        timings=timings,
+    )

@@ -2,18 +2,16 @@
 
 Any save node writes one file holding every frame of the segment. The worker's SaveSegmentVideo node
 (comfy_nodes/), when the template binds the segment's overlaps and the output's x264 settings, writes
-the split form instead: the frames shared with the previous segment (head, raw y4m), those no other
-segment has (body, already encoded as the final video will be) and those shared with the next (tail,
-raw y4m). The stitcher copies such a body into the result and only cross-fades the raw overlaps.
+the split form instead (worker/segment_format.py): the frames shared with the previous segment (head,
+raw y4m), those no other segment has (body, already encoded as the final video will be) and those shared
+with the next (tail, raw y4m). The stitcher copies such a body into the result and only cross-fades the
+raw overlaps.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-
-# The endings SaveSegmentVideo gives the files of the split form (comfy_nodes/__init__.py: HEAD, BODY, TAIL).
-SPLIT_ENDINGS = {"head": "_head.y4m", "body": "_body.mp4", "tail": "_tail.y4m"}
 
 
 @dataclass(frozen=True)
@@ -48,7 +46,3 @@ class SegmentVideo:
             return self.tail, frame - (frames - tail_frames)
         return self.body, frame - head_frames
 
-
-def split_part(filename: str) -> str | None:
-    """"head", "body" or "tail" for a file of the split form, else None."""
-    return next((part for part, ending in SPLIT_ENDINGS.items() if filename.endswith(ending)), None)

@@ -9,7 +9,7 @@ segments it needs have arrived, several at once and at a lower CPU priority than
 encoded to AAC while the segments generated. What is left once the last segment lands is that segment's
 chunks, encoded in parallel, and the copy.
 
-A segment saved in SaveSegmentVideo's split form (worker/segment_video.py) brings its body already
+A segment saved in SaveSegmentVideo's split form (worker/segment_format.py) brings its body already
 encoded with the output's settings: on arrival the body is checked to be the stream the stitch would
 have written (size, rate, frame count, and the same H.264 headers as a reference frame encoded with
 the output's settings, once per worker process) and is then one chunk, copied as it is; a body that fails the check is encoded in
@@ -34,7 +34,6 @@ import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from fractions import Fraction
 from functools import lru_cache
 from pathlib import Path
 from typing import Iterator
@@ -42,15 +41,28 @@ from typing import Iterator
 import ffmpeg
 import numpy as np
 
+from worker import segment_format
 from worker.errors import JobFailed
 from worker.ffmpeg_calls import run, start
 from worker.planner import Segment, SegmentPlan
-from worker.request import OutputOptions
 from worker.segment_video import SegmentVideo
 
 log = logging.getLogger(__name__)
 F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)  # Linux
 MIN_CHUNK_FRAMES = 40  # a body is split into at most one piece per encoder, none shorter than this
+SQUARE_PIXELS = segment_format.SQUARE_PIXELS.split("=")  # as an ffmpeg-python filter: name, argument
+
+
+@dataclass(frozen=True)
+class OutputFormat:
+    """The result's encoding: its size and rate, x264's preset and rate factor, the AAC bitrate."""
+
+    width: int
+    height: int
+    fps: float
+    crf: int
+    preset: str
+    audio_bitrate_kbps: int
 
 
 @dataclass(frozen=True)
@@ -87,12 +99,6 @@ class Chunk:
         return self.end - self.start
 
 
-def frame_rate(fps: float) -> str:
-    """fps as a fraction for ffmpeg (25 -> 25/1, 23.976 -> 2997/125, 29.97 -> 2997/100)."""
-    rate = Fraction(fps).limit_denominator(1001)
-    return f"{rate.numerator}/{rate.denominator}"
-
-
 def crossfade(previous: np.ndarray, following: np.ndarray, position: int, overlap: int) -> np.ndarray:
     """Frame `position` (0-based) of an overlap of `overlap` frames: a linear fade from previous to following."""
     weight = (position + 1) * 256 // (overlap + 1)  # following's share in 1/256ths, never 0 or 256
@@ -123,12 +129,12 @@ def plan_chunks(plan: SegmentPlan, encoders: int) -> list[Chunk]:
 class Stitcher:
     """Encodes chunks as their segments arrive (in any order); finish() joins them into the result.
 
-    Owns `folder` (chunk files, the AAC audio) and removes it in close().
+    Owns `folder` (chunk files, the AAC audio) and removes it in close(), or when its with-block ends.
     """
 
-    def __init__(self, plan: SegmentPlan, folder: Path, audio: Path, fps: float, width: int, height: int,
-                 options: OutputOptions, encoders: int | None = None):
-        self.plan, self.folder, self.fps, self.width, self.height, self.options = plan, folder, fps, width, height, options
+    def __init__(self, plan: SegmentPlan, folder: Path, audio: Path, output: OutputFormat,
+                 encoders: int | None = None):
+        self.plan, self.folder, self.output = plan, folder, output
         self.cores = os.cpu_count() or 1
         self.encoders = encoders or max(2, self.cores // 4)
         self.threads = max(1, self.cores // self.encoders)  # x264 threads per chunk encode, at least
@@ -142,9 +148,14 @@ class Stitcher:
         self.executor = ThreadPoolExecutor(self.encoders, thread_name_prefix="stitch")
         self.audio = self.executor.submit(self._encode_audio, audio)  # needs no segment: done early
 
-    def add_segment(self, index: int, video: SegmentVideo | Path) -> None:
+    def __enter__(self) -> "Stitcher":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def add_segment(self, index: int, video: SegmentVideo) -> None:
         """Segment `index` has arrived (one file, or the split form): start every chunk that now has what it needs."""
-        video = video if isinstance(video, SegmentVideo) else SegmentVideo.whole(video)
         joinable = self._joinable_body(self.plan.segments[index], video)  # an ffprobe; outside the lock
         with self.lock:
             self.segments[index] = video
@@ -198,7 +209,7 @@ class Stitcher:
     def _encode_audio(self, audio: Path) -> Path:
         dest = self.folder / "audio.m4a"
         run(ffmpeg.input(str(audio)).audio.output(str(dest), acodec="aac",
-                                                  audio_bitrate=f"{self.options.audio_bitrate_kbps}k"),
+                                                  audio_bitrate=f"{self.output.audio_bitrate_kbps}k"),
             "encode the audio", nice=True)
         return dest
 
@@ -208,8 +219,9 @@ class Stitcher:
             return False
         frames = segment.frames - self.plan.overlap_with_previous(segment) - self.plan.overlap_with_next(segment)
         info = _probe(video.body, count=False)
-        wanted = ("h264", self.width, self.height, "yuv420p", frame_rate(self.fps), frames,
-                  _reference_headers(self.width, self.height, self.fps, self.options.preset, self.options.crf))
+        out = self.output
+        wanted = ("h264", out.width, out.height, "yuv420p", segment_format.rate_text(out.fps), frames,
+                  _reference_headers(out.width, out.height, out.fps, out.preset, out.crf))
         found = (info.codec, info.width, info.height, info.pix_fmt, info.rate, info.packets, info.headers)
         if found != wanted:
             log.warning("segment %d: its encoded body is %s, the output needs %s; encoding it again",
@@ -251,7 +263,8 @@ class Stitcher:
     def _encode_crossfade(self, chunk: Chunk, dest: Path, threads: int) -> None:
         before, after = (self.plan.segments[i] for i in chunk.sources)
         tail = list(self._raw_frames(before, chunk.start - before.start, chunk.frames))
-        encoder = start(_raw_input(self.width, self.height, self.fps).output(str(dest), **self._codec(threads)),
+        out = self.output
+        encoder = start(_raw_input(out.width, out.height, out.fps).output(str(dest), **self._codec(threads)),
                         nice=True, stdin=subprocess.PIPE, stderr=subprocess.PIPE)
         try:
             head = self._raw_frames(after, 0, chunk.frames)
@@ -275,22 +288,22 @@ class Stitcher:
         """Frames [first, first + count) of a segment on the fps grid, scaled to the output size (the
         range lies in one of its files: chunks never cross a head, body or tail).
 
-        Like segment_media.cut_video: -copyts keeps the source's timestamps, so the fps filter numbers
+        Like inputs.cut_video: -copyts keeps the source's timestamps, so the fps filter numbers
         frames from the start of the file whatever the seek, and trim picks them by number. The seek,
         half a frame early, only saves decoding: ffmpeg decodes from the key frame before it.
         """
         path, first = self._locate(segment, first)
-        seek = max(0.0, (first - 0.5) / self.fps)
+        seek = max(0.0, (first - 0.5) / self.output.fps)
         return (ffmpeg.input(str(path), ss=seek, copyts=None).video
-                .filter("fps", fps=frame_rate(self.fps))
+                .filter("fps", fps=segment_format.rate_text(self.output.fps))
                 .filter("trim", start_pts=first, end_pts=first + count)
                 .filter("setpts", "PTS-STARTPTS")
-                .filter("scale", self.width, self.height)
-                .filter("setsar", 1))
+                .filter("scale", self.output.width, self.output.height)
+                .filter(*SQUARE_PIXELS))
 
     def _raw_frames(self, segment: Segment, first: int, count: int) -> Iterator[np.ndarray]:
         """Frames [first, first + count) of a segment as flat yuv420p arrays; raises if there are fewer."""
-        frame_bytes = self.width * self.height * 3 // 2
+        frame_bytes = self.output.width * self.output.height * 3 // 2
         decoder = start(self._frames_of(segment, first, count).output("pipe:", format="rawvideo", pix_fmt="yuv420p",
                                                                       vframes=count),
                         nice=True, stdout=subprocess.PIPE)
@@ -321,36 +334,20 @@ class Stitcher:
         return {video.head: before, video.tail: after}.get(path, segment.frames - before - after)
 
     def _codec(self, threads: int) -> dict:
-        return _x264(self.options.preset, self.options.crf, self.fps, threads)
-
-
-def stitch_segments(plan: SegmentPlan, segment_videos: list[SegmentVideo | Path], audio: Path, dest: Path, fps: float,
-                    width: int, height: int, options: OutputOptions, encoders: int | None = None) -> StitchResult:
-    """Every segment at hand: stitches them into dest (what a job does while its segments generate)."""
-    stitcher = Stitcher(plan, dest.parent / f".{dest.stem}_chunks", audio, fps, width, height, options, encoders)
-    try:
-        for segment, video in zip(plan.segments, segment_videos, strict=True):
-            stitcher.add_segment(segment.index, video)
-    except BaseException:
-        stitcher.close()
-        raise
-    return stitcher.finish(dest)
+        return _x264(self.output.preset, self.output.crf, self.output.fps, threads)
 
 
 # -- ffmpeg plumbing -------------------------------------------------------------------------------
 
 def _x264(preset: str, crf: int, fps: float, threads: int) -> dict:
-    """Output options of every chunk, so that their streams join by a plain copy. stitchable: x264 writes
-    the same headers whatever the content; with square pixels declared on every input (setsar), every
-    chunk gets the same H.264 headers. SaveSegmentVideo's split form encodes its bodies with these too."""
-    return {"vcodec": "libx264", "preset": preset, "crf": crf, "pix_fmt": "yuv420p", "r": frame_rate(fps),
-            "threads": threads, "x264-params": "stitchable=1", "an": None}
+    """Output options of every chunk (segment_format.x264_options: the same as SaveSegmentVideo's split-form
+    bodies), so that their streams join by a plain copy; every input declares square pixels (setsar)."""
+    return {**segment_format.x264_options(preset, crf, fps), "threads": threads, "an": None}
 
 
 def _raw_input(width: int, height: int, fps: float):
     """Raw yuv420p frames from stdin, as the cross-fades (and SaveSegmentVideo) feed x264."""
-    return ffmpeg.input("pipe:", format="rawvideo", pix_fmt="yuv420p", s=f"{width}x{height}",
-                        framerate=frame_rate(fps)).filter("setsar", 1)
+    return ffmpeg.input("pipe:", **segment_format.raw_input_options(width, height, fps)).filter(*SQUARE_PIXELS)
 
 
 @lru_cache(maxsize=None)

@@ -2,32 +2,26 @@
 
 `workflows/NAME.json` is the graph exactly as ComfyUI's "Export (API)" writes it;
 `workflows/NAME.bindings.json` says which node inputs receive each value of a segment (its media,
-frame count, size, prompt ...). Adding a workflow is adding these two files.
+frame count, size, prompt ...: the slots of worker/slots.py). Adding a workflow is adding these two files.
 """
 
 from __future__ import annotations
 
 import copy
 import json
-import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from worker.config import WorkerSettings
+from worker.errors import JobInputError
 from worker.planner import FrameGrid
+from worker.request import JobRequest
+from worker.slots import SLOTS
 
 WORKFLOWS_DIR = Path(__file__).resolve().parent.parent / "workflows"
-
-# The values a segment can bind: its own media (as uploaded file names), its frame count, and request fields.
-SLOTS = (
-    "image", "video", "audio", "audio_2", "frames", "generate_frames", "fps", "width", "height",
-    "prompt", "negative_prompt", "seed", "steps", "filename_prefix",
-    # For SaveSegmentVideo's split form (worker/segment_video.py): the frames shared with the previous and
-    # the next segment, and the output's x264 settings, with which the segment's body is encoded.
-    "overlap_before", "overlap_after", "output_crf", "output_preset",
-)
 
 
 class NodeInput(BaseModel):
@@ -50,7 +44,7 @@ class TemplateSpec(BaseModel):
     # `generate_frames` binds a segment's length rounded up to that grid; `frames` its exact length.
     frames_quantum: int = Field(default=1, ge=1)
     frames_offset: int = Field(default=0, ge=0)
-    # Extra named values a template exposes (e.g. window_frames), bindable like SLOTS.
+    # Extra named values a template exposes (e.g. window_frames), bindable like the slots.
     params: dict[str, Any] = {}
     output_node: str | None = None
     bindings: dict[str, list[NodeInput]]
@@ -122,15 +116,10 @@ def load_template(name: str, directory: Path = WORKFLOWS_DIR) -> WorkflowTemplat
     return WorkflowTemplate(name, graph, spec)
 
 
-def workflow_dirs() -> list[Path]:
-    """workflows/, then the folders in EXTRA_WORKFLOW_DIRS (colon-separated; e.g. a benchmark's own)."""
-    extra = [Path(p) for p in os.environ.get("EXTRA_WORKFLOW_DIRS", "").split(":") if p]
-    return [WORKFLOWS_DIR, *extra]
-
-
-def available_templates() -> dict[str, WorkflowTemplate]:
-    """Every template, by name (a template is a NAME.json with a NAME.bindings.json)."""
-    return _load_all(tuple(workflow_dirs()))
+def available_templates(extra_dirs: tuple[Path, ...] = ()) -> dict[str, WorkflowTemplate]:
+    """Every template of workflows/, then of extra_dirs (EXTRA_WORKFLOW_DIRS: e.g. a benchmark's own), by name
+    (a template is a NAME.json with a NAME.bindings.json)."""
+    return _load_all((WORKFLOWS_DIR, *extra_dirs))
 
 
 @lru_cache(maxsize=None)
@@ -141,3 +130,19 @@ def _load_all(directories: tuple[Path, ...]) -> dict[str, WorkflowTemplate]:
             name = path.name[: -len(".bindings.json")]
             templates.setdefault(name, load_template(name, directory))
     return templates
+
+
+def choose_template(request: JobRequest, settings: WorkerSettings) -> WorkflowTemplate:
+    """The request's workflow, or the default for its input type and person count (DEFAULT_WORKFLOWS);
+    JobInputError if there is no such template or it does not take this kind of input."""
+    templates = available_templates(settings.extra_workflow_dirs)
+    name = request.workflow or settings.default_workflow(request.input_type, request.person_count)
+    template = templates.get(name)
+    if template is None:
+        raise JobInputError("workflow", f"unknown workflow {name!r}; available: {', '.join(templates)}")
+    if template.spec.input_type != request.input_type:
+        raise JobInputError("input_type", f"workflow {name!r} takes input_type {template.spec.input_type!r}, "
+                                          f"not {request.input_type!r}")
+    if request.person_count not in template.spec.person_counts:
+        raise JobInputError("person_count", f"workflow {name!r} supports {template.spec.person_counts}")
+    return template

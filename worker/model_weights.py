@@ -1,7 +1,7 @@
 """The model files the workflows need (models/manifest.json), where ComfyUI looks for them, and a check.
 
-Standard library only (PyYAML is imported lazily), so scripts/download_models.py can use it at image
-build time from any Python.
+Standard library only (PyYAML and the settings are imported where needed), so scripts/download_models.py
+can use the manifest at image build time from any Python.
 
 Where a model may live: ComfyUI finds a file of folder F (diffusion_models, vae, ...) in its own
 models/F and in every base_path/F that its extra_model_paths.yaml lists (comfy/extra_model_paths.yaml:
@@ -46,12 +46,9 @@ class ModelFile:
         return f"{self.folder}/{self.file}"
 
 
-def manifest_path() -> Path:
-    return Path(os.environ.get("MODELS_MANIFEST", MANIFEST_PATH))
-
-
 def load_manifest(path: Path | None = None) -> dict:
-    return json.loads((path or manifest_path()).read_text())
+    """The manifest at path (default: models/manifest.json; the worker reads MODELS_MANIFEST in its settings)."""
+    return json.loads((path or MANIFEST_PATH).read_text())
 
 
 def model_files(manifest: dict | None = None, templates: Iterable[str] | None = None,
@@ -77,8 +74,9 @@ def model_files(manifest: dict | None = None, templates: Iterable[str] | None = 
 
 
 def comfy_models_dir() -> Path:
-    home = Path(os.environ.get("COMFYUI_HOME", REPO_ROOT / ".comfyui"))
-    return Path(os.environ.get("COMFYUI_PATH", home / "ComfyUI")) / "models"
+    from comfy_manager.settings import PoolSettings  # where COMFYUI_HOME / COMFYUI_PATH put ComfyUI
+
+    return PoolSettings().comfy_path / "models"
 
 
 def extra_model_dirs(yaml_path: Path | None = None) -> dict[str, list[Path]]:
@@ -149,8 +147,11 @@ def missing_message(missing: Sequence[ModelFile], roots: Sequence[Path] | None =
 
 def models_fitness_check() -> None:
     """For runpod.serverless.register_fitness_check: with REQUIRE_MODELS=1, refuse to serve without models."""
-    if os.environ.get("REQUIRE_MODELS", "0") != "1":
+    from worker.config import WorkerSettings
+
+    settings = WorkerSettings()
+    if not settings.require_models:
         return
-    missing = missing_models()
+    missing = missing_models(manifest=load_manifest(settings.models_manifest))
     if missing:
         raise RuntimeError(missing_message(missing))

@@ -1,0 +1,205 @@
+"""A job's segments on the ComfyUI instances: each on a free instance, all at once; a segment whose
+instance dies or that overruns its deadline is tried again on another; each segment's video is handed on
+(to the stitcher) as soon as it exists."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import threading
+import time
+import uuid
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed, wait
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Callable
+
+from comfy_manager import ComfyClient, ComfyInstance
+from comfy_manager.client import (ComfyOutputFile, ConnectionLost, PromptCancelled, PromptFailed, PromptRejected,
+                                  PromptTimedOut)
+from worker.errors import JobCancelled, JobFailed
+from worker.job_context import JobContext
+from worker.planner import Segment, SegmentPlan
+from worker.segment_format import split_part
+from worker.segment_video import SegmentVideo
+from worker.slots import segment_values
+
+log = logging.getLogger(__name__)
+VIDEO_SUFFIXES = (".mp4", ".webm", ".mkv", ".mov", ".avi", ".gif")
+LOG_LINES = 15  # of a failed instance's log, in the error
+
+
+@dataclass(frozen=True)
+class SegmentResult:
+    segment: Segment
+    video: SegmentVideo
+    instance: ComfyInstance
+    seconds: float
+    comfy_seconds: float
+    finished_at: float  # time.monotonic() when the segment's video was on disk
+    attempts: int = 1
+    node_seconds: dict[str, float] = field(default_factory=dict)  # "id ClassType" -> seconds
+
+
+def run_segments(ctx: JobContext, plan: SegmentPlan, segment_inputs: list[dict[str, Path]],
+                 on_video: Callable[[int, SegmentVideo], None]) -> list[SegmentResult]:
+    """Runs every segment at once, each on a free instance; on_video(index, video) gets each segment's video
+    as soon as it is done (the stitcher starts on it while the others generate). The first failure stops
+    the other segments and is raised."""
+    done = 0
+    lock = threading.Lock()
+
+    def run(segment: Segment) -> SegmentResult:
+        nonlocal done
+        result = run_segment(ctx, plan, segment, segment_inputs[segment.index])
+        with lock:
+            done += 1
+            ctx.progress(f"segment {done}/{len(plan.segments)} done")
+        return result
+
+    ctx.progress(f"generating {len(plan.segments)} segment(s)")
+    with ThreadPoolExecutor(max_workers=len(plan.segments)) as executor:
+        futures = [executor.submit(run, segment) for segment in plan.segments]
+        try:
+            for future in as_completed(futures):
+                if future.exception() is not None:
+                    raise _root_failure(futures, ctx)
+                result = future.result()
+                on_video(result.segment.index, result.video)
+        except BaseException:
+            ctx.cancel.set()  # stop the other segments instead of finishing useless work
+            raise
+        return [f.result() for f in futures]
+
+
+def _root_failure(futures: list[Future], ctx: JobContext) -> BaseException:
+    """The first real failure among the segments, once the others have stopped (the cancellations it
+    caused in them are not the story)."""
+    ctx.cancel.set()
+    wait(futures)
+    errors = [f.exception() for f in futures if f.exception() is not None]
+    return next((e for e in errors if not isinstance(e, JobCancelled)), errors[0])
+
+
+def run_segment(ctx: JobContext, plan: SegmentPlan, segment: Segment, files: dict[str, Path]) -> SegmentResult:
+    """Runs one segment, retrying on another instance when its instance dies or it overruns its deadline.
+    The pool decides, from the failure, whether the instance is restarted (InstancePool.release)."""
+    attempts = ctx.settings.segment_retries + 1
+    failures: list[str] = []
+    for attempt in range(1, attempts + 1):
+        instance = _acquire(ctx)
+        try:
+            result = attempt_segment(ctx, plan, segment, files, instance)
+        except (ConnectionLost, PromptTimedOut) as exc:  # the instance's trouble, not the segment's: try again
+            failures.append(f"attempt {attempt} on {instance.name}: {exc}")
+            log.warning("%s: segment %d attempt %d/%d failed: %s", instance.name.upper(), segment.index,
+                        attempt, attempts, exc)
+            last_instance, last_tail = instance, instance.log_tail(LOG_LINES)
+            ctx.pool.release(instance, failure=exc)
+            continue
+        except BaseException as exc:
+            ctx.pool.release(instance, failure=exc)
+            raise
+        ctx.pool.release(instance)
+        return replace(result, attempts=attempt)
+    gpu = "CPU" if last_instance.gpu is None else f"GPU {last_instance.gpu}"
+    raise JobFailed(f"segment {segment.index} ({segment.describe()}) failed {attempts} times; last on "
+                    f"{last_instance.name} ({gpu}). " + " | ".join(failures) +
+                    f"\nlast log lines of {last_instance.name}:\n{last_tail}")
+
+
+def _acquire(ctx: JobContext) -> ComfyInstance:
+    while True:
+        if ctx.cancel.is_set():
+            raise JobCancelled("the job was cancelled")
+        try:
+            return ctx.pool.acquire(timeout_s=0.5)
+        except TimeoutError:
+            continue
+
+
+def attempt_segment(ctx: JobContext, plan: SegmentPlan, segment: Segment, files: dict[str, Path],
+                    instance: ComfyInstance) -> SegmentResult:
+    """One try of one segment on one instance: upload its media, run its prompt, take its video."""
+    started = time.monotonic()
+    template = ctx.template
+    tag = f"{ctx.job_id}_{uuid.uuid4().hex[:6]}_seg{segment.index}"
+    uploaded: dict[str, str] = {}  # slot -> file name in the instance's input folder
+    produced: list[Path] = []
+    try:
+        log.info("%s: segment %d, %s", instance.name.upper(), segment.index, segment.describe())
+        client = ComfyClient(instance.url)
+        for slot, path in files.items():
+            if template.binds(slot):
+                uploaded[slot] = client.upload(path, f"{tag}_{slot}{path.suffix}")
+        graph = template.bind(segment_values(ctx.request, template, plan, segment, f"{tag}/out", uploaded))
+        timeout_s = ctx.settings.segment_timeout_s + ctx.settings.segment_timeout_per_frame_s * segment.frames
+        result = _run_prompt(ctx, client, graph, segment, instance, timeout_s)
+        outputs = [o for o in result.outputs if template.spec.output_node in (None, o.node_id)]
+        produced = [instance.output_dir / o.subfolder / o.filename for o in outputs]
+        video = _take_video(client, instance, outputs, ctx.work_dir / f"seg{segment.index}")
+        if video is None:
+            raise JobFailed(f"workflow {template.name!r} produced no video for segment {segment.index} "
+                            f"(outputs: {[o.filename for o in result.outputs]})")
+        missing = video.missing_parts(segment.frames, plan.overlap_with_previous(segment),
+                                      plan.overlap_with_next(segment))
+        if missing:
+            raise JobFailed(f"workflow {template.name!r} saved segment {segment.index} in SaveSegmentVideo's split "
+                            f"form without its {' and '.join(missing)} (outputs: {[o.filename for o in outputs]}); "
+                            "bind both overlap_before and overlap_after, or neither")
+        seconds = time.monotonic() - started
+        nodes = {f"{node} {graph.get(node, {}).get('class_type', '?')}": s for node, s in result.node_seconds.items()}
+        slowest = ", ".join(f"{name} {s:.1f} s" for name, s in sorted(nodes.items(), key=lambda i: -i[1])[:3])
+        log.info("%s: segment %d done in %.2f s (ComfyUI %.2f s; %s)", instance.name.upper(), segment.index,
+                 seconds, result.seconds, slowest)
+        return SegmentResult(segment, video, instance, seconds, result.seconds, time.monotonic(),
+                             node_seconds=nodes)
+    finally:
+        for name in uploaded.values():
+            (instance.input_dir / name).unlink(missing_ok=True)
+        for path in produced:
+            path.unlink(missing_ok=True)
+        shutil.rmtree(instance.output_dir / tag, ignore_errors=True)
+
+
+def _run_prompt(ctx: JobContext, client: ComfyClient, graph: dict, segment: Segment, instance: ComfyInstance,
+                timeout_s: float):
+    """Runs the segment's graph; ComfyUI's failures become the job's errors (a timeout stays PromptTimedOut,
+    which run_segment retries)."""
+    try:
+        return client.run_prompt(graph, timeout_s=timeout_s, is_alive=instance.is_alive, should_stop=ctx.cancel.is_set)
+    except PromptRejected as exc:
+        raise JobFailed(f"workflow {ctx.template.name!r} was rejected by ComfyUI: {exc}") from None
+    except PromptCancelled:
+        raise JobCancelled("the job was cancelled") from None
+    except PromptFailed as exc:
+        raise JobFailed(f"segment {segment.index} ({segment.describe()}) failed on {instance.name}: {exc}\n"
+                        f"last log lines of {instance.name}:\n{instance.log_tail(LOG_LINES)}") from None
+    except PromptTimedOut:
+        raise PromptTimedOut(f"segment {segment.index} did not finish within {timeout_s:.0f} s "
+                             "(SEGMENT_TIMEOUT_S + SEGMENT_TIMEOUT_PER_FRAME_S x frames); interrupted") from None
+
+
+def _take_video(client: ComfyClient, instance: ComfyInstance, outputs: list[ComfyOutputFile],
+                stem: Path) -> SegmentVideo | None:
+    """The segment's video files, moved into the job folder as `stem`_<part><suffix>: SaveSegmentVideo's
+    split form (head / body / tail) if it wrote one, else the first video output; None if there is none."""
+    parts = {split_part(o.filename): o for o in outputs if split_part(o.filename)}
+    if parts:
+        taken = {part: _take_output(client, instance, o, stem.with_name(f"{stem.name}_{part}{Path(o.filename).suffix}"))
+                 for part, o in parts.items()}
+        return SegmentVideo(taken.get("body"), taken.get("head"), taken.get("tail"), split=True)
+    videos = [o for o in outputs if o.filename.lower().endswith(VIDEO_SUFFIXES)]
+    if not videos:
+        return None
+    return SegmentVideo.whole(_take_output(client, instance, videos[0],
+                                           stem.with_name(f"{stem.name}_out{Path(videos[0].filename).suffix}")))
+
+
+def _take_output(client: ComfyClient, instance: ComfyInstance, output: ComfyOutputFile, dest: Path) -> Path:
+    """Moves an output file from the instance's output folder on this machine into the job folder
+    (a rename, no copy, on one filesystem); downloads it over HTTP only if it is not there."""
+    local = (instance.output_dir / output.subfolder / output.filename).resolve()
+    if output.type == "output" and local.is_relative_to(instance.output_dir.resolve()) and local.is_file():
+        return Path(shutil.move(local, dest))
+    return client.download(output, dest)
