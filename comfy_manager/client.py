@@ -12,7 +12,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Literal
 
 import requests
 import websocket
@@ -51,6 +51,22 @@ class ComfyOutputFile:
     filename: str
     subfolder: str
     type: str  # output | temp
+
+
+@dataclass(frozen=True)
+class PromptProgress:
+    """One report of a running prompt from ComfyUI's websocket: a node began (`executing`; node None: the
+    prompt ended), a node made progress (`progress`: value of max steps, e.g. sampler steps), or ComfyUI
+    will skip nodes whose outputs it has cached (`cached`: their ids in `nodes`)."""
+
+    kind: Literal["executing", "progress", "cached"]
+    node: str | None = None
+    value: float = 0.0
+    max: float = 0.0
+    nodes: tuple[str, ...] = ()
+
+
+ProgressCallback = Callable[[PromptProgress], None]
 
 
 @dataclass(frozen=True)
@@ -106,18 +122,20 @@ class ComfyClient:
         return f"{stored['subfolder']}/{stored['name']}" if stored.get("subfolder") else stored["name"]
 
     def run_prompt(self, graph: dict, timeout_s: float, is_alive: Callable[[], bool] | None = None,
-                   should_stop: Callable[[], bool] | None = None) -> PromptResult:
+                   should_stop: Callable[[], bool] | None = None,
+                   on_progress: ProgressCallback | None = None) -> PromptResult:
         """Queues graph, follows it to the end and returns its output files.
 
         is_alive: False when the instance's process is gone (fail fast instead of waiting).
         should_stop: True when the caller cancels; the prompt is then interrupted and dequeued.
+        on_progress: gets the prompt's websocket reports as they arrive (none while following /history).
         On a timeout the prompt is interrupted too, so the instance is free for the next one.
         """
         started = time.monotonic()
         deadline = started + timeout_s
         ws = self._connect_ws()
         prompt_id = None
-        watch = _Watch(deadline, is_alive, should_stop)
+        watch = _Watch(deadline, is_alive, should_stop, on_progress)
         starts: list[tuple[str | None, float]] = []  # (node id, when it began executing; None: the end)
         try:
             prompt_id = self.queue_prompt(graph)
@@ -207,8 +225,14 @@ class ComfyClient:
             kind = event.get("type")
             if kind == "executing" and data.get("prompt_id") == prompt_id:
                 starts.append((data.get("node"), time.monotonic()))
+                watch.report(PromptProgress("executing", data.get("node")))
                 if data.get("node") is None:
                     return
+            elif kind == "progress":
+                watch.report(PromptProgress("progress", _node_id(data.get("node")), float(data.get("value") or 0),
+                                            float(data.get("max") or 0)))
+            elif kind == "execution_cached" and data.get("prompt_id") == prompt_id:
+                watch.report(PromptProgress("cached", nodes=tuple(str(n) for n in data.get("nodes") or ())))
             elif kind == "execution_error":
                 raise PromptFailed(
                     f"node {data.get('node_id')} ({data.get('node_type')}) failed: "
@@ -254,13 +278,27 @@ def _node_seconds(starts: list[tuple[str | None, float]]) -> dict[str, float]:
     return seconds
 
 
+def _node_id(node) -> str | None:
+    return None if node is None else str(node)
+
+
 @dataclass(frozen=True)
 class _Watch:
-    """What ends a wait early: the deadline, a dead process, or the caller cancelling."""
+    """What ends a wait early: the deadline, a dead process, or the caller cancelling; and who hears of the
+    prompt's progress."""
 
     deadline: float
     is_alive: Callable[[], bool] | None
     should_stop: Callable[[], bool] | None
+    on_progress: ProgressCallback | None = None
+
+    def report(self, progress: PromptProgress) -> None:
+        if self.on_progress is None:
+            return
+        try:
+            self.on_progress(progress)
+        except Exception:  # a listener's bug must not fail the prompt
+            log.exception("progress listener failed on %s", progress)
 
     def check(self, prompt_id: str) -> None:
         if self.should_stop is not None and self.should_stop():

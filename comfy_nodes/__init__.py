@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 import comfy.model_management
+import comfy.utils
 import folder_paths
 
 
@@ -103,6 +104,7 @@ class SaveSegmentVideo:
                        lambda: Y4mWriter(stem + endings["tail"], size, fps))
             plan = [(a, b, make) for a, b, make in zip(bounds, bounds[1:], writers) if b > a]
         parts = []  # (first frame, end frame, writer), each added once it exists, so a failure removes it
+        progress = comfy.utils.ProgressBar(count)  # frames written: the worker's job progress (websocket)
         try:
             for a, b, make in plan:
                 parts.append((a, b, make()))
@@ -112,6 +114,7 @@ class SaveSegmentVideo:
                 for a, b, writer in parts:
                     if a < last and b > first:
                         writer.write(planes[max(a, first) - first:min(b, last) - first].tobytes())
+                progress.update_absolute(last, count)
             for _, _, writer in parts:
                 writer.close()
         except BaseException:
