@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import logging
+import sys
 import threading
 
 import runpod
@@ -14,35 +15,48 @@ from worker.config import WorkerSettings
 from worker.errors import JobCancelled, JobFailed, JobInputError
 from worker.job import run_job
 from worker.job_planner import JobPlanner
+from worker.live_jobs import LiveJobs
 from worker.model_weights import models_fitness_check
+from worker.progress import JobProgress
 
 settings = WorkerSettings.from_env()
 pool = InstancePool(PoolSettings.from_env())
 planner = JobPlanner(settings.stitch_lead)  # learns from each job how to size the next one's segments
+live_jobs = LiveJobs()  # progress and cancel signals, for the local API's own routes
 logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 log = logging.getLogger("handler")
 
 
 async def handler(job: dict) -> dict:
     # The work runs in a thread so that the event loop (local API, progress, heartbeats, other jobs)
-    # stays free. RunPod cancels a job by cancelling this task: the thread is told to stop.
-    cancel = threading.Event()
+    # stays free. RunPod cancels a job by cancelling this task (the local API: POST /cancel/{id}); either
+    # way the thread is told to stop.
+    job_id = str(job.get("id", "job"))
+    cancel = live_jobs.started(job_id)
+    result: dict = {"error": "the job was cancelled"}
     try:
-        return await asyncio.to_thread(run_one, job, cancel)
+        if not cancel.is_set():
+            result = await asyncio.to_thread(run_one, job, cancel)
+        return result
     except asyncio.CancelledError:
-        log.info("job %s cancelled: interrupting its segments", job.get("id"))
+        log.info("job %s cancelled: interrupting its segments", job_id)
         cancel.set()
         raise
+    finally:
+        live_jobs.ended(job_id, result.get("error"))
 
 
 def run_one(job: dict, cancel: threading.Event) -> dict:
-    def progress(message: str) -> None:
+    job_id = str(job.get("id", "job"))
+
+    def progress(update: JobProgress) -> None:
+        live_jobs.update(job_id, update)
         if settings.on_runpod:  # local test and serve-api modes have no endpoint to send progress to
-            runpod.serverless.progress_update(job, message)
+            runpod.serverless.progress_update(job, update.model_dump(mode="json"))
 
     try:
-        return run_job(job.get("input"), pool, settings, job_id=str(job.get("id", "job")), on_progress=progress,
-                       cancel=cancel, planner=planner)
+        return run_job(job.get("input"), pool, settings, job_id=job_id, on_progress=progress, cancel=cancel,
+                       planner=planner)
     except (JobInputError, JobFailed, JobCancelled) as exc:
         log.warning("job %s failed: %s", job.get("id"), exc)
         return {"error": str(exc)}
@@ -56,4 +70,10 @@ if __name__ == "__main__":
     runpod.serverless.register_fitness_check(models_fitness_check)
     pool.start()
     atexit.register(pool.shutdown)
-    runpod.serverless.start({"handler": handler, "concurrency_modifier": lambda current: settings.max_concurrent_jobs})
+    config = {"handler": handler, "concurrency_modifier": lambda current: settings.max_concurrent_jobs}
+    if "--rp_serve_api" in sys.argv:  # the SDK's local API, plus GET /progress/{id} and POST /cancel/{id}
+        from worker.local_api import serve
+
+        serve(config, live_jobs)
+    else:
+        runpod.serverless.start(config)

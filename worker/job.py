@@ -17,9 +17,10 @@ from typing import Any, Iterator
 from comfy_manager import InstancePool
 from worker.config import WorkerSettings
 from worker.inputs import cut_segment_inputs, fetch_inputs
-from worker.job_context import JobContext, ProgressFn
+from worker.job_context import JobContext
 from worker.job_planner import JobPlanner
 from worker.outputs import check_deliverable, deliver
+from worker.progress import JobProgressTracker, ProgressSink
 from worker.request import JobRequest, parse_request
 from worker.response import Timings, build_response
 from worker.segments import run_segments
@@ -31,35 +32,43 @@ log = logging.getLogger(__name__)
 
 
 def run_job(job_input: Any, pool: InstancePool, settings: WorkerSettings, job_id: str | None = None,
-            on_progress: ProgressFn | None = None, cancel: threading.Event | None = None,
+            on_progress: ProgressSink | None = None, cancel: threading.Event | None = None,
             planner: JobPlanner | None = None) -> dict:
     """Runs one job and returns the response as a dict; raises JobInputError, JobFailed or JobCancelled.
 
-    Setting `cancel` stops the job: its prompts are interrupted and dequeued, its files removed. `planner`:
-    the worker's, which learns from each job how to size the next one's segments (default: a fresh one).
+    `on_progress` gets the job's progress (worker.progress.JobProgress) about once a second, from a thread
+    of its own. Setting `cancel` stops the job: its prompts are interrupted and dequeued, its files removed.
+    `planner`: the worker's, which learns from each job how to size the next one's segments and how long
+    jobs take (default: a fresh one).
     """
     started = time.monotonic()
     request = parse_request(job_input)
     template = choose_template(request, settings)
     planner = planner or JobPlanner(settings.stitch_lead)
     output = output_format(request)
-    with job_folder(settings, job_id) as (job_id, work_dir):
-        ctx = JobContext(request, template, pool, settings, job_id, work_dir, on_progress or (lambda message: None),
-                         cancel or threading.Event())
+    with job_folder(settings, job_id) as (job_id, work_dir), \
+            JobProgressTracker(on_progress, started, job_id) as progress:
+        ctx = JobContext(request, template, pool, settings, job_id, work_dir, progress, cancel or threading.Event(),
+                         started)
         inputs = fetch_inputs(ctx)
         frames = inputs.total_frames(request.fps)
         check_deliverable(request.output.destination, output, frames, settings)  # before any GPU time
         plan = planner.plan(request, template, pool.size, frames)
+        progress.planned(plan, template, planner.learned(request, template))
         segment_inputs = cut_segment_inputs(ctx, plan, inputs)
         prepared = time.monotonic()
+        progress.stage("generating")
         with Stitcher(plan, work_dir / "chunks", inputs.final_audio, output) as stitcher:
             results = run_segments(ctx, plan, segment_inputs, on_video=stitcher.add_segment)
+            progress.stage("stitching")
             stitched = stitcher.finish(work_dir / "result.mp4")
         generated, finished = max(r.finished_at for r in results), time.monotonic()
-        planner.learn(request, template, results, stitched)
+        progress.stage("delivering")
         delivery = deliver(stitched.path, request.output.destination, job_id, settings)
         timings = Timings.between(started, prepared, generated, finished, time.monotonic())
+        planner.learn(request, template, results, stitched, timings)
         response = build_response(ctx, plan, results, stitched, delivery, timings)
+        progress.finish()
     log.info("job %s done\n%s", job_id, format_summary(response))
     return response.model_dump()
 

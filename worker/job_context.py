@@ -1,19 +1,16 @@
 """What every step of one job needs: the request and its template, the instances, the settings, the job's
-folder, where progress goes and the signal that stops it."""
+folder, where progress goes, the signal that stops it and when it started."""
 
 from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
-
 from comfy_manager import InstancePool
 from worker.config import WorkerSettings
+from worker.progress import JobProgressTracker
 from worker.request import JobRequest
 from worker.templates import WorkflowTemplate
-
-ProgressFn = Callable[[str], None]
 
 
 @dataclass(frozen=True)
@@ -24,5 +21,6 @@ class JobContext:
     settings: WorkerSettings
     job_id: str
     work_dir: Path  # the job's own folder, removed when the job ends
-    progress: ProgressFn  # short messages for the caller ("segment 1/2 done")
+    progress: JobProgressTracker  # each step reports here; it publishes the job's progress
     cancel: threading.Event  # set: stop every segment of the job
+    started_at: float  # time.monotonic() when the job began (the response's times are relative to it)

@@ -8,6 +8,9 @@ encoders at work) over one instance's generation cost per frame, which JobPlanne
 jobs with the same template, size and steps. Until it has seen one, the lead is 0 (equal segments);
 STITCH_LEAD fixes it instead. Workflows whose cost moves in window steps (InfiniteTalk: 72 frames) gain
 less from it: segments a few frames apart often sample the same number of windows.
+
+The same log feeds the progress estimates (worker/progress.py): LearnedRates adds what follows generation
+(the stitch's tail, the delivery) and where a segment's ComfyUI time goes, node by node.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from worker.request import JobRequest
 from worker.templates import WorkflowTemplate
 
 if TYPE_CHECKING:
+    from worker.response import Timings
     from worker.segments import SegmentResult
     from worker.stitch import StitchResult
 
@@ -48,12 +52,31 @@ class _Rates:
     stitch_s_per_frame: float
 
 
+@dataclass(frozen=True)
+class LearnedRates:
+    """What finished jobs of a kind took, for the progress estimate of the next one."""
+
+    generate_s_per_frame: float  # one instance's ComfyUI seconds per frame of its segment
+    tail_s_per_frame: float  # per output frame: the stitch left once the last segment is done
+    deliver_s_per_frame: float  # per output frame: base64, upload or volume write
+    node_shares: dict[str, float]  # "node id ClassType" -> its share of a segment's ComfyUI time
+
+    def smoothed(self, newer: LearnedRates, a: float) -> LearnedRates:
+        names = set(self.node_shares) | set(newer.node_shares)
+        return LearnedRates(
+            a * newer.generate_s_per_frame + (1 - a) * self.generate_s_per_frame,
+            a * newer.tail_s_per_frame + (1 - a) * self.tail_s_per_frame,
+            a * newer.deliver_s_per_frame + (1 - a) * self.deliver_s_per_frame,
+            {n: a * newer.node_shares.get(n, 0.0) + (1 - a) * self.node_shares.get(n, 0.0) for n in names})
+
+
 class ThroughputLog:
     """Seconds per frame of generation (one instance) and of the stitch, smoothed over recent jobs."""
 
     def __init__(self, smoothing: float = 0.5):
         self.smoothing = smoothing
         self._rates: dict[RateKey, _Rates] = {}
+        self._learned: dict[RateKey, LearnedRates] = {}
         self._lock = threading.Lock()
 
     def record(self, key: RateKey, generate_s_per_frame: float, stitch_s_per_frame: float) -> None:
@@ -71,6 +94,15 @@ class ThroughputLog:
         with self._lock:
             seen = self._rates.get(key)
             return None if seen is None else (seen.generate_s_per_frame, seen.stitch_s_per_frame)
+
+    def record_job(self, key: RateKey, rates: LearnedRates) -> None:
+        with self._lock:
+            seen = self._learned.get(key)
+            self._learned[key] = rates if seen is None else seen.smoothed(rates, self.smoothing)
+
+    def learned(self, key: RateKey) -> LearnedRates | None:
+        with self._lock:
+            return self._learned.get(key)
 
     def stitch_lead(self, key: RateKey) -> float:
         with self._lock:
@@ -104,9 +136,27 @@ class JobPlanner:
                  len(plan.segments), plan.overlap, lead)
         return plan
 
+    def learned(self, request: JobRequest, template: WorkflowTemplate) -> LearnedRates | None:
+        """What recent jobs of this kind (template, size, steps) took, if the worker has run one."""
+        return self.throughput.learned(RateKey.of(request, template))
+
     def learn(self, request: JobRequest, template: WorkflowTemplate, results: list[SegmentResult],
-              stitched: StitchResult) -> None:
-        """Records a finished job's speeds: ComfyUI seconds per generated frame, stitch seconds per output frame."""
-        self.throughput.record(RateKey.of(request, template),
-                               sum(r.comfy_seconds for r in results) / sum(r.segment.frames for r in results),
-                               stitched.busy_seconds / stitched.frames)
+              stitched: StitchResult, timings: Timings | None = None) -> None:
+        """Records a finished job's speeds: ComfyUI seconds per generated frame, stitch seconds per output frame;
+        with its timings, also the stitch tail, the delivery and each node's share (for progress estimates)."""
+        key = RateKey.of(request, template)
+        generate = sum(r.comfy_seconds for r in results) / sum(r.segment.frames for r in results)
+        self.throughput.record(key, generate, stitched.busy_seconds / stitched.frames)
+        if timings is not None:
+            self.throughput.record_job(key, LearnedRates(generate, timings.stitch / stitched.frames,
+                                                         timings.deliver / stitched.frames, node_shares(results)))
+
+
+def node_shares(results: list[SegmentResult]) -> dict[str, float]:
+    """Each node's share of the segments' ComfyUI time ("id ClassType" -> 0..1)."""
+    total: dict[str, float] = {}
+    for result in results:
+        for name, seconds in result.node_seconds.items():
+            total[name] = total.get(name, 0.0) + seconds
+    overall = sum(total.values())
+    return {name: seconds / overall for name, seconds in total.items()} if overall > 0 else {}

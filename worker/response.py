@@ -25,6 +25,10 @@ class SegmentReport(BaseModel):
     comfy_seconds: float  # time ComfyUI took for the prompt
     node_seconds: dict[str, float] = {}  # "node id ClassType" -> seconds it ran (where the ComfyUI time went)
     attempts: int  # 1, or more when an instance died or the segment overran its deadline
+    # When the segment's successful try began and its video was on disk, in seconds after the job began
+    # (draw the job as a timeline: client/timeline.py).
+    started_s: float = 0.0
+    finished_s: float = 0.0
 
 
 class Timings(BaseModel):
@@ -85,7 +89,9 @@ def build_response(ctx: JobContext, plan: SegmentPlan, results: list[SegmentResu
         segments=[SegmentReport(index=r.segment.index, instance=r.instance.name, gpu=r.instance.gpu,
                                 start_frame=r.segment.start, end_frame=r.segment.end, frames=r.segment.frames,
                                 seconds=round(r.seconds, 3), comfy_seconds=round(r.comfy_seconds, 3),
-                                node_seconds=r.node_seconds, attempts=r.attempts)
+                                node_seconds=r.node_seconds, attempts=r.attempts,
+                                started_s=round(r.started_at - ctx.started_at, 3),
+                                finished_s=round(r.finished_at - ctx.started_at, 3))
                   for r in results],
         timings=timings,
     )

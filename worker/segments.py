@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import logging
 import shutil
-import threading
 import time
 import uuid
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed, wait
@@ -39,6 +38,7 @@ class SegmentResult:
     finished_at: float  # time.monotonic() when the segment's video was on disk
     attempts: int = 1
     node_seconds: dict[str, float] = field(default_factory=dict)  # "id ClassType" -> seconds
+    started_at: float = 0.0  # time.monotonic() when the try that made the video began
 
 
 def run_segments(ctx: JobContext, plan: SegmentPlan, segment_inputs: list[dict[str, Path]],
@@ -46,18 +46,12 @@ def run_segments(ctx: JobContext, plan: SegmentPlan, segment_inputs: list[dict[s
     """Runs every segment at once, each on a free instance; on_video(index, video) gets each segment's video
     as soon as it is done (the stitcher starts on it while the others generate). The first failure stops
     the other segments and is raised."""
-    done = 0
-    lock = threading.Lock()
 
     def run(segment: Segment) -> SegmentResult:
-        nonlocal done
         result = run_segment(ctx, plan, segment, segment_inputs[segment.index])
-        with lock:
-            done += 1
-            ctx.progress(f"segment {done}/{len(plan.segments)} done")
+        ctx.progress.segment_done(segment.index)
         return result
 
-    ctx.progress(f"generating {len(plan.segments)} segment(s)")
     with ThreadPoolExecutor(max_workers=len(plan.segments)) as executor:
         futures = [executor.submit(run, segment) for segment in plan.segments]
         try:
@@ -96,6 +90,7 @@ def run_segment(ctx: JobContext, plan: SegmentPlan, segment: Segment, files: dic
                         attempt, attempts, exc)
             last_instance, last_tail = instance, instance.log_tail(LOG_LINES)
             ctx.pool.release(instance, failure=exc)
+            ctx.progress.segment_retrying(segment.index)
             continue
         except BaseException as exc:
             ctx.pool.release(instance, failure=exc)
@@ -133,6 +128,7 @@ def attempt_segment(ctx: JobContext, plan: SegmentPlan, segment: Segment, files:
             if template.binds(slot):
                 uploaded[slot] = client.upload(path, f"{tag}_{slot}{path.suffix}")
         graph = template.bind(segment_values(ctx.request, template, plan, segment, f"{tag}/out", uploaded))
+        ctx.progress.segment_started(segment.index, instance.name, instance.gpu, graph)
         timeout_s = ctx.settings.segment_timeout_s + ctx.settings.segment_timeout_per_frame_s * segment.frames
         result = _run_prompt(ctx, client, graph, segment, instance, timeout_s)
         outputs = [o for o in result.outputs if template.spec.output_node in (None, o.node_id)]
@@ -153,7 +149,7 @@ def attempt_segment(ctx: JobContext, plan: SegmentPlan, segment: Segment, files:
         log.info("%s: segment %d done in %.2f s (ComfyUI %.2f s; %s)", instance.name.upper(), segment.index,
                  seconds, result.seconds, slowest)
         return SegmentResult(segment, video, instance, seconds, result.seconds, time.monotonic(),
-                             node_seconds=nodes)
+                             node_seconds=nodes, started_at=started)
     finally:
         for name in uploaded.values():
             (instance.input_dir / name).unlink(missing_ok=True)
@@ -167,7 +163,8 @@ def _run_prompt(ctx: JobContext, client: ComfyClient, graph: dict, segment: Segm
     """Runs the segment's graph; ComfyUI's failures become the job's errors (a timeout stays PromptTimedOut,
     which run_segment retries)."""
     try:
-        return client.run_prompt(graph, timeout_s=timeout_s, is_alive=instance.is_alive, should_stop=ctx.cancel.is_set)
+        return client.run_prompt(graph, timeout_s=timeout_s, is_alive=instance.is_alive, should_stop=ctx.cancel.is_set,
+                                 on_progress=lambda event: ctx.progress.segment_event(segment.index, event))
     except PromptRejected as exc:
         raise JobFailed(f"workflow {ctx.template.name!r} was rejected by ComfyUI: {exc}") from None
     except PromptCancelled:

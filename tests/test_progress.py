@@ -1,0 +1,210 @@
+"""Live progress: through the real local API on a real multi-segment CPU job (ComfyUI's websocket reports
+combined into one figure), and the tracker's arithmetic with a clock of the test's."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+import requests
+
+from comfy_manager.client import PromptProgress
+from tests.media_factory import make_index_video, make_tone
+from tests.worker_api import WorkerApi
+from worker.job_planner import LearnedRates
+from worker.planner import FrameGrid, plan_segments
+from worker.progress import JobProgressTracker, sampling_windows
+from worker.templates import available_templates
+
+STAGES = ["preparing", "generating", "stitching", "delivering", "done"]
+
+
+def progress_job(worker: WorkerApi, frames: int = 300) -> dict:
+    """A restyle job of two segments that keeps each CPU instance busy for a few seconds."""
+    video = make_index_video(worker.media / f"progress_{frames}.mp4", frames, 25, 320, 192)
+    audio = make_tone(worker.media / f"progress_{frames}.wav", frames / 25)
+    return {"workflow": "restyle", "input_type": "video", "video": str(video), "audio": str(audio),
+            "width": 320, "height": 192, "fps": 25, "output": {"destination": "volume"}}
+
+
+def run_and_watch(worker: WorkerApi, job_input: dict, poll_s: float = 0.2) -> tuple[dict, list[dict], float]:
+    """Submits with /run, runs it with the local /status (which returns at the end) and meanwhile polls the
+    worker's GET /progress/{id}; returns (the /status answer, every progress report seen, wall seconds)."""
+    job_id = requests.post(worker.url + "/run", json={"input": job_input}, timeout=30).json()["id"]
+    final: dict = {}
+    started = time.monotonic()
+    runner = threading.Thread(target=lambda: final.update(
+        requests.post(f"{worker.url}/status/{job_id}", timeout=600).json()))
+    runner.start()
+    reports = []
+    while runner.is_alive():
+        answer = requests.get(f"{worker.url}/progress/{job_id}", timeout=10)
+        assert answer.status_code == 200, answer.text
+        reports.append(answer.json())
+        time.sleep(poll_s)
+    runner.join()
+    wall = time.monotonic() - started
+    reports.append(requests.get(f"{worker.url}/progress/{job_id}", timeout=10).json())
+    return final, reports, wall
+
+
+def test_progress_reaches_the_local_api_rises_to_100_and_has_a_sane_eta(worker):
+    job = progress_job(worker)
+    first, reports, _ = run_and_watch(worker, job)
+    assert first["status"] == "COMPLETED", first
+    updates = [r["progress"] for r in reports if r.get("progress")]
+    assert len({u["elapsed_s"] for u in updates}) >= 3, "progress must arrive while the job runs"
+    percents = [u["percent"] for u in updates]
+    assert percents == sorted(percents), f"percent went down: {percents}"
+    assert reports[-1]["status"] == "COMPLETED"
+    assert updates[-1]["stage"] == "done" and updates[-1]["percent"] == 100
+    assert all(u["percent"] < 100 for u in updates if u["stage"] != "done")
+    stages = [u["stage"] for u in updates]
+    assert [s for s in STAGES if s in stages] == sorted(set(stages), key=STAGES.index)  # in order
+    assert "generating" in stages
+
+    # Every segment of the plan, each on its own instance, with its own percent from ComfyUI's reports.
+    output = first["output"]
+    segments_seen = [u["segments"] for u in updates if u["stage"] == "generating" and u["segments"]]
+    planned = segments_seen[-1]
+    assert [(s["start_frame"], s["end_frame"]) for s in planned] == \
+        [(s["start_frame"], s["end_frame"]) for s in output["segments"]]
+    assert all(s["windows"] == 1 for s in planned)  # restyle samples no windows
+    running = [s for seen in segments_seen for s in seen if s["state"] == "running"]
+    assert {s["instance"] for s in running} == {s["instance"] for s in output["segments"]}
+    assert any(0 < s["percent"] < 100 for s in running), "a segment's percent between its ends"
+    assert any(s["node"] and s["node"].endswith("SaveSegmentVideo") and s["node_steps"] for s in running), \
+        "SaveSegmentVideo reports the frames it has written"
+    for s in output["segments"]:  # the response's timeline fields
+        assert 0 < s["started_s"] < s["finished_s"] <= output["timings"]["total"]
+        assert s["started_s"] >= output["timings"]["prepare"] - 0.01
+
+    # Now the worker has learned how long such a job takes: the ETA is there from the plan on, and sane.
+    second, reports, wall = run_and_watch(worker, job)
+    assert second["status"] == "COMPLETED", second
+    total = second["output"]["timings"]["total"]
+    updates = [r["progress"] for r in reports if r.get("progress")]
+    generating = [u for u in updates if u["stage"] == "generating"]
+    assert generating and all(u["eta_s"] is not None and u["eta_s"] >= 0 for u in generating)
+    for u in generating:
+        predicted = u["elapsed_s"] + u["eta_s"]
+        assert total / 2.5 < predicted < total * 2.5, f"at {u['elapsed_s']} s: ETA {u['eta_s']} s, took {total} s"
+    percents = [u["percent"] for u in updates]
+    assert percents == sorted(percents) and percents[-1] == 100
+    assert worker.leftover_job_files() == []
+
+
+def test_progress_of_an_unknown_job_is_404(worker):
+    answer = requests.get(f"{worker.url}/progress/no-such-job", timeout=10)
+    assert answer.status_code == 404 and "no-such-job" in answer.json()["error"]
+    assert requests.post(f"{worker.url}/cancel/no-such-job", timeout=10).status_code == 404
+
+
+# ------------------------------------------------------------------------------------ the tracker's arithmetic
+
+
+class Clock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+GRAPH = {"1": {"class_type": "LoadVideo"}, "2": {"class_type": "KSampler"}, "3": {"class_type": "SaveSegmentVideo"}}
+TEMPLATE = available_templates()["restyle"]
+
+
+def tracker_with_plan(clock: Clock, learned: LearnedRates | None) -> JobProgressTracker:
+    tracker = JobProgressTracker(None, clock(), clock=clock)
+    tracker.planned(plan_segments(200, 2, 8), TEMPLATE, learned)
+    tracker.stage("generating")
+    return tracker
+
+
+def test_a_segment_percent_weighs_its_nodes_by_their_learned_share():
+    clock = Clock()
+    learned = LearnedRates(0.1, 0.0, 0.0, {"1 LoadVideo": 0.1, "2 KSampler": 0.8, "3 SaveSegmentVideo": 0.1})
+    tracker = tracker_with_plan(clock, learned)
+    tracker.segment_started(0, "cpu0:8188", None, GRAPH)
+    tracker.segment_event(0, PromptProgress("executing", "1"))
+    tracker.segment_event(0, PromptProgress("executing", "2"))
+    tracker.segment_event(0, PromptProgress("progress", "2", 5, 10))
+    assert tracker.snapshot().segments[0].percent == pytest.approx(10 + 40)
+    assert tracker.snapshot().segments[0].node == "2 KSampler"
+    assert tracker.snapshot().segments[0].node_steps == (5, 10)
+    tracker.segment_event(0, PromptProgress("cached", nodes=("3",)))
+    assert tracker.snapshot().segments[0].percent == pytest.approx(60)
+    tracker.segment_retrying(0)  # the instance died: the segment starts over elsewhere
+    segment = tracker.snapshot().segments[0]
+    assert (segment.state, segment.percent, segment.attempt) == ("waiting", 0, 1)
+
+
+def test_nodes_count_alike_before_the_worker_has_learned_anything():
+    clock = Clock()
+    tracker = tracker_with_plan(clock, None)
+    tracker.segment_started(1, "cpu1:8189", None, GRAPH)
+    tracker.segment_event(1, PromptProgress("executing", "1"))
+    tracker.segment_event(1, PromptProgress("executing", "2"))
+    assert tracker.snapshot().segments[1].percent == pytest.approx(100 / 3, abs=0.1)
+
+
+def test_eta_from_the_learned_rate_then_from_the_segments_own_pace_and_percent_never_goes_down():
+    clock = Clock()
+    # 104 frames per segment at 0.1 s a frame: 10.4 s each; 0.01 s a frame of stitch tail, none to deliver.
+    learned = LearnedRates(0.1, 0.01, 0.0, {"1 LoadVideo": 0.0, "2 KSampler": 1.0, "3 SaveSegmentVideo": 0.0})
+    tracker = tracker_with_plan(clock, learned)
+    frames = [s.frames for s in plan_segments(200, 2, 8).segments]
+    for index in (0, 1):
+        tracker.segment_started(index, f"cpu{index}", None, GRAPH)
+        tracker.segment_event(index, PromptProgress("executing", "2"))
+    first = tracker.snapshot()
+    assert first.eta_s == pytest.approx(0.1 * max(frames) + 0.01 * 200, abs=0.1)
+    clock.now += 5
+    for index in (0, 1):
+        tracker.segment_event(index, PromptProgress("progress", "2", 1, 4))  # slower than learned: 25% in 5 s
+    slow = tracker.snapshot()
+    # a quarter done: its own pace (15 s left) counts a quarter, the learned rate (5.4 s left) the rest
+    assert slow.eta_s == pytest.approx(0.25 * 15 + 0.75 * (0.1 * max(frames) - 5) + 2, abs=0.2)
+    assert slow.percent >= first.percent
+    clock.now += 1
+    for index in (0, 1):
+        tracker.segment_event(index, PromptProgress("progress", "2", 1.1, 4))  # ETA grows: percent holds
+    assert tracker.snapshot().percent >= slow.percent
+    for index in (0, 1):
+        tracker.segment_done(index)
+    tracker.stage("stitching")
+    assert tracker.snapshot().eta_s == pytest.approx(2.0, abs=0.01)
+    tracker.stage("done")
+    assert (tracker.snapshot().percent, tracker.snapshot().eta_s) == (100, 0)
+
+
+def test_without_learned_rates_percent_follows_the_stage_until_segments_report():
+    clock = Clock()
+    tracker = JobProgressTracker(None, clock(), clock=clock)
+    assert (tracker.snapshot().stage, tracker.snapshot().percent, tracker.snapshot().eta_s) == ("preparing", 0, None)
+    tracker.planned(plan_segments(200, 2, 8), TEMPLATE, None)
+    tracker.stage("generating")
+    assert tracker.snapshot().eta_s is None and tracker.snapshot().percent == 2
+    tracker.stage("stitching")
+    assert tracker.snapshot().percent == 92 and "stitching" in tracker.snapshot().message
+
+
+def test_updates_are_published_about_once_a_second_and_at_each_stage():
+    published = []
+    with JobProgressTracker(published.append, interval_s=0.2) as tracker:
+        time.sleep(0.7)
+        tracker.stage("generating")
+        time.sleep(0.05)
+        tracker.finish()
+    assert 3 <= len(published) <= 7
+    assert published[-1].stage == "done" and published[-1].percent == 100
+    assert any(p.stage == "generating" for p in published)
+
+
+def test_infinitetalk_segments_count_their_sampling_windows():
+    template = available_templates()["infinitetalk_image_single"]
+    assert template.grid == FrameGrid(72, 9, 81)
+    assert [sampling_windows(template, frames) for frames in (40, 81, 82, 153, 154, 297)] == [1, 1, 2, 2, 3, 4]
+    assert sampling_windows(TEMPLATE, 500) == 1
