@@ -51,7 +51,9 @@ def run_one(job: dict, cancel: threading.Event) -> dict:
 
     def progress(update: JobProgress) -> None:
         live_jobs.update(job_id, update)
-        if settings.on_runpod:  # local test and serve-api modes have no endpoint to send progress to
+        # Local test and serve-api modes have no endpoint to send progress to. "done" is not sent: the result
+        # follows at once, and a progress update (sent from a thread of the SDK's) must not arrive after it.
+        if settings.on_runpod and update.stage != "done":
             runpod.serverless.progress_update(job, update.model_dump(mode="json"))
 
     try:
