@@ -43,8 +43,7 @@ class LiveJobs:
         """The job began; returns its cancel signal (already set if it was cancelled while queued)."""
         with self._lock:
             job = self._jobs.setdefault(job_id, _LiveJob())
-            if not job.cancel.is_set():
-                job.status = "IN_PROGRESS"
+            job.status = "IN_PROGRESS"
             return job.cancel
 
     def update(self, job_id: str, progress: JobProgress) -> None:
@@ -64,7 +63,8 @@ class LiveJobs:
 
     def cancel(self, job_id: str, queued: bool = False) -> LiveJobReport | None:
         """Cancels a running job (or one still `queued` in the API, which then ends as soon as it starts);
-        None if no such job runs or waits."""
+        None if no such job runs or waits. The answer says CANCELLED, as RunPod's /cancel does; the job's own
+        report says so once it has stopped (its segments interrupted, its files removed)."""
         with self._lock:
             job = self._jobs.get(job_id)
             if job is None and queued:
@@ -72,7 +72,6 @@ class LiveJobs:
             if job is None or job.status not in ("IN_QUEUE", "IN_PROGRESS"):
                 return None
             job.cancel.set()
-            job.status = "CANCELLED"
             return LiveJobReport(id=job_id, status="CANCELLED", progress=job.progress)
 
     def report(self, job_id: str) -> LiveJobReport | None:
