@@ -11,7 +11,7 @@ from pathlib import Path
 
 from client.api import ApiError, JobState, LocalApi, RunPodEndpoint, WorkerApi
 from client.bucket import Bucket, BucketError
-from client.display import ProgressLine, format_progress, format_summary
+from client.display import ProgressLine, format_estimate, format_progress, format_summary
 from client.media import MediaError, place_media
 from client.results import ResultError, save_video
 from client.timeline import benchmark_run_as_response, timeline_svg
@@ -262,8 +262,7 @@ def cmd_estimate(args: argparse.Namespace) -> int:
         if state.error and "dry_run" in state.error:
             print("(this worker may predate the dry_run request field)", file=sys.stderr)
         return EXIT_FAILED
-    output = state.output or {}
-    print(json.dumps({k: output[k] for k in ("plan", "estimate") if k in output} or output, indent=2))
+    print(format_estimate(state.output or {}))
     return 0
 
 

@@ -108,3 +108,24 @@ def format_summary(output: dict) -> str:
     if t:
         lines.append("  timings: " + ", ".join(f"{name} {seconds:.2f} s" for name, seconds in t.items()))
     return "\n".join(lines)
+
+
+def format_estimate(output: dict) -> str:
+    """A dry run's answer (`dry_run: true`): the plan's segments, then the estimate as the worker gave it.
+    Takes the plan at the top level or under `plan`."""
+    plan = output.get("plan") if isinstance(output.get("plan"), dict) else output
+    lines = [f"workflow {plan.get('workflow', output.get('workflow'))}: {plan.get('frames')} frames at "
+             f"{plan.get('fps')} fps ({plan.get('duration_s')} s), {len(plan.get('segments') or [])} segment(s), "
+             f"overlap {plan.get('overlap_frames')}, {plan.get('instances_available', '?')} instance(s) available"]
+    for s in plan.get("segments") or []:
+        windows = f", {s['windows']} window(s)" if "windows" in s else ""
+        lines.append(f"  segment {s.get('index')}: frames {s.get('start_frame')}-{s.get('end_frame')} "
+                     f"({s.get('frames')} frames{windows})")
+    estimate = output.get("estimate")
+    if estimate is None:
+        lines.append("estimate: none (the template declares no speed and the worker has run no such job yet)")
+    else:
+        lines.append("estimate:")
+        lines += [f"  {key}: {value}" for key, value in (estimate.items() if isinstance(estimate, dict)
+                                                          else [("value", estimate)])]
+    return "\n".join(lines)
