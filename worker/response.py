@@ -25,6 +25,7 @@ class SegmentReport(BaseModel):
     comfy_seconds: float  # time ComfyUI took for the prompt
     node_seconds: dict[str, float] = {}  # "node id ClassType" -> seconds it ran (where the ComfyUI time went)
     attempts: int  # 1, or more when an instance died or the segment overran its deadline
+    device_settings: str | None = None  # the template's settings row for this instance's device, e.g. "gpu>=80GB"
 
 
 class Timings(BaseModel):
@@ -46,6 +47,7 @@ class JobResponse(BaseModel):
     success: bool = True
     message: str
     workflow: str
+    quality: str | None = None  # the template's preset used (request.quality or the template's default)
     video: str | None = None  # base64 mp4 (output.destination = base64)
     video_url: str | None = None  # bucket URL (output.destination = bucket)
     video_path: str | None = None  # file on the volume (output.destination = volume)
@@ -70,6 +72,7 @@ def build_response(ctx: JobContext, plan: SegmentPlan, results: list[SegmentResu
     return JobResponse(
         message=f"{plan.total_frames} frames in {len(plan.segments)} segment(s)",
         workflow=ctx.template.name,
+        quality=request.quality or ctx.template.spec.default_preset,
         video=delivery.video,
         video_url=delivery.video_url,
         video_path=delivery.video_path,
@@ -85,7 +88,8 @@ def build_response(ctx: JobContext, plan: SegmentPlan, results: list[SegmentResu
         segments=[SegmentReport(index=r.segment.index, instance=r.instance.name, gpu=r.instance.gpu,
                                 start_frame=r.segment.start, end_frame=r.segment.end, frames=r.segment.frames,
                                 seconds=round(r.seconds, 3), comfy_seconds=round(r.comfy_seconds, 3),
-                                node_seconds=r.node_seconds, attempts=r.attempts)
+                                node_seconds=r.node_seconds, attempts=r.attempts,
+                                device_settings=r.device_settings)
                   for r in results],
         timings=timings,
     )
