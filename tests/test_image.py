@@ -120,8 +120,8 @@ class Container:
     """A working container of the image; `run` runs a command in it (buildah run, chroot isolation).
 
     Each container has its own folder on the host, mounted at /runpod-volume (the network volume's path),
-    and its ComfyUI instances put their folders under it, so their logs can be read and any process left
-    behind found by that path and ended.
+    and its ComfyUI instances put their folders under it (COMFY_INSTANCES_DIR), so their logs can be read
+    and any process left behind found by that variable and ended.
     """
 
     def __init__(self, image: str, host_dir: Path):
