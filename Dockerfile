@@ -67,7 +67,7 @@ COPY models/extra_model_paths.yaml /comfyui/ComfyUI/extra_model_paths.yaml
 # BAKE_MODELS=1: every required model into /models (ComfyUI reads it through extra_model_paths.yaml).
 # Only the manifest and the download code are copied first, so code changes do not re-download.
 ARG BAKE_MODELS=1
-COPY worker/__init__.py worker/models.py worker/
+COPY worker/__init__.py worker/model_weights.py worker/
 COPY scripts/download_models.py scripts/
 RUN if [ "$BAKE_MODELS" = 1 ]; then \
         /comfyui/venv/bin/python scripts/download_models.py --root /models \

@@ -117,8 +117,9 @@ def test_locks_install_from_wheels_on_the_production_python(tmp_path):
 
 def test_install_custom_nodes_dry_run_lists_every_manifest_node():
     manifest = json.loads((REPO_ROOT / "models" / "manifest.json").read_text())
+    github = {k: v for k, v in os.environ.items() if k != "CUSTOM_NODES_ARCHIVES"}  # `make` sets it where ../shared has them
     result = subprocess.run(["bash", str(INSTALL_NODES), "--dry-run"], capture_output=True, text=True,
-                            timeout=60, env=dict(os.environ, COMFYUI_HOME="/nonexistent/comfy"))
+                            timeout=60, env=dict(github, COMFYUI_HOME="/nonexistent/comfy"))
     assert result.returncode == 0, result.stderr
     assert manifest["custom_nodes"]
     for node in manifest["custom_nodes"]:
@@ -153,7 +154,8 @@ def test_install_custom_nodes_clones_the_pinned_commit_and_installs_requirements
     fake_python = tmp_path / "python"
     fake_python.write_text(f'#!/bin/sh\necho "$@" >> {pip_log}\n')
     fake_python.chmod(0o755)
-    env = dict(os.environ, COMFYUI_HOME=str(tmp_path / "comfy"), COMFYUI_PYTHON=str(fake_python),
+    github = {k: v for k, v in os.environ.items() if k != "CUSTOM_NODES_ARCHIVES"}  # clone, not unpack
+    env = dict(github, COMFYUI_HOME=str(tmp_path / "comfy"), COMFYUI_PYTHON=str(fake_python),
                MODELS_MANIFEST=str(manifest), GITHUB_URL=f"file://{tmp_path / 'github'}")
 
     first = subprocess.run(["bash", str(INSTALL_NODES)], env=env, capture_output=True, text=True, timeout=120)
