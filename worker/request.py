@@ -43,6 +43,9 @@ class JobRequest(BaseModel):
     # A preset of the template (InfiniteTalk: fast = the distill LoRA, 4 steps, one model pass a step;
     # full = 40 steps with text and audio guidance, three passes a step). None: the template's default.
     quality: str | None = Field(default=None, max_length=64)
+    # The template's own params over its preset and the GPU-dependent choices (attention_mode, quantization,
+    # blocks_to_swap ...: README); unknown names are refused with the list of known ones.
+    template_params: dict[str, str | int | float | bool] = Field(default_factory=dict, max_length=32)
     # Video templates: how much of the source each frame is re-generated from (1: all of it); the sampler
     # starts at step round(steps x (1 - denoise)).
     denoise: float = Field(default=0.5, gt=0.0, le=1.0)

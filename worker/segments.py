@@ -133,7 +133,7 @@ def attempt_segment(ctx: JobContext, plan: SegmentPlan, segment: Segment, files:
         for slot, path in files.items():
             if template.binds(slot):
                 uploaded[slot] = client.upload(path, f"{tag}_{slot}{path.suffix}")
-        params = template.params_for(ctx.request.quality, instance.vram_gb)
+        params = template.params_for(ctx.request.quality, instance.vram_gb, ctx.request.template_params)
         values = segment_values(ctx.request, template, plan, segment, f"{tag}/out", uploaded, params)
         graph = template.bind(values, params)
         timeout_s = ctx.settings.segment_timeout_s + ctx.settings.segment_timeout_per_frame_s * segment.frames
