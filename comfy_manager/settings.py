@@ -51,6 +51,9 @@ class PoolSettings(EnvSettings):
     startup_timeout_s: float = env("COMFY_STARTUP_TIMEOUT_S", 300.0)
     extra_args: Annotated[list[str], NoDecode] = env("COMFY_EXTRA_ARGS", [])  # shell words, e.g. --highvram
     gpus: Annotated[tuple[int, ...] | None, NoDecode] = env("COMFY_GPUS", None)  # "0,1"; None: every GPU
+    # Each GPU instance may use at most this much VRAM (GB): the worker's node caps its CUDA allocator, and
+    # templates choose their settings for this size. Runs a big GPU as a smaller one would (benchmarks).
+    vram_limit_gb: float | None = env("COMFY_VRAM_LIMIT_GB", None)
 
     @field_validator("extra_args", mode="before")
     @classmethod

@@ -20,6 +20,7 @@ import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from worker.errors import JobInputError
 from worker.planner import SegmentPlan, plan_segments
 from worker.request import JobRequest
 from worker.templates import WorkflowTemplate
@@ -34,16 +35,18 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class RateKey:
-    """Jobs whose speeds are alike: the same template, size and steps."""
+    """Jobs whose speeds are alike: the same template, preset, size and steps."""
 
     template: str
     width: int
     height: int
     steps: int | None
+    quality: str | None = None
 
     @classmethod
     def of(cls, request: JobRequest, template: WorkflowTemplate) -> RateKey:
-        return cls(template.name, request.width, request.height, request.steps)
+        return cls(template.name, request.width, request.height, request.steps,
+                   request.quality or template.spec.default_preset)
 
 
 @dataclass
@@ -112,6 +115,17 @@ class ThroughputLog:
         return min(1.0, seen.stitch_s_per_frame / seen.generate_s_per_frame)
 
 
+def longest_segment(request: JobRequest, template: WorkflowTemplate) -> int:
+    """The template's longest segment, or the request's max_segment_frames where that is shorter."""
+    spec = template.spec
+    if request.max_segment_frames is None:
+        return spec.max_segment_frames
+    if request.max_segment_frames < spec.min_segment_frames:
+        raise JobInputError("max_segment_frames", f"workflow {template.name!r} needs segments of at least "
+                                                  f"{spec.min_segment_frames} frames (got {request.max_segment_frames})")
+    return min(spec.max_segment_frames, request.max_segment_frames)
+
+
 class JobPlanner:
     """Plans jobs' segments; one per worker, so that what a job teaches serves the next ones."""
 
@@ -131,7 +145,7 @@ class JobPlanner:
         overlap = template.spec.overlap_frames if request.overlap_frames is None else request.overlap_frames
         lead = self.stitch_lead(RateKey.of(request, template))
         plan = plan_segments(total_frames, parallelism, overlap, template.spec.min_segment_frames,
-                             template.spec.max_segment_frames, template.grid, lead)
+                             longest_segment(request, template), template.grid, lead)
         log.info("plan: %d frames, %d segment(s), overlap %d, stitch lead %.3f", total_frames,
                  len(plan.segments), plan.overlap, lead)
         return plan

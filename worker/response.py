@@ -25,6 +25,7 @@ class SegmentReport(BaseModel):
     comfy_seconds: float  # time ComfyUI took for the prompt
     node_seconds: dict[str, float] = {}  # "node id ClassType" -> seconds it ran (where the ComfyUI time went)
     attempts: int  # 1, or more when an instance died or the segment overran its deadline
+    device_settings: str | None = None  # the template's settings row for this instance's device, e.g. "gpu>=80GB"
     # When the segment's successful try began and its video was on disk, in seconds after the job began
     # (draw the job as a timeline: client/timeline.py).
     started_s: float = 0.0
@@ -50,6 +51,7 @@ class JobResponse(BaseModel):
     success: bool = True
     message: str
     workflow: str
+    quality: str | None = None  # the template's preset used (request.quality or the template's default)
     video: str | None = None  # base64 mp4 (output.destination = base64)
     video_url: str | None = None  # bucket URL (output.destination = bucket)
     video_path: str | None = None  # file on the volume (output.destination = volume)
@@ -74,6 +76,7 @@ def build_response(ctx: JobContext, plan: SegmentPlan, results: list[SegmentResu
     return JobResponse(
         message=f"{plan.total_frames} frames in {len(plan.segments)} segment(s)",
         workflow=ctx.template.name,
+        quality=request.quality or ctx.template.spec.default_preset,
         video=delivery.video,
         video_url=delivery.video_url,
         video_path=delivery.video_path,
@@ -90,6 +93,7 @@ def build_response(ctx: JobContext, plan: SegmentPlan, results: list[SegmentResu
                                 start_frame=r.segment.start, end_frame=r.segment.end, frames=r.segment.frames,
                                 seconds=round(r.seconds, 3), comfy_seconds=round(r.comfy_seconds, 3),
                                 node_seconds=r.node_seconds, attempts=r.attempts,
+                                device_settings=r.device_settings,
                                 started_s=round(r.started_at - ctx.started_at, 3),
                                 finished_s=round(r.finished_at - ctx.started_at, 3))
                   for r in results],
