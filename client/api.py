@@ -23,6 +23,7 @@ import requests
 FINAL_STATES = ("COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT")
 RUNPOD_BASE_URL = "https://api.runpod.ai/v2"
 MB = 1024**2
+RESULT_WAIT_S = 300  # local API: from the job's end to its result arriving (a big base64 video takes a while)
 
 
 class ApiError(RuntimeError):
@@ -159,7 +160,13 @@ class LocalApi:
         if response.status_code == 404:
             return JobState(job_id, "IN_QUEUE")
         body = _json(response, f"GET /progress/{job_id}")
-        return JobState(job_id, body["status"], progress=body.get("progress"), error=body.get("error"))
+        state = JobState(job_id, body["status"], progress=body.get("progress"), error=body.get("error"))
+        if state.final and run is not None:
+            # The job has ended; its result is on its way in the answer to our /status request.
+            run.join(timeout=RESULT_WAIT_S)
+            if run.result is not None:
+                return run.result
+        return state
 
     def cancel(self, job_id: str) -> JobState:
         response = self._request("post", f"/cancel/{job_id}", f"POST /cancel/{job_id}")

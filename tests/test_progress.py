@@ -180,6 +180,26 @@ def test_eta_from_the_learned_rate_then_from_the_segments_own_pace_and_percent_n
     assert (tracker.snapshot().percent, tracker.snapshot().eta_s) == (100, 0)
 
 
+def test_before_anything_is_learned_a_node_with_steps_sets_a_floor_under_the_eta():
+    clock = Clock()
+    tracker = tracker_with_plan(clock, None)
+    for index in (0, 1):
+        tracker.segment_started(index, f"cpu{index}", None, GRAPH)
+        for node in ("1", "2"):
+            tracker.segment_event(index, PromptProgress("executing", node))
+    clock.now += 1
+    for index in (0, 1):
+        tracker.segment_event(index, PromptProgress("executing", "3"))
+    clock.now += 4
+    for index in (0, 1):
+        tracker.segment_event(index, PromptProgress("progress", "3", 1, 4))  # a quarter of the save in 4 s
+    progress = tracker.snapshot()
+    # the nodes alone (2.25 of 3 done in 5 s) would say 1.7 s; the save's own pace says 12 s
+    assert progress.eta_s == pytest.approx(12.0, abs=0.1)
+    # percent: by stage and node progress (both segments 75% done), not from the ETA
+    assert progress.percent == pytest.approx(2 + 88 * 0.75, abs=0.2)
+
+
 def test_without_learned_rates_percent_follows_the_stage_until_segments_report():
     clock = Clock()
     tracker = JobProgressTracker(None, clock(), clock=clock)

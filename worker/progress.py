@@ -6,10 +6,12 @@ the steps of the node running now, each node weighted by its share of the ComfyU
 recent jobs of the same kind (JobPlanner's LearnedRates; every node alike before the first such job).
 
 The ETA: for each running segment, the time it has run extrapolated by its percent, blended with what the
-learned rate says the segment needs (the further the segment, the more its own pace counts); generation
-ends with the slowest segment; then the learned stitch tail and delivery. Percent is elapsed / (elapsed +
-ETA), so the two always agree; where no ETA can be made yet (the first job of a kind, before any progress),
-it is a coarse figure by stage. Percent never goes down, and is 100 only once the job is done.
+learned rate says the segment needs (the further the segment, the more its own pace counts); before the
+worker has learned the kind, never less than what the running node has left at its own pace where it
+reports steps (nodes then count alike, which can say far too little); generation ends with the
+slowest segment; then the learned stitch tail and delivery. Once the worker has learned jobs of the kind,
+percent is elapsed / (elapsed + ETA), so the two agree; before that (the first job of a kind) it is a
+figure by stage and the segments' node progress. Percent never goes down, and is 100 only once done.
 """
 
 from __future__ import annotations
@@ -94,6 +96,7 @@ class _Segment:
     names: dict[str, str] = field(default_factory=dict)  # node id -> "id ClassType"
     finished: set[str] = field(default_factory=set)  # nodes run or skipped (cached)
     node: str | None = None
+    node_started_at: float | None = None
     steps: tuple[float, float] | None = None
 
     def fraction(self) -> float:
@@ -119,8 +122,21 @@ class _Segment:
         own = elapsed * (1 - fraction) / fraction if fraction >= MIN_FRACTION else None
         by_rate = expected - elapsed if expected is not None and expected > elapsed else None
         if own is None or by_rate is None:
-            return own if by_rate is None else by_rate
-        return fraction * own + (1 - fraction) * by_rate
+            estimate = own if by_rate is None else by_rate
+        else:
+            estimate = fraction * own + (1 - fraction) * by_rate
+        # Before the worker has learned this kind of job, its nodes count alike and the segment's percent can
+        # say far less than a node that reports steps: the segment needs at least what that node has left.
+        node_left = self.node_left(now) if learned is None else None
+        if node_left is not None:
+            estimate = node_left if estimate is None else max(estimate, node_left)
+        return estimate
+
+    def node_left(self, now: float) -> float | None:
+        if self.node_started_at is None or not self.steps or self.steps[1] <= 0:
+            return None
+        done = min(1.0, self.steps[0] / self.steps[1])
+        return (now - self.node_started_at) * (1 - done) / done if done >= MIN_FRACTION else None
 
     def report(self) -> SegmentProgress:
         s = self.segment
@@ -180,7 +196,7 @@ class JobProgressTracker:
                 weights = dict.fromkeys(names, 1.0)
             seg.state, seg.instance, seg.gpu, seg.attempt = "running", instance, gpu, seg.attempt + 1
             seg.started_at, seg.weights, seg.names = self.clock(), weights, names
-            seg.finished, seg.node, seg.steps = set(), None, None
+            seg.finished, seg.node, seg.node_started_at, seg.steps = set(), None, None, None
 
     def segment_event(self, index: int, event: PromptProgress) -> None:
         """A report from the segment's ComfyUI prompt (comfy_manager.client.PromptProgress)."""
@@ -193,14 +209,14 @@ class JobProgressTracker:
             elif event.kind == "executing":
                 if seg.node is not None:
                     seg.finished.add(seg.node)
-                seg.node, seg.steps = event.node, None
+                seg.node, seg.node_started_at, seg.steps = event.node, self.clock(), None
                 if event.node is None:
                     seg.finished.update(seg.weights)
             elif event.kind == "progress" and event.node is not None:
                 if event.node != seg.node:  # a progress report can precede its node's executing event
                     if seg.node is not None:
                         seg.finished.add(seg.node)
-                    seg.node = event.node
+                    seg.node, seg.node_started_at = event.node, self.clock()
                 seg.steps = (event.value, event.max)
 
     def segment_retrying(self, index: int) -> None:
@@ -224,9 +240,9 @@ class JobProgressTracker:
             eta = self._eta(now)
             if self._stage == "done":
                 percent = 100.0
-            elif eta is not None and elapsed + eta > 0:
+            elif eta is not None and self._learned is not None and elapsed + eta > 0:
                 percent = min(99.0, 100 * elapsed / (elapsed + eta))
-            else:
+            else:  # the first job of its kind: its ETA is a rough guess, the stage and the nodes say more
                 percent = self._coarse_percent()
             self._percent = max(self._percent, percent)
             segments = [s.report() for s in self._segments]
@@ -251,11 +267,15 @@ class JobProgressTracker:
         running = [s.remaining(now, learned) for s in self._segments if s.state == "running"]
         if any(r is None for r in running):
             return None
-        # Segments waiting for an instance start when the first running one is done.
+        # Segments waiting for an instance start when the first running one is done, and take what the
+        # learned rate says (before anything is learned: as long as the running ones, on average).
         wait = min(running, default=0.0)
+        runs = [now - s.started_at + r for s, r in zip((s for s in self._segments if s.state == "running"), running)]
         left = []
         for seg in self._segments:
             r = seg.remaining(now, learned)
+            if r is None and seg.state == "waiting" and runs:
+                r = sum(runs) / len(runs)
             if r is None:
                 return None
             left.append(r + wait if seg.state == "waiting" else r)
