@@ -8,12 +8,16 @@ import json
 import shutil
 import subprocess
 import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import tomllib
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
 
+from client.api import LocalApi
 from client.bucket import Bucket, BucketError
 from client.display import format_estimate, format_progress
 from client.media import MediaError, place_media
@@ -151,3 +155,43 @@ def test_progress_line_and_estimate_text():
     text = format_estimate({"plan": {"workflow": "still", "frames": 50, "segments": [
         {"index": 0, "start_frame": 0, "end_frame": 50, "frames": 50}]}, "estimate": {"total_s": 12.5}})
     assert "segment 0: frames 0-50 (50 frames)" in text and "total_s: 12.5" in text
+
+
+def test_the_local_client_waits_for_the_result_when_progress_reports_the_end_first():
+    """The local /status answer (with a big base64 video) can arrive after /progress already says COMPLETED;
+    the client must take the result from the answer, not the end from /progress. A stand-in API that
+    answers /status a second late plays that."""
+
+    class Api(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def _json(self, body: dict, code: int = 200) -> None:
+            data = json.dumps(body).encode()
+            self.send_response(code)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def do_POST(self):
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            if self.path == "/run":
+                self._json({"id": "job-1", "status": "IN_PROGRESS"})
+            else:  # /status/job-1: the job ran; its answer is slow to arrive
+                time.sleep(1.0)
+                self._json({"id": "job-1", "status": "COMPLETED", "output": {"video": "AAAA", "frames": 3}})
+
+        def do_GET(self):
+            self._json({"id": "job-1", "status": "COMPLETED", "progress": {"stage": "done", "percent": 100}})
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Api)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        api = LocalApi(f"http://127.0.0.1:{server.server_address[1]}")
+        job_id = api.submit({"image": "x"})
+        state = api.state(job_id)
+        assert (state.status, state.output) == ("COMPLETED", {"video": "AAAA", "frames": 3})
+    finally:
+        server.shutdown()
+        server.server_close()
