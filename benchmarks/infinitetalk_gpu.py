@@ -6,7 +6,7 @@ run_job, with every model file made at the real 14B shapes with random values (s
     python3 benchmarks/infinitetalk_gpu.py windows --out $OUT/it_windows.json
     python3 benchmarks/infinitetalk_gpu.py scaling --out $OUT/it_scaling.json
 
-windows  one 81-frame window (832x480) per case, in two lanes at once, one per GPU:
+windows  one 81-frame window (832x480) per case, in two lanes at once, one per GPU (or one lane: --lanes):
          lane 0 (the whole GPU): the fast preset cold (models loaded), warm, and again (run-to-run spread);
                 the full preset (4 steps: seconds a step at three passes); each Hopper option alone and
                 together (sageattn, fp8 fast matmuls, torch.compile), each a model reload;
@@ -190,7 +190,7 @@ def lane_options(bench: Bench) -> None:
 
 def lane_vram(bench: Bench) -> None:
     """Lane 1: the fast window as 24, 32 and 48 GiB cards run it (the template's device rows choose)."""
-    gpu = (1,) if not bench.args.cpu else (0,)
+    gpu = (1,) if bench.args.lanes == "both" and not bench.args.cpu else (0,)
     window = bench.job(81 / 25)
     for index, limit in enumerate(bench.args.vram_limits):
         pool = bench.pool(f"vram{limit:g}", gpu, 8200 + 10 * index, vram_limit_gb=limit)
@@ -211,8 +211,11 @@ def lane_vram(bench: Bench) -> None:
 
 
 def windows(bench: Bench) -> None:
-    lanes = [threading.Thread(target=lane_options, args=(bench,), name="options")]
-    if bench.args.vram_limits:
+    """Both lanes at once on two GPUs (--lanes both), or one of them on GPU 0."""
+    lanes = []
+    if bench.args.lanes in ("both", "options"):
+        lanes.append(threading.Thread(target=lane_options, args=(bench,), name="options"))
+    if bench.args.lanes in ("both", "vram") and bench.args.vram_limits:
         lanes.append(threading.Thread(target=lane_vram, args=(bench,), name="vram"))
     for lane in lanes:
         lane.start()
@@ -276,6 +279,8 @@ def main() -> None:
     parser.add_argument("--out", required=True)
     parser.add_argument("--size", default="832x480")
     parser.add_argument("--frames", type=int, default=842, help="scaling: the job's length")
+    parser.add_argument("--lanes", choices=["both", "options", "vram"], default="both",
+                        help="windows: both lanes at once on GPUs 0 and 1, or one lane on GPU 0")
     parser.add_argument("--vram-limits", default="24,32,48", help="windows: GiB ceilings for lane 1 ('' for none)")
     parser.add_argument("--budget-s", type=float, default=570, help="stop starting cases after this many seconds")
     parser.add_argument("--min-case-s", type=float, default=45, help="skip a case with less time than this left")
