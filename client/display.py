@@ -31,7 +31,7 @@ def format_segment(segment: dict) -> str:
     if segment.get("state") == "done":
         return f"{where}{label} done"
     text = f"{where}{label} {segment.get('percent', 0):.0f}%"
-    if segment.get("windows", 1) > 1:
+    if segment.get("windows", 1) not in (1, segment.get("frames")):  # a template without a grid counts frames
         text += f" ({segment['windows']} windows)"
     node, steps = segment.get("node"), segment.get("node_steps")
     if node:
@@ -126,6 +126,10 @@ def format_estimate(output: dict) -> str:
         lines.append("estimate: none (the template declares no speed and the worker has run no such job yet)")
     else:
         lines.append("estimate:")
-        lines += [f"  {key}: {value}" for key, value in (estimate.items() if isinstance(estimate, dict)
-                                                          else [("value", estimate)])]
+        for key, value in (estimate.items() if isinstance(estimate, dict) else [("value", estimate)]):
+            if isinstance(value, list) and all(isinstance(v, dict) for v in value):  # e.g. per GPU count
+                lines.append(f"  {key}:")
+                lines += ["    " + ", ".join(f"{k} {v}" for k, v in item.items()) for item in value]
+            else:
+                lines.append(f"  {key}: {value}")
     return "\n".join(lines)

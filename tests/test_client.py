@@ -132,6 +132,26 @@ def test_the_workers_error_is_shown_as_the_worker_wrote_it(local_api):
     assert expected in result.stderr.splitlines()
 
 
+def test_estimate_prints_the_workers_dry_run(local_api, tmp_path):
+    image = make_image(local_api.media / "est.png")
+    speech = make_tone(local_api.media / "est.wav", 7.0)
+    dry = local_api.runsync({"image": str(image), "audio": str(speech), "width": 128, "height": 96,
+                             "dry_run": True})
+    assert dry["status"] == "COMPLETED", dry
+    plan = dry["output"]
+    result = run_client("estimate", "--url", local_api.url, "--image", str(image), "--audio", str(speech),
+                        "--width", "128", "--height", "96")
+    assert result.returncode == 0, result.stderr
+    assert f"workflow {plan['workflow']}: {plan['frames']} frames" in result.stdout
+    for s in plan["segments"]:
+        assert f"segment {s['index']}: frames {s['start_frame']}-{s['end_frame']} ({s['frames']} frames" in result.stdout
+    if plan["estimate"] is None:
+        assert "estimate: none" in result.stdout
+    else:
+        assert f"wall_s: {plan['estimate']['wall_s']}" in result.stdout
+    assert local_api.leftover_job_files() == []
+
+
 def test_status_and_cancel_of_jobs_the_worker_does_not_know(local_api):
     result = run_client("status", "no-such-job", "--url", local_api.url)
     assert result.returncode == 1 and "no job 'no-such-job'" in result.stderr

@@ -14,7 +14,7 @@ from tests.media_factory import make_index_video, make_tone
 from tests.worker_api import WorkerApi
 from worker.job_planner import LearnedRates
 from worker.planner import FrameGrid, plan_segments
-from worker.progress import JobProgressTracker, sampling_windows
+from worker.progress import JobProgressTracker
 from worker.templates import available_templates
 
 STAGES = ["preparing", "generating", "stitching", "delivering", "done"]
@@ -70,7 +70,7 @@ def test_progress_reaches_the_local_api_rises_to_100_and_has_a_sane_eta(worker):
     planned = segments_seen[-1]
     assert [(s["start_frame"], s["end_frame"]) for s in planned] == \
         [(s["start_frame"], s["end_frame"]) for s in output["segments"]]
-    assert all(s["windows"] == 1 for s in planned)  # restyle samples no windows
+    assert all(s["windows"] == s["frames"] for s in planned)  # restyle has no grid: a window per frame
     running = [s for seen in segments_seen for s in seen if s["state"] == "running"]
     assert {s["instance"] for s in running} == {s["instance"] for s in output["segments"]}
     assert any(0 < s["percent"] < 100 for s in running), "a segment's percent between its ends"
@@ -223,8 +223,13 @@ def test_updates_are_published_about_once_a_second_and_at_each_stage():
     assert any(p.stage == "generating" for p in published)
 
 
-def test_infinitetalk_segments_count_their_sampling_windows():
+def test_infinitetalk_segments_report_their_sampling_windows_as_the_dry_run_counts_them():
     template = available_templates()["infinitetalk_image_single"]
     assert template.grid == FrameGrid(72, 9, 81)
-    assert [sampling_windows(template, frames) for frames in (40, 81, 82, 153, 154, 297)] == [1, 1, 2, 2, 3, 4]
-    assert sampling_windows(TEMPLATE, 500) == 1
+    tracker = JobProgressTracker(None)
+    # one segment each: 81 frames sample 1 window; 153 two (81, then 72 more); 297 four
+    counts = []
+    for frames in (81, 153, 225, 297):
+        tracker.planned(plan_segments(frames, 1, 0, 81, None, template.grid), template, None)
+        counts.append(tracker.snapshot().segments[0].windows)
+    assert counts == [1, 2, 3, 4]

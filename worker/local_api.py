@@ -38,7 +38,7 @@ def add_progress_routes(app: FastAPI, jobs: LiveJobs) -> None:
         return {"jobs": jobs.reports()}
 
     @app.get("/progress/{job_id}", tags=["Worker: progress and cancel"], summary="A job's progress",
-             response_model=LiveJobReport, response_model_exclude_none=True)
+             response_model=LiveJobReport)
     def progress(job_id: str) -> Any:
         report = jobs.report(job_id)
         if report is None:
@@ -48,7 +48,7 @@ def add_progress_routes(app: FastAPI, jobs: LiveJobs) -> None:
         return report
 
     @app.post("/cancel/{job_id}", tags=["Worker: progress and cancel"], summary="Cancel a job",
-              response_model=LiveJobReport, response_model_exclude_none=True)
+              response_model=LiveJobReport)
     def cancel(job_id: str) -> Any:
         report = jobs.cancel(job_id, queued=queued_in_sdk(job_id))
         if report is None:

@@ -17,7 +17,6 @@ figure by stage and the segments' node progress. Percent never goes down, and is
 from __future__ import annotations
 
 import logging
-import math
 import threading
 import time
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ from typing import Callable, Literal
 from pydantic import BaseModel
 
 from comfy_manager.client import PromptProgress
+from worker.estimate import windows
 from worker.job_planner import LearnedRates
 from worker.planner import Segment, SegmentPlan
 from worker.templates import WorkflowTemplate
@@ -46,7 +46,7 @@ class SegmentProgress(BaseModel):
     start_frame: int
     end_frame: int  # exclusive
     frames: int
-    windows: int  # sampling windows the template generates this segment in (1 for templates without windows)
+    windows: int  # what the template samples it in, as the dry run counts them (worker/estimate.py: windows)
     state: SegmentState  # waiting for an instance (or for a retry), running, done
     instance: str | None = None  # e.g. gpu1:8189, once it runs
     gpu: int | None = None
@@ -70,17 +70,6 @@ class JobProgress(BaseModel):
 
 
 ProgressSink = Callable[[JobProgress], None]
-
-
-def sampling_windows(template: WorkflowTemplate, frames: int) -> int:
-    """How many windows the template samples a segment of `frames` in: InfiniteTalk-like templates declare
-    window_frames and motion_frames (each window after the first adds window - motion new frames)."""
-    params = template.spec.params
-    window, motion = params.get("window_frames"), params.get("motion_frames", 0)
-    if not isinstance(window, int) or not isinstance(motion, int) or window <= motion:
-        return 1
-    generated = template.grid.round_up(frames)
-    return 1 + max(0, math.ceil((generated - window) / (window - motion)))
 
 
 @dataclass
@@ -177,7 +166,7 @@ class JobProgressTracker:
         with self._lock:
             self._frames = plan.total_frames
             self._learned = learned
-            self._segments = [_Segment(s, sampling_windows(template, s.frames)) for s in plan.segments]
+            self._segments = [_Segment(s, windows(template, s)) for s in plan.segments]
 
     def stage(self, stage: Stage) -> None:
         with self._lock:

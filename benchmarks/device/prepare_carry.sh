@@ -29,7 +29,7 @@ pin() { grep -i "^$1==" requirements/comfyui.lock requirements/worker.lock | hea
 if [ ! -f "$dest/site.tar.xz" ]; then
   # The device image has torch, torchvision, numpy, scipy, aiohttp, requests, psutil, safetensors,
   # accelerate, peft, regex, sentencepiece, einops, pynvml ...
-  python3 -m pip install -q --no-deps "${plat[@]}" --target "$tmp/site" \
+  python3 -m pip install -q --no-deps --no-compile "${plat[@]}" --target "$tmp/site" \
     "$(pin torchsde)" "$(pin trampoline)" "$(pin av)" \
     "$(pin pydantic)" "$(pin pydantic_core)" "$(pin pydantic-settings)" "$(pin python-dotenv)" \
     "$(pin typing-inspection)" "$(pin annotated-types)" "$(pin websocket-client)" "$(pin ffmpeg-python)" "$(pin future)" \
