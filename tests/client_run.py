@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -37,8 +38,11 @@ class RunningClient:
 
     @classmethod
     def start(cls, *args: str, env: dict | None = None) -> RunningClient:
+        # Ctrl-C must reach it as KeyboardInterrupt even where the test run ignores SIGINT (started in the
+        # background, nohup): Python keeps an ignored SIGINT ignored.
         process = subprocess.Popen([sys.executable, "-m", "client", *args], cwd=REPO, env=env or client_env(),
-                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                   preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         running = cls(process)
         for stream, lines in ((process.stdout, running.stdout), (process.stderr, running.stderr)):
             threading.Thread(target=lambda s=stream, out=lines: out.extend(iter(s.readline, "")), daemon=True).start()

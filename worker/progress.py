@@ -158,7 +158,6 @@ class JobProgressTracker:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._last_logged: tuple[Stage, float] | None = None
-        self.published = 0
 
     # -- what the job's steps report -----------------------------------------------------------------
 
@@ -308,7 +307,6 @@ class JobProgressTracker:
                 return
 
     def _publish(self, progress: JobProgress) -> None:
-        self.published += 1
         key = (progress.stage, progress.elapsed_s)
         if self._last_logged is None or self._last_logged[0] != progress.stage or \
                 progress.elapsed_s - self._last_logged[1] >= LOG_EVERY_S:
