@@ -24,7 +24,7 @@ IT = "infinitetalk_image_single"
                          "t5_quantization": "fp8_e4m3fn", "compile": False}),
     (23.99, "gpu>=20GB", {"block_swap": True, "blocks_to_swap": 25, "tiled_vae": True,
                           "load_device": "offload_device"}),
-    (None, "cpu", {"base_precision": "fp32", "vae_precision": "fp32", "compile": False}),
+    (None, "cpu", {"base_precision": "bf16", "vae_precision": "fp32", "compile": False}),
 ])
 def test_each_gpu_size_gets_its_row(vram_gb, row, expected):
     params = available_templates()[IT].params_for(None, vram_gb)
