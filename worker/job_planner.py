@@ -8,6 +8,9 @@ encoders at work) over one instance's generation cost per frame, which JobPlanne
 jobs with the same template, size and steps. Until it has seen one, the lead is 0 (equal segments);
 STITCH_LEAD fixes it instead. Workflows whose cost moves in window steps (InfiniteTalk: 72 frames) gain
 less from it: segments a few frames apart often sample the same number of windows.
+
+Then place_seams moves each seam of that plan toward a pause in the job's audio (worker/seam_placement.py),
+within SEAM_BUDGET_PERCENT of the job's generation time.
 """
 
 from __future__ import annotations
@@ -18,8 +21,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from worker.errors import JobInputError
+from worker.loudness import LoudnessEnvelope
 from worker.planner import SegmentPlan, plan_segments
 from worker.request import JobRequest
+from worker.seam_placement import SeamPlacement, SeamSearch, place_seams
 from worker.templates import WorkflowTemplate
 
 if TYPE_CHECKING:
@@ -27,6 +32,7 @@ if TYPE_CHECKING:
     from worker.stitch import StitchResult
 
 log = logging.getLogger(__name__)
+SEAM_SEARCH_S = 2.0  # how far (seconds of video) a seam may move either way toward a pause
 
 
 @dataclass(frozen=True)
@@ -83,6 +89,12 @@ class ThroughputLog:
         return min(1.0, seen.stitch_s_per_frame / seen.generate_s_per_frame)
 
 
+def usable_instances(request: JobRequest, instances: int) -> int:
+    """How many instances the request's segments may run on at once."""
+    parallelism = instances if request.use_multi_gpu else 1
+    return parallelism if request.gpu_count is None else min(parallelism, request.gpu_count)
+
+
 def longest_segment(request: JobRequest, template: WorkflowTemplate) -> int:
     """The template's longest segment, or the request's max_segment_frames where that is shorter."""
     spec = template.spec
@@ -107,9 +119,7 @@ class JobPlanner:
     def plan(self, request: JobRequest, template: WorkflowTemplate, instances: int, total_frames: int) -> SegmentPlan:
         """As many segments as instances the request may use (and the length allows), overlapping by the
         request's or the template's overlap, on the template's frame grid."""
-        parallelism = instances if request.use_multi_gpu else 1
-        if request.gpu_count is not None:
-            parallelism = min(parallelism, request.gpu_count)
+        parallelism = usable_instances(request, instances)
         overlap = template.spec.overlap_frames if request.overlap_frames is None else request.overlap_frames
         lead = self.stitch_lead(RateKey.of(request, template))
         plan = plan_segments(total_frames, parallelism, overlap, template.spec.min_segment_frames,
@@ -117,6 +127,21 @@ class JobPlanner:
         log.info("plan: %d frames, %d segment(s), overlap %d, stitch lead %.3f", total_frames,
                  len(plan.segments), plan.overlap, lead)
         return plan
+
+    def place_seams(self, request: JobRequest, template: WorkflowTemplate, instances: int, plan: SegmentPlan,
+                    loudness: LoudnessEnvelope, budget_percent: float) -> SeamPlacement:
+        """The plan's seams moved toward the quietest audio near them (worker/seam_placement.py), at a cost of at
+        most budget_percent of the job's generation time."""
+        search = SeamSearch(loudness.levels_db, request.seams.span(plan.overlap), budget_percent / 100,
+                            usable_instances(request, instances), template.grid,
+                            max(template.spec.min_segment_frames, 2 * plan.overlap), longest_segment(request, template),
+                            radius=round(SEAM_SEARCH_S * request.fps))
+        placement = place_seams(plan, search)
+        if any(placement.shifts):
+            log.info("seams moved toward quiet audio by %s frames (cost %.1f of a budget of %.1f frames): %s",
+                     list(placement.shifts), placement.cost_frames, placement.budget_frames,
+                     ", ".join(s.describe() for s in placement.plan.segments))
+        return placement
 
     def learn(self, request: JobRequest, template: WorkflowTemplate, results: list[SegmentResult],
               stitched: StitchResult) -> None:
