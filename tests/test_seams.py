@@ -4,6 +4,7 @@ with real speech (espeak-ng), a workflow whose segments agree (restyle) and one 
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -185,6 +186,13 @@ def test_restyle_reports_seams_whose_sides_agree(pool, settings, media_dir):
     assert summary["cost_frames"] <= summary["budget_frames"]
     lines = format_summary(JobResponse.model_validate(output))
     assert "seams: focused blend of 8 frames" in lines and "seam 0: frames" in lines
+    # A source full of detail and motion: the segments' cuts of it are lossless, so their versions still agree.
+    busy = media_dir / "testsrc2.mp4"
+    subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-y", "-f", "lavfi", "-i",
+                    "testsrc2=size=256x128:rate=25:duration=4", "-c:v", "libx264", "-crf", "23", str(busy)], check=True)
+    detailed = run_job({"workflow": "restyle", "input_type": "video", "video": str(busy), "audio": str(audio),
+                        "width": 128, "height": 64, "fps": FPS, "output": {"destination": "volume"}}, pool, settings)
+    assert detailed["seams"][0]["disagreement"] == 0.0 and detailed["seam_summary"]["change_median"] > 0
 
 
 def test_a_drifting_workflow_is_blended_where_its_sides_agree(pool, seam_settings, media_dir):
