@@ -22,7 +22,8 @@ from worker.job_planner import JobPlanner
 from worker.loudness import loudness_envelope
 from worker.outputs import check_deliverable, deliver
 from worker.request import JobRequest, parse_request
-from worker.response import Timings, build_response
+from worker.estimate import estimate
+from worker.response import Timings, build_dry_run, build_response
 from worker.seam_blend import BlendOptions
 from worker.segments import run_segments
 from worker.stitch import OutputFormat, Stitcher
@@ -43,6 +44,8 @@ def run_job(job_input: Any, pool: InstancePool, settings: WorkerSettings, job_id
     started = time.monotonic()
     request = parse_request(job_input)
     template = choose_template(request, settings)
+    for instance in pool.instances:  # a template with no settings for this worker's GPUs is refused now
+        template.params_for(request.quality, instance.vram_gb, request.template_params)
     planner = planner or JobPlanner(settings.stitch_lead)
     output = output_format(request)
     with job_folder(settings, job_id) as (job_id, work_dir):
@@ -51,8 +54,12 @@ def run_job(job_input: Any, pool: InstancePool, settings: WorkerSettings, job_id
         inputs = fetch_inputs(ctx)
         frames = inputs.total_frames(request.fps)
         check_deliverable(request.output.destination, output, frames, settings)  # before any GPU time
-        loudness = loudness_envelope(inputs.final_audio, request.fps, frames)
         balanced = planner.plan(request, template, pool.size, frames)
+        expected = estimate(request, template, planner.plans_by_gpu_count(request, template, pool.size, frames),
+                            planner.parallelism(request, pool.size), planner.learned_s_per_frame(request, template))
+        if request.dry_run:
+            return build_dry_run(ctx, balanced, expected).model_dump()
+        loudness = loudness_envelope(inputs.final_audio, request.fps, frames)
         placement = planner.place_seams(request, template, pool.size, balanced, loudness, settings.seam_budget_percent)
         plan = placement.plan
         segment_inputs = cut_segment_inputs(ctx, plan, inputs)
@@ -65,7 +72,7 @@ def run_job(job_input: Any, pool: InstancePool, settings: WorkerSettings, job_id
         planner.learn(request, template, results, stitched)
         delivery = deliver(stitched.path, request.output.destination, job_id, settings)
         timings = Timings.between(started, prepared, generated, finished, time.monotonic())
-        response = build_response(ctx, placement, results, stitched, delivery, timings, loudness.median_db)
+        response = build_response(ctx, placement, results, stitched, delivery, timings, loudness.median_db, expected)
     log.info("job %s done\n%s", job_id, format_summary(response))
     return response.model_dump()
 

@@ -89,12 +89,6 @@ class ThroughputLog:
         return min(1.0, seen.stitch_s_per_frame / seen.generate_s_per_frame)
 
 
-def usable_instances(request: JobRequest, instances: int) -> int:
-    """How many instances the request's segments may run on at once."""
-    parallelism = instances if request.use_multi_gpu else 1
-    return parallelism if request.gpu_count is None else min(parallelism, request.gpu_count)
-
-
 def longest_segment(request: JobRequest, template: WorkflowTemplate) -> int:
     """The template's longest segment, or the request's max_segment_frames where that is shorter."""
     spec = template.spec
@@ -119,11 +113,14 @@ class JobPlanner:
     def plan(self, request: JobRequest, template: WorkflowTemplate, instances: int, total_frames: int) -> SegmentPlan:
         """As many segments as instances the request may use (and the length allows), overlapping by the
         request's or the template's overlap, on the template's frame grid."""
-        parallelism = usable_instances(request, instances)
+        parallelism = self.parallelism(request, instances)
         overlap = template.spec.overlap_frames if request.overlap_frames is None else request.overlap_frames
         lead = self.stitch_lead(RateKey.of(request, template))
-        plan = plan_segments(total_frames, parallelism, overlap, template.spec.min_segment_frames,
-                             longest_segment(request, template), template.grid, lead)
+        try:
+            plan = plan_segments(total_frames, parallelism, overlap, template.spec.min_segment_frames,
+                                 longest_segment(request, template), template.grid, lead)
+        except ValueError as exc:  # only the request's own limits can make a split impossible
+            raise JobInputError("max_segment_frames", f"{exc}: raise max_segment_frames or lower overlap_frames") from None
         log.info("plan: %d frames, %d segment(s), overlap %d, stitch lead %.3f", total_frames,
                  len(plan.segments), plan.overlap, lead)
         return plan
@@ -133,7 +130,7 @@ class JobPlanner:
         """The plan's seams moved toward the quietest audio near them (worker/seam_placement.py), at a cost of at
         most budget_percent of the job's generation time."""
         search = SeamSearch(loudness.levels_db, request.seams.span(plan.overlap), budget_percent / 100,
-                            usable_instances(request, instances), template.grid,
+                            self.parallelism(request, instances), template.grid,
                             max(template.spec.min_segment_frames, 2 * plan.overlap), longest_segment(request, template),
                             radius=round(SEAM_SEARCH_S * request.fps))
         placement = place_seams(plan, search)
@@ -142,6 +139,23 @@ class JobPlanner:
                      list(placement.shifts), placement.cost_frames, placement.budget_frames,
                      ", ".join(s.describe() for s in placement.plan.segments))
         return placement
+
+    @staticmethod
+    def parallelism(request: JobRequest, instances: int) -> int:
+        """How many instances the request may use at once."""
+        parallelism = instances if request.use_multi_gpu else 1
+        return parallelism if request.gpu_count is None else min(parallelism, request.gpu_count)
+
+    def plans_by_gpu_count(self, request: JobRequest, template: WorkflowTemplate, instances: int,
+                           total_frames: int) -> dict[int, SegmentPlan]:
+        """The plan this job would get on 1, 2 ... `instances` instances (for estimates)."""
+        return {count: self.plan(request.model_copy(update={"gpu_count": count, "use_multi_gpu": True}), template,
+                                 count, total_frames) for count in range(1, max(1, instances) + 1)}
+
+    def learned_s_per_frame(self, request: JobRequest, template: WorkflowTemplate) -> float | None:
+        """One instance's generation seconds per frame on jobs like this one, if the worker has run any."""
+        rates = self.throughput.rates(RateKey.of(request, template))
+        return None if rates is None else rates[0]
 
     def learn(self, request: JobRequest, template: WorkflowTemplate, results: list[SegmentResult],
               stitched: StitchResult) -> None:

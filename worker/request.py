@@ -54,8 +54,9 @@ class JobRequest(BaseModel):
     video: str | None = None
     audio: str | None = None
     audio_2: str | None = None
-    prompt: str = Field(default="", max_length=10_000)
-    negative_prompt: str = Field(default="", max_length=10_000)
+    # None: the template's own prompt (InfiniteTalk's describe a person talking to the camera).
+    prompt: str | None = Field(default=None, max_length=10_000)
+    negative_prompt: str | None = Field(default=None, max_length=10_000)
     seed: int = Field(default=42, ge=0, le=2**53)
     steps: int | None = Field(default=None, ge=1, le=200)
     # A preset of the template (InfiniteTalk: fast = the distill LoRA, 4 steps, one model pass a step;
@@ -78,6 +79,8 @@ class JobRequest(BaseModel):
     max_segment_frames: int | None = Field(default=None, ge=1, le=100_000)
     seams: SeamOptions = SeamOptions()
     output: OutputOptions = OutputOptions()
+    # True: check the inputs, plan, and answer with the plan and an estimate for 1..N GPUs; nothing runs.
+    dry_run: bool = False
 
     @model_validator(mode="after")
     def _media_present(self) -> "JobRequest":

@@ -6,9 +6,12 @@ from typing import TYPE_CHECKING
 
 from pydantic import BaseModel
 
+from worker.estimate import Estimate
+
 if TYPE_CHECKING:
     from worker.job_context import JobContext
     from worker.outputs import Delivery
+    from worker.planner import SegmentPlan
     from worker.seam_placement import SeamPlacement
     from worker.segments import SegmentResult
     from worker.stitch import StitchResult
@@ -96,10 +99,47 @@ class JobResponse(BaseModel):
     seams: list[SeamReport] = []
     seam_summary: SeamSummary | None = None
     timings: Timings
+    estimate: Estimate | None = None  # what the worker expected for this plan, before it ran (timings: what it took)
+
+
+class PlannedSegment(BaseModel):
+    index: int
+    start_frame: int
+    end_frame: int  # exclusive
+    frames: int
+    windows: int  # what the template samples for it (InfiniteTalk: 81-frame windows, then 72 frames each)
+
+
+class DryRunResponse(BaseModel):
+    """The answer to a request with dry_run: true: the plan and what it would cost; nothing ran."""
+
+    dry_run: bool = True
+    success: bool = True
+    workflow: str
+    quality: str | None
+    frames: int
+    fps: float
+    duration_s: float
+    instances_available: int
+    overlap_frames: int
+    segments: list[PlannedSegment]
+    estimate: Estimate | None  # None: the template declares no speed and this worker has run no such job
+
+
+def build_dry_run(ctx: JobContext, plan: SegmentPlan, estimate: Estimate | None) -> DryRunResponse:
+    from worker.estimate import windows
+    request = ctx.request
+    return DryRunResponse(
+        workflow=ctx.template.name, quality=request.quality or ctx.template.spec.default_preset,
+        frames=plan.total_frames, fps=request.fps, duration_s=round(plan.total_frames / request.fps, 4),
+        instances_available=ctx.pool.size, overlap_frames=plan.overlap, estimate=estimate,
+        segments=[PlannedSegment(index=s.index, start_frame=s.start, end_frame=s.end, frames=s.frames,
+                                 windows=windows(ctx.template, s)) for s in plan.segments])
 
 
 def build_response(ctx: JobContext, placement: SeamPlacement, results: list[SegmentResult], stitched: StitchResult,
-                   delivery: Delivery, timings: Timings, audio_median_db: float) -> JobResponse:
+                   delivery: Delivery, timings: Timings, audio_median_db: float,
+                   estimate: Estimate | None = None) -> JobResponse:
     request = ctx.request
     plan = placement.plan
     return JobResponse(
@@ -134,4 +174,5 @@ def build_response(ctx: JobContext, placement: SeamPlacement, results: list[Segm
                                  blend=request.seams.blend, blend_frames=request.seams.span(plan.overlap), color_matched=stitched.color_matched,
                                  audio_median_db=round(audio_median_db, 1), change_median=stitched.change_median),
         timings=timings,
+        estimate=estimate,
     )

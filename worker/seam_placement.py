@@ -74,7 +74,8 @@ def place_seams(balanced: SegmentPlan, search: SeamSearch) -> SeamPlacement:
     def cost(starts: list[int]) -> float | None:
         """The plan's cost in frames, or None if a segment breaks the length limits."""
         lengths = _lengths(starts, frames, overlap)
-        if min(lengths) < search.shortest or max(lengths) > search.longest:
+        # A balanced plan's last segment may be shorter than `shortest` (it has one overlap): no shorter still.
+        if any(n < min(search.shortest, b) for n, b in zip(lengths, base_lengths)) or max(lengths) > search.longest:
             return None
         late = max(f - b for f, b in zip(_finish_times(lengths, search.parallelism, search.grid), base_finish))
         return max(0.0, late) + max(0, _waste(lengths, search.grid) - base_waste)

@@ -51,6 +51,21 @@ class DeviceRow(BaseModel):
         return "cpu" if self.device == "cpu" else f"gpu>={self.min_vram_gb:g}GB"
 
 
+class Speed(BaseModel):
+    """A template's measured speed (worker/estimate.py): seconds a window per preset on one GPU."""
+
+    model_config = ConfigDict(extra="forbid")
+    measured_on: str  # e.g. "NVIDIA H200, random weights, 832x480, docs/PERFORMANCE.md"
+    width: int
+    height: int
+    seconds_per_window: dict[str, float]  # by preset ("default" where the template has none)
+    load_s: float | None = None  # a cold instance's first job, over a warm one's
+
+    @property
+    def pixels(self) -> int:
+        return self.width * self.height
+
+
 class TemplateSpec(BaseModel):
     """The contents of a NAME.bindings.json file."""
 
@@ -79,6 +94,7 @@ class TemplateSpec(BaseModel):
     links: dict[str, tuple[str, int]] = {}
     # Params a request may not set (template_params), e.g. those the frame grid above depends on.
     locked_params: list[str] = []
+    speed: Speed | None = None
     output_node: str | None = None
     bindings: dict[str, list[NodeInput]]
 
@@ -120,8 +136,9 @@ class WorkflowTemplate:
         given something other than true or false."""
         unknown = sorted(set(overrides) - self.settable_params)
         if unknown:
+            known = ", ".join(sorted(self.settable_params)) or "none"
             raise JobInputError("template_params", f"workflow {self.name!r} has no param {', '.join(unknown)}; "
-                                                   f"it has {', '.join(sorted(self.settable_params))}")
+                                                   f"it has {known}")
         for name in set(overrides) & set(self.spec.links):
             if not isinstance(overrides[name], bool):
                 raise JobInputError("template_params", f"{name} switches a node on or off: true or false, "
