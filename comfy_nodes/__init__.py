@@ -119,7 +119,7 @@ class SaveSegmentVideo:
         size = (width + width % 2, height + height % 2)  # yuv420p needs even sides: the last row/column repeats
         if body_crf < 0:
             gop = ("-g", str(max(1, round(fps * KEYFRAME_SECONDS))))
-            plan = [(0, count, lambda: X264Pipe(stem + "_.mp4", size, fps, crf, preset, stitchable=False, extra=gop))]
+            plan = [(0, count, lambda: X264Pipe(stem + segment_format.WHOLE_ENDING, size, fps, crf, preset, stitchable=False, extra=gop))]
         else:
             endings = segment_format.PART_ENDINGS
             bounds = (0, head_frames, count - tail_frames, count)
@@ -158,9 +158,8 @@ class SaveSegmentVideo:
         # mp4s under "images" (ComfyUI previews them as animations); the raw y4m overlaps under their own key.
         videos = [f for path, f in files.items() if path.endswith(".mp4")]
         overlaps = [f for path, f in files.items() if path.endswith(".y4m")]
-        stats = {"filename": os.path.basename(stem + segment_format.STATS_ENDING), "subfolder": subfolder, "type": "output"}
-        return {"ui": {"images": videos, "animated": (True,), **({"overlaps": overlaps} if overlaps else {}),
-                       "segment_stats": [stats]}}
+        # The measurements (stem + STATS_ENDING) are not listed: the worker finds them by the video's name.
+        return {"ui": {"images": videos, "animated": (True,), **({"overlaps": overlaps} if overlaps else {})}}
 
     @staticmethod
     def _write(parts, first: int, batch: torch.Tensor, measured: FrameMeasures) -> None:

@@ -24,7 +24,10 @@ from pathlib import Path
 
 # The split form's parts, in frame order, and the endings of their file names.
 PART_ENDINGS = {"head": "_head.y4m", "body": "_body.mp4", "tail": "_tail.y4m"}
-# Beside either form: what the node measured of the frames it saved (SegmentStats), for the seam report.
+# The whole form's one file.
+WHOLE_ENDING = "_.mp4"
+# Beside either form, named after it (stats_name): what the node measured of the frames it saved
+# (SegmentStats), for the seam report. Not listed among the node's outputs.
 STATS_ENDING = "_stats.json"
 # Declared on every encode, so that every piece of the result carries the same aspect ratio in its headers.
 SQUARE_PIXELS = "setsar=1"
@@ -35,8 +38,12 @@ def split_part(filename: str) -> str | None:
     return next((part for part, ending in PART_ENDINGS.items() if filename.endswith(ending)), None)
 
 
-def is_stats(filename: str) -> bool:
-    return filename.endswith(STATS_ENDING)
+def stats_name(video_filename: str) -> str | None:
+    """The measurements file SaveSegmentVideo wrote beside the file `video_filename` (any part of either
+    form); None for a file it did not write."""
+    endings = [*PART_ENDINGS.values(), WHOLE_ENDING]
+    ending = next((e for e in endings if video_filename.endswith(e)), None)
+    return None if ending is None else video_filename[:-len(ending)] + STATS_ENDING
 
 
 @dataclass(frozen=True)
