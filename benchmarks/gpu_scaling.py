@@ -76,6 +76,9 @@ def main() -> None:
                              "(tells load-dependent slow-down apart from work that does not shrink)")
     parser.add_argument("--logs", help="folder to copy each ComfyUI instance's log into")
     parser.add_argument("--baseline", help="JSON of an earlier call whose runs (the 1-GPU one) to include")
+    parser.add_argument("--seams", default="{}",
+                        help='the request\'s seams options as JSON, e.g. \'{"color_match": true}\' (the stand-in '
+                             'links its reference image) or \'{"blend": "linear"}\'; SEAM_BUDGET_PERCENT from the env')
     parser.add_argument("--out", default=str(REPO / "docs" / "perf" / "gpu_scaling.json"))
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -99,7 +102,8 @@ def main() -> None:
                               output_volume_dir=root / "volume", segment_timeout_s=3600)
     job = {"workflow": "wan_standin", "input_type": "image", "image": str(image), "audio": str(audio),
            "width": width, "height": height, "fps": args.fps, "steps": args.steps,
-           "overlap_frames": args.overlap, "output": {"destination": "volume", "preset": "veryfast"}}
+           "overlap_frames": args.overlap, "output": {"destination": "volume", "preset": "veryfast"},
+           "seams": json.loads(args.seams)}
     # Long enough for one segment per instance (each at least 2 x overlap frames), so that every instance
     # has loaded the model before the timed job; one step keeps it short.
     warmup_s = (max(counts) + 1) * 2 * args.overlap / args.fps
@@ -142,7 +146,7 @@ def main() -> None:
                 "instance_ready_s": [round(i.ready_after_s or 0, 2) for i in pool.instances],
                 "first_job_s": round(first_job_s, 2), "worker_peak_rss_mb": round(rss.peak / 2**20, 1),
                 "stitch_lead": round(lead, 4), "frames_copied": out["frames_copied"],
-                "segments": out["segments"],
+                "segments": out["segments"], "seams": out["seams"], "seam_summary": out["seam_summary"],
             })
             if frames not in (None, out["frames"]):
                 raise SystemExit(f"the baseline has {frames} frames, this job {out['frames']}")

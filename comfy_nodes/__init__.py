@@ -2,7 +2,9 @@
 
 SaveSegmentVideo  IMAGE batch -> a segment's video in the output folder, every frame kept; given the
                   segment's overlaps and the output's x264 settings, its body already encoded for the
-                  final video (the stitcher then copies it instead of encoding it again).
+                  final video (the stitcher then copies it instead of encoding it again); given a colour
+                  reference, every frame matched to it first (color_match.py); beside it, what it
+                  measured of the frames, for the worker's seam report.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ import torch
 import comfy.model_management
 import comfy.utils
 import folder_paths
+
+from .color_match import ColorMatcher, rgb_to_yuv_means
 
 
 def _load_segment_format():
@@ -94,11 +98,15 @@ class SaveSegmentVideo:
                 "body_crf": ("INT", {"default": -1, "min": -1, "max": 51,
                                      "tooltip": "-1: one whole file; otherwise the split form's body CRF"}),
                 "body_preset": (X264_PRESETS, {"default": "veryfast"}),
+                "color_reference": ("IMAGE", {"tooltip": "match every frame's colours to this: one image, or "
+                                                         "one per frame (the source frames)"}),
+                "color_window": ("INT", {"default": 25, "min": 1, "max": 10_000,
+                                         "tooltip": "frames the colour statistics are smoothed over"}),
             },
         }
 
     def save(self, images, fps, filename_prefix, crf, preset, frames=0, head_frames=0, tail_frames=0,
-             body_crf=-1, body_preset="veryfast"):
+             body_crf=-1, body_preset="veryfast", color_reference=None, color_window=25):
         count, height, width = images.shape[0], images.shape[1], images.shape[2]
         if frames > count:
             raise ValueError(f"SaveSegmentVideo got {count} images, fewer than frames={frames}")
@@ -112,7 +120,7 @@ class SaveSegmentVideo:
         size = (width + width % 2, height + height % 2)  # yuv420p needs even sides: the last row/column repeats
         if body_crf < 0:
             gop = ("-g", str(max(1, round(fps * KEYFRAME_SECONDS))))
-            plan = [(0, count, lambda: X264Pipe(stem + "_.mp4", size, fps, crf, preset, stitchable=False, extra=gop))]
+            plan = [(0, count, lambda: X264Pipe(stem + segment_format.WHOLE_ENDING, size, fps, crf, preset, stitchable=False, extra=gop))]
         else:
             endings = segment_format.PART_ENDINGS
             bounds = (0, head_frames, count - tail_frames, count)
@@ -122,18 +130,28 @@ class SaveSegmentVideo:
             plan = [(a, b, make) for a, b, make in zip(bounds, bounds[1:], writers) if b > a]
         parts = []  # (first frame, end frame, writer), each added once it exists, so a failure removes it
         progress = comfy.utils.ProgressBar(count)  # frames written: the worker's job progress (websocket)
+        device = comfy.model_management.get_torch_device()
+        matcher = None if color_reference is None else ColorMatcher(color_reference, count, color_window, device)
+        measured = FrameMeasures(count)
         try:
             for a, b, make in plan:
                 parts.append((a, b, make()))
+            waiting = []  # (first frame, batch on the device) until the colour matcher can match it
             for first in range(0, count, BATCH_FRAMES):
                 last = min(count, first + BATCH_FRAMES)
-                planes = yuv420p_frames(images[first:last]).cpu().numpy()
-                for a, b, writer in parts:
-                    if a < last and b > first:
-                        writer.write(planes[max(a, first) - first:min(b, last) - first].tobytes())
+                batch = images[first:last].to(device, non_blocking=True)
+                if matcher is None:
+                    self._write(parts, first, batch, measured)
+                else:
+                    measured.unmatched(matcher.add(batch))
+                    waiting.append((first, batch))
+                    while waiting and (last == count or matcher.can_match(waiting[0][0] + waiting[0][1].shape[0])):
+                        start, pending = waiting.pop(0)
+                        self._write(parts, start, matcher.match(start, pending), measured)
                 progress.update_absolute(last, count)
             for _, _, writer in parts:
                 writer.close()
+            measured.stats().write(stem + segment_format.STATS_ENDING)
         except BaseException:
             for _, _, writer in parts:
                 writer.abort()
@@ -143,7 +161,51 @@ class SaveSegmentVideo:
         # mp4s under "images" (ComfyUI previews them as animations); the raw y4m overlaps under their own key.
         videos = [f for path, f in files.items() if path.endswith(".mp4")]
         overlaps = [f for path, f in files.items() if path.endswith(".y4m")]
+        # The measurements (stem + STATS_ENDING) are not listed: the worker finds them by the video's name.
         return {"ui": {"images": videos, "animated": (True,), **({"overlaps": overlaps} if overlaps else {})}}
+
+    @staticmethod
+    def _write(parts, first: int, batch: torch.Tensor, measured: FrameMeasures) -> None:
+        """Frames [first, first + len(batch)) (on the device) as yuv420p to the writers whose range they touch."""
+        planes = yuv420p_frames(batch)
+        measured.changes(planes[:, :measured.luma_size(batch)])
+        planes = planes.cpu().numpy()
+        last = first + planes.shape[0]
+        for a, b, writer in parts:
+            if a < last and b > first:
+                writer.write(planes[max(a, first) - first:min(b, last) - first].tobytes())
+
+
+class FrameMeasures:
+    """What the node measures of the frames it saves, for the worker's seam report (segment_format.SegmentStats):
+    the change from each frame to the next, and, where they are matched, every frame's mean colour before."""
+
+    def __init__(self, count: int):
+        self.count = count
+        self._changes: list[float] = []
+        self._last_luma: torch.Tensor | None = None
+        self._unmatched: list[list[float]] = []
+
+    @staticmethod
+    def luma_size(batch: torch.Tensor) -> int:
+        return (batch.shape[1] + batch.shape[1] % 2) * (batch.shape[2] + batch.shape[2] % 2)
+
+    def changes(self, luma: torch.Tensor) -> None:
+        """The next frames' Y planes, in order: the mean absolute change from each frame to the next."""
+        luma = luma.to(torch.int16)
+        if self._last_luma is not None:
+            luma = torch.cat([self._last_luma, luma])
+        if luma.shape[0] > 1:
+            self._changes += (luma[1:] - luma[:-1]).abs().float().mean(dim=1).tolist()
+        self._last_luma = luma[-1:]
+
+    def unmatched(self, rgb_means: torch.Tensor) -> None:
+        """The next frames' mean R, G, B before colour matching."""
+        self._unmatched += [[round(m, 3) for m in row] for row in rgb_to_yuv_means(rgb_means.float()).tolist()]
+
+    def stats(self):
+        return segment_format.SegmentStats(self.count, [round(c, 3) for c in self._changes], bool(self._unmatched),
+                                           self._unmatched or None)
 
 
 def yuv420p_frames(images: torch.Tensor) -> torch.Tensor:

@@ -7,8 +7,10 @@ test can read back exactly which source frame ended up at each position of an ou
 from __future__ import annotations
 
 import base64
+import re
 import subprocess
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -17,19 +19,28 @@ from worker import segment_format
 COLUMNS, ROWS = 8, 2  # 16 bits: up to 65535 frames
 
 
-def index_frame(index: int, width: int, height: int) -> np.ndarray:
-    frame = np.full((height, width, 3), 16, dtype=np.uint8)
+Colour = tuple[int, int, int]
+
+
+def index_frame(index: int, width: int, height: int, background: Colour = (16, 16, 16),
+                foreground: Colour = (235, 235, 235)) -> np.ndarray:
+    """Frame `index`: the bits of the index as cells of `foreground` on `background` (RGB; the background's
+    luma must stay below 128 and the foreground's above it)."""
+    frame = np.empty((height, width, 3), dtype=np.uint8)
+    frame[:] = background
     cell_w, cell_h = width // COLUMNS, height // ROWS
     for bit in range(COLUMNS * ROWS):
         if index >> bit & 1:
             row, col = divmod(bit, COLUMNS)
-            frame[row * cell_h:(row + 1) * cell_h, col * cell_w:(col + 1) * cell_w] = 235
+            frame[row * cell_h:(row + 1) * cell_h, col * cell_w:(col + 1) * cell_w] = foreground
     return frame
 
 
 def make_index_video(path: Path, frames: int, fps: float, width: int = 128, height: int = 64,
-                     with_audio_s: float | None = None) -> Path:
-    """An mp4 of `frames` frames, frame i showing i; optionally with a tone as its own audio."""
+                     with_audio_s: float | None = None,
+                     colours: Callable[[int], tuple[Colour, Colour]] | None = None) -> Path:
+    """An mp4 of `frames` frames, frame i showing i; optionally with a tone as its own audio, and with
+    colours(i) = (background, foreground) of frame i."""
     cmd = ["ffmpeg", "-nostdin", "-loglevel", "error", "-y", "-f", "rawvideo", "-pix_fmt", "rgb24",
            "-s", f"{width}x{height}", "-r", str(fps), "-i", "pipe:0"]
     if with_audio_s:
@@ -37,7 +48,7 @@ def make_index_video(path: Path, frames: int, fps: float, width: int = 128, heig
     cmd += ["-c:v", "libx264", "-preset", "ultrafast", "-crf", "8", "-pix_fmt", "yuv420p", str(path)]
     process = subprocess.Popen(cmd, stdin=subprocess.PIPE)
     for i in range(frames):
-        process.stdin.write(index_frame(i, width, height).tobytes())
+        process.stdin.write(index_frame(i, width, height, *(colours(i) if colours else ())).tobytes())
     process.stdin.close()
     if process.wait() != 0:
         raise RuntimeError("ffmpeg could not write the index video")
@@ -127,3 +138,27 @@ def write_split_segment(frames: list[bytes], folder: Path, head: int, tail: int,
             path.write_bytes(segment_format.y4m_header(width, height, fps) + raw)
         files[part] = path
     return files
+
+
+def make_speech(path: Path, sentences: list[str], pause_s: float = 0.8, rate: int = 22050) -> Path:
+    """Real speech (espeak-ng, the Debian package) speaking `sentences` with a pause of pause_s after each
+    but the last, as a mono WAV."""
+    breaks = f"<break time='{round(pause_s * 1000)}ms'/>"
+    ssml = "<speak>" + breaks.join(sentences) + "</speak>"
+    spoken = path.with_suffix(".espeak.wav")
+    subprocess.run(["espeak-ng", "-m", "-w", str(spoken), ssml], check=True, capture_output=True)
+    subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-y", "-i", str(spoken), "-ar", str(rate), "-ac", "1",
+                    str(path)], check=True)
+    spoken.unlink()
+    return path
+
+
+def silences(path: Path, noise_db: float = -40.0, min_s: float = 0.3) -> list[tuple[float, float]]:
+    """The (start, end) seconds of every stretch of audio quieter than noise_db for at least min_s, as
+    ffmpeg's silencedetect filter finds them."""
+    log = subprocess.run(["ffmpeg", "-nostdin", "-i", str(path), "-af", f"silencedetect=noise={noise_db}dB:d={min_s}",
+                          "-f", "null", "-"], capture_output=True, text=True, check=True).stderr
+    starts = [float(v) for v in re.findall(r"silence_start: (-?[\d.]+)", log)]
+    ends = [float(v) for v in re.findall(r"silence_end: ([\d.]+)", log)]
+    ends += [media_duration(path, "a")] * (len(starts) - len(ends))  # silent to the end
+    return list(zip(starts, ends))

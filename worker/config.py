@@ -38,6 +38,9 @@ class WorkerSettings(EnvSettings):
     segment_timeout_per_frame_s: float = env("SEGMENT_TIMEOUT_PER_FRAME_S", 20.0)
     segment_retries: int = env("SEGMENT_RETRIES", 2)
     stitch_lead: float | None = env("STITCH_LEAD", None)  # "auto" (None): learned (worker/job_planner.py)
+    # Seams move toward speech pauses at a cost of at most this share of the job's generation time
+    # (worker/seam_placement.py); 0: seams stay where the balanced plan puts them.
+    seam_budget_percent: float = env("SEAM_BUDGET_PERCENT", 3.0, ge=0.0, le=100.0)
     max_concurrent_jobs: int = env("MAX_CONCURRENT_JOBS", 1)  # their segments share the instances
     # Delivery (worker/outputs.py). A response carries at most max_response_mb of base64 video.
     max_response_mb: float = env("MAX_RESPONSE_MB", 15.0)

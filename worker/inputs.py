@@ -17,8 +17,10 @@ from worker.media_sources import fetch_media
 from worker.planner import Segment, SegmentPlan, total_frames_for
 
 log = logging.getLogger(__name__)
-# Intermediate clips are near-lossless and as fast to write as x264 allows; they live seconds.
-_CLIP_CODEC = {"vcodec": "libx264", "preset": "ultrafast", "crf": 10, "pix_fmt": "yuv420p"}
+# Intermediate clips are lossless (x264 CRF 0) and as fast to write as x264 allows; they live seconds. Lossless,
+# so that two segments sharing an overlap receive the very same source frames: their versions of it then
+# differ only by what their workflows do (the seam report's disagreement), not by two lossy encodes.
+_CLIP_CODEC = {"vcodec": "libx264", "preset": "ultrafast", "crf": 0, "pix_fmt": "yuv420p"}
 
 
 @dataclass(frozen=True)

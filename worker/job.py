@@ -19,11 +19,13 @@ from worker.config import WorkerSettings
 from worker.inputs import cut_segment_inputs, fetch_inputs
 from worker.job_context import JobContext
 from worker.job_planner import JobPlanner
+from worker.loudness import loudness_envelope
 from worker.outputs import check_deliverable, deliver
 from worker.progress import JobProgressTracker, ProgressSink
 from worker.request import JobRequest, parse_request
 from worker.estimate import estimate
 from worker.response import Timings, build_dry_run, build_response
+from worker.seam_blend import BlendOptions
 from worker.segments import run_segments
 from worker.stitch import OutputFormat, Stitcher
 from worker.summary import format_summary
@@ -56,17 +58,21 @@ def run_job(job_input: Any, pool: InstancePool, settings: WorkerSettings, job_id
         inputs = fetch_inputs(ctx)
         frames = inputs.total_frames(request.fps)
         check_deliverable(request.output.destination, output, frames, settings)  # before any GPU time
-        plan = planner.plan(request, template, pool.size, frames)
+        balanced = planner.plan(request, template, pool.size, frames)
         expected = estimate(request, template, planner.plans_by_gpu_count(request, template, pool.size, frames),
                             planner.parallelism(request, pool.size), planner.learned_s_per_frame(request, template))
         if request.dry_run:
             progress.finish()
-            return build_dry_run(ctx, plan, expected).model_dump()
+            return build_dry_run(ctx, balanced, expected).model_dump()
+        loudness = loudness_envelope(inputs.final_audio, request.fps, frames)
+        placement = planner.place_seams(request, template, pool.size, balanced, loudness, settings.seam_budget_percent)
+        plan = placement.plan
         progress.planned(plan, template, planner.learned(request, template))
         segment_inputs = cut_segment_inputs(ctx, plan, inputs)
         prepared = time.monotonic()
         progress.stage("generating")
-        with Stitcher(plan, work_dir / "chunks", inputs.final_audio, output) as stitcher:
+        blend = BlendOptions(request.seams.blend == "focused", request.seams.blend_frames)
+        with Stitcher(plan, work_dir / "chunks", inputs.final_audio, output, blend=blend, loudness=loudness) as stitcher:
             results = run_segments(ctx, plan, segment_inputs, on_video=stitcher.add_segment)
             progress.stage("stitching")
             stitched = stitcher.finish(work_dir / "result.mp4")
@@ -75,7 +81,7 @@ def run_job(job_input: Any, pool: InstancePool, settings: WorkerSettings, job_id
         delivery = deliver(stitched.path, request.output.destination, job_id, settings)
         timings = Timings.between(started, prepared, generated, finished, time.monotonic())
         planner.learn(request, template, results, stitched, timings)
-        response = build_response(ctx, plan, results, stitched, delivery, timings, expected)
+        response = build_response(ctx, placement, results, stitched, delivery, timings, loudness.median_db, expected)
         progress.finish()
     log.info("job %s done\n%s", job_id, format_summary(response))
     return response.model_dump()

@@ -11,6 +11,9 @@ less from it: segments a few frames apart often sample the same number of window
 
 The same log feeds the progress estimates (worker/progress.py): LearnedRates adds what follows generation
 (the stitch's tail, the delivery) and where a segment's ComfyUI time goes, node by node.
+
+Then place_seams moves each seam of that plan toward a pause in the job's audio (worker/seam_placement.py),
+within SEAM_BUDGET_PERCENT of the job's generation time.
 """
 
 from __future__ import annotations
@@ -21,8 +24,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from worker.errors import JobInputError
+from worker.loudness import LoudnessEnvelope
 from worker.planner import SegmentPlan, plan_segments
 from worker.request import JobRequest
+from worker.seam_placement import SeamPlacement, SeamSearch, place_seams
 from worker.templates import WorkflowTemplate
 
 if TYPE_CHECKING:
@@ -31,6 +36,7 @@ if TYPE_CHECKING:
     from worker.stitch import StitchResult
 
 log = logging.getLogger(__name__)
+SEAM_SEARCH_S = 2.0  # how far (seconds of video) a seam may move either way toward a pause
 
 
 @dataclass(frozen=True)
@@ -154,6 +160,21 @@ class JobPlanner:
     def learned(self, request: JobRequest, template: WorkflowTemplate) -> LearnedRates | None:
         """What recent jobs of this kind (template, size, steps) took, if the worker has run one."""
         return self.throughput.learned(RateKey.of(request, template))
+
+    def place_seams(self, request: JobRequest, template: WorkflowTemplate, instances: int, plan: SegmentPlan,
+                    loudness: LoudnessEnvelope, budget_percent: float) -> SeamPlacement:
+        """The plan's seams moved toward the quietest audio near them (worker/seam_placement.py), at a cost of at
+        most budget_percent of the job's generation time."""
+        search = SeamSearch(loudness.levels_db, request.seams.span(plan.overlap), budget_percent / 100,
+                            self.parallelism(request, instances), template.grid,
+                            max(template.spec.min_segment_frames, 2 * plan.overlap), longest_segment(request, template),
+                            radius=round(SEAM_SEARCH_S * request.fps))
+        placement = place_seams(plan, search)
+        if any(placement.shifts):
+            log.info("seams moved toward quiet audio by %s frames (cost %.1f of a budget of %.1f frames): %s",
+                     list(placement.shifts), placement.cost_frames, placement.budget_frames,
+                     ", ".join(s.describe() for s in placement.plan.segments))
+        return placement
 
     @staticmethod
     def parallelism(request: JobRequest, instances: int) -> int:

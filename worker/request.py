@@ -24,6 +24,24 @@ class OutputOptions(BaseModel):
     destination: Literal[("auto", *DESTINATIONS)] = "auto"  # type: ignore[valid-type]
 
 
+class SeamOptions(BaseModel):
+    """How neighbouring segments are joined (README: "Seams")."""
+
+    model_config = ConfigDict(extra="forbid")
+    # focused: a short blend of blend_frames frames, placed inside the overlap where the two generations
+    # differ least and the audio is quietest; linear: a fade across the whole overlap.
+    blend: Literal["focused", "linear"] = "focused"
+    blend_frames: int = Field(default=10, ge=1, le=200)
+    # Match every segment's colours to the job's shared reference (the reference image, or the source
+    # frames) in the worker's save node, so that the two sides of a seam cannot drift apart. None: the
+    # template's default (on for InfiniteTalk, off where colours are the point, e.g. restyle).
+    color_match: bool | None = None
+
+    def span(self, overlap: int) -> int:
+        """Frames blended at a seam with this overlap."""
+        return overlap if self.blend == "linear" else min(self.blend_frames, overlap)
+
+
 class JobRequest(BaseModel):
     """One video job: reference media, speech audio, and how to render it."""
 
@@ -59,6 +77,7 @@ class JobRequest(BaseModel):
     # Longest segment, in frames (at least the template's shortest): a longer job gets more segments than
     # instances, which queue for them. None: the template's limit.
     max_segment_frames: int | None = Field(default=None, ge=1, le=100_000)
+    seams: SeamOptions = SeamOptions()
     output: OutputOptions = OutputOptions()
     # True: check the inputs, plan, and answer with the plan and an estimate for 1..N GPUs; nothing runs.
     dry_run: bool = False

@@ -12,6 +12,7 @@ if TYPE_CHECKING:
     from worker.job_context import JobContext
     from worker.outputs import Delivery
     from worker.planner import SegmentPlan
+    from worker.seam_placement import SeamPlacement
     from worker.segments import SegmentResult
     from worker.stitch import StitchResult
 
@@ -32,6 +33,36 @@ class SegmentReport(BaseModel):
     # (draw the job as a timeline: client/timeline.py).
     started_s: float = 0.0
     finished_s: float = 0.0
+
+
+class SeamReport(BaseModel):
+    """One seam, where segments index and index + 1 meet (README: "Reading the seam report"). Frames are
+    output frames; differences are in 8-bit units of the Y, U and V samples."""
+
+    index: int
+    overlap_start_frame: int
+    overlap_end_frame: int  # exclusive
+    moved_frames: int  # how far seam placement moved the overlap toward quiet audio (negative: earlier)
+    blend_start_frame: int
+    blend_end_frame: int  # exclusive
+    audio_db: float | None  # the audio over the blend against the job's median level, dB (negative: quieter)
+    disagreement: float  # the two generations' mean absolute difference over the overlap
+    disagreement_at_blend: float  # ... over the blended frames
+    color_difference_before: float  # the sides' largest mean Y/U/V difference over the overlap, unmatched
+    color_difference_after: float  # ... as blended (after colour matching, where it is on)
+    change_at_seam: float | None  # the largest frame-to-frame change across the overlap's output
+
+
+class SeamSummary(BaseModel):
+    """How the job's seams were placed and blended, and what the rest of the video is compared with."""
+
+    budget_frames: float  # what seam placement could spend (frames of one instance's generation)
+    cost_frames: float  # what it spent: later segment finishes plus frames generated and thrown away
+    blend: str  # focused or linear
+    blend_frames: int  # the focused blend's length (capped at the overlap)
+    color_matched: bool  # every segment matched to the colour reference by SaveSegmentVideo
+    audio_median_db: float  # the job's median audio level per frame, dBFS
+    change_median: float | None  # the median frame-to-frame change inside the segments' bodies
 
 
 class Timings(BaseModel):
@@ -69,6 +100,8 @@ class JobResponse(BaseModel):
     # each segment's body); the stitch encoded the rest (the cross-faded overlaps, or everything).
     frames_copied: int = 0
     segments: list[SegmentReport]
+    seams: list[SeamReport] = []
+    seam_summary: SeamSummary | None = None
     timings: Timings
     estimate: Estimate | None = None  # what the worker expected for this plan, before it ran (timings: what it took)
 
@@ -108,9 +141,11 @@ def build_dry_run(ctx: JobContext, plan: SegmentPlan, estimate: Estimate | None)
                                  windows=windows(ctx.template, s)) for s in plan.segments])
 
 
-def build_response(ctx: JobContext, plan: SegmentPlan, results: list[SegmentResult], stitched: StitchResult,
-                   delivery: Delivery, timings: Timings, estimate: Estimate | None = None) -> JobResponse:
+def build_response(ctx: JobContext, placement: SeamPlacement, results: list[SegmentResult], stitched: StitchResult,
+                   delivery: Delivery, timings: Timings, audio_median_db: float,
+                   estimate: Estimate | None = None) -> JobResponse:
     request = ctx.request
+    plan = placement.plan
     return JobResponse(
         message=f"{plan.total_frames} frames in {len(plan.segments)} segment(s)",
         workflow=ctx.template.name,
@@ -135,6 +170,15 @@ def build_response(ctx: JobContext, plan: SegmentPlan, results: list[SegmentResu
                                 started_s=round(r.started_at - ctx.started_at, 3),
                                 finished_s=round(r.finished_at - ctx.started_at, 3))
                   for r in results],
+        seams=[SeamReport(index=m.index, overlap_start_frame=m.overlap_start, overlap_end_frame=m.overlap_end,
+                          moved_frames=placement.shifts[m.index], blend_start_frame=m.blend_start,
+                          blend_end_frame=m.blend_end, audio_db=m.audio_db, disagreement=m.disagreement_overlap,
+                          disagreement_at_blend=m.disagreement_blend, color_difference_before=m.color_before,
+                          color_difference_after=m.color_after, change_at_seam=m.change_at_seam)
+               for m in stitched.seams],
+        seam_summary=SeamSummary(budget_frames=placement.budget_frames, cost_frames=placement.cost_frames,
+                                 blend=request.seams.blend, blend_frames=request.seams.span(plan.overlap), color_matched=stitched.color_matched,
+                                 audio_median_db=round(audio_median_db, 1), change_median=stitched.change_median),
         timings=timings,
         estimate=estimate,
     )

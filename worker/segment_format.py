@@ -8,6 +8,8 @@ Whole form: one H.264 mp4 with every frame of the segment (what any save node wr
 Split form: the frames shared with the previous segment (head) and with the next (tail) as raw yuv420p
 in y4m files, for the stitcher's cross-fades; the frames only this segment has (body) encoded with the
 output's own x264 settings, so that the stitcher copies them into the result instead of encoding again.
+With either form, a small JSON file of what the node measured of the frames (SegmentStats: frame-to-frame
+change, colours before matching) for the seam report.
 Copying works only if the body's H.264 stream is the one the stitcher would write itself: same size,
 frame rate, pixel format, x264 options and therefore the same stream headers. x264_options() and
 SQUARE_PIXELS are that agreement.
@@ -15,10 +17,18 @@ SQUARE_PIXELS are that agreement.
 
 from __future__ import annotations
 
+import json
+from dataclasses import asdict, dataclass
 from fractions import Fraction
+from pathlib import Path
 
 # The split form's parts, in frame order, and the endings of their file names.
 PART_ENDINGS = {"head": "_head.y4m", "body": "_body.mp4", "tail": "_tail.y4m"}
+# The whole form's one file.
+WHOLE_ENDING = "_.mp4"
+# Beside either form, named after it (stats_name): what the node measured of the frames it saved
+# (SegmentStats), for the seam report. Not listed among the node's outputs.
+STATS_ENDING = "_stats.json"
 # Declared on every encode, so that every piece of the result carries the same aspect ratio in its headers.
 SQUARE_PIXELS = "setsar=1"
 
@@ -26,6 +36,37 @@ SQUARE_PIXELS = "setsar=1"
 def split_part(filename: str) -> str | None:
     """"head", "body" or "tail" for a file of the split form, else None."""
     return next((part for part, ending in PART_ENDINGS.items() if filename.endswith(ending)), None)
+
+
+def stats_name(video_filename: str) -> str | None:
+    """The measurements file SaveSegmentVideo wrote beside the file `video_filename` (any part of either
+    form); None for a file it did not write."""
+    endings = [*PART_ENDINGS.values(), WHOLE_ENDING]
+    ending = next((e for e in endings if video_filename.endswith(e)), None)
+    return None if ending is None else video_filename[:-len(ending)] + STATS_ENDING
+
+
+@dataclass(frozen=True)
+class SegmentStats:
+    """What SaveSegmentVideo measured of a segment's frames, in 8-bit units of the yuv420p it writes.
+
+    changes[i]: the mean absolute difference of frames i and i + 1's Y planes (frame-to-frame change).
+    With color_matched, the frames were matched to the job's colour reference before they were saved;
+    unmatched_means[i] then holds frame i's mean Y, U and V before matching (the colour difference at a
+    seam without matching).
+    """
+
+    frames: int
+    changes: list[float]
+    color_matched: bool = False
+    unmatched_means: list[list[float]] | None = None
+
+    def write(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(asdict(self)))
+
+    @classmethod
+    def read(cls, path: str | Path) -> SegmentStats:
+        return cls(**json.loads(Path(path).read_text()))
 
 
 def frame_rate(fps: float) -> Fraction:

@@ -23,10 +23,11 @@ class SegmentVideo:
     head: Path | None = None
     tail: Path | None = None
     split: bool = False
+    stats: Path | None = None  # SaveSegmentVideo's measurements (segment_format.SegmentStats), if it wrote them
 
     @classmethod
-    def whole(cls, path: Path) -> SegmentVideo:
-        return cls(body=path)
+    def whole(cls, path: Path, stats: Path | None = None) -> SegmentVideo:
+        return cls(body=path, stats=stats)
 
     def missing_parts(self, frames: int, head_frames: int, tail_frames: int) -> list[str]:
         """The files of the split form that a segment of this shape needs but did not get."""

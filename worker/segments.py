@@ -14,13 +14,15 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
+import requests
+
 from comfy_manager import ComfyClient, ComfyInstance
 from comfy_manager.client import (ComfyOutputFile, ConnectionLost, PromptCancelled, PromptFailed, PromptRejected,
                                   PromptTimedOut)
 from worker.errors import JobCancelled, JobFailed
 from worker.job_context import JobContext
 from worker.planner import Segment, SegmentPlan
-from worker.segment_format import split_part
+from worker.segment_format import split_part, stats_name
 from worker.segment_video import SegmentVideo
 from worker.slots import segment_values
 
@@ -194,17 +196,34 @@ def _run_prompt(ctx: JobContext, client: ComfyClient, graph: dict, segment: Segm
 def _take_video(client: ComfyClient, instance: ComfyInstance, outputs: list[ComfyOutputFile],
                 stem: Path) -> SegmentVideo | None:
     """The segment's video files, moved into the job folder as `stem`_<part><suffix>: SaveSegmentVideo's
-    split form (head / body / tail) if it wrote one, else the first video output; None if there is none."""
+    split form (head / body / tail) if it wrote one, else the first video output; None if there is none.
+    SaveSegmentVideo's measurements come along where it wrote them."""
+    def take(part: str, output: ComfyOutputFile) -> Path:
+        return _take_output(client, instance, output, stem.with_name(f"{stem.name}_{part}{Path(output.filename).suffix}"))
+
     parts = {split_part(o.filename): o for o in outputs if split_part(o.filename)}
     if parts:
-        taken = {part: _take_output(client, instance, o, stem.with_name(f"{stem.name}_{part}{Path(o.filename).suffix}"))
-                 for part, o in parts.items()}
-        return SegmentVideo(taken.get("body"), taken.get("head"), taken.get("tail"), split=True)
+        taken = {part: take(part, o) for part, o in parts.items()}
+        stats = _take_stats(client, instance, next(iter(parts.values())), stem)
+        return SegmentVideo(taken.get("body"), taken.get("head"), taken.get("tail"), split=True, stats=stats)
     videos = [o for o in outputs if o.filename.lower().endswith(VIDEO_SUFFIXES)]
     if not videos:
         return None
-    return SegmentVideo.whole(_take_output(client, instance, videos[0],
-                                           stem.with_name(f"{stem.name}_out{Path(videos[0].filename).suffix}")))
+    return SegmentVideo.whole(take("out", videos[0]), _take_stats(client, instance, videos[0], stem))
+
+
+def _take_stats(client: ComfyClient, instance: ComfyInstance, video: ComfyOutputFile, stem: Path) -> Path | None:
+    """SaveSegmentVideo's measurements written beside `video`, moved into the job folder; None where there are
+    none (another save node) or they cannot be had: they only feed the seam report."""
+    name = stats_name(video.filename)
+    if name is None:
+        return None
+    try:
+        return _take_output(client, instance, replace(video, filename=name), stem.with_name(f"{stem.name}_stats.json"))
+    except (OSError, requests.RequestException) as exc:
+        log.warning("%s: no measurements beside %s (%s); the seam report goes without them", instance.name,
+                    video.filename, exc)
+        return None
 
 
 def _take_output(client: ComfyClient, instance: ComfyInstance, output: ComfyOutputFile, dest: Path) -> Path:

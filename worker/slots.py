@@ -46,6 +46,9 @@ class SlotValues:
     overlap_after: int
     output_crf: int
     output_preset: str
+    # SaveSegmentVideo's colour reference (a switch: a template links it to the reference image or the source
+    # frames); None: the template's default.
+    color_match: bool | None
 
 
 SLOTS = tuple(field.name for field in fields(SlotValues))
@@ -73,6 +76,7 @@ def segment_values(request: JobRequest, template: WorkflowTemplate, plan: Segmen
         overlap_after=plan.overlap_with_next(segment),
         output_crf=request.output.crf,
         output_preset=request.output.preset,
+        color_match=request.seams.color_match,
     ))
 
 

@@ -1,5 +1,5 @@
-"""Joins segment videos into one mp4: overlaps cross-faded, every frame encoded once, the original audio
-muxed in, frame-exact.
+"""Joins segment videos into one mp4: overlaps blended, every frame encoded once, the original audio
+muxed in, frame-exact; each seam measured for the job's report.
 
 The output is cut into chunks (plan_chunks): pieces of each segment's body (the frames no other segment
 has) and one cross-fade per overlap. Each chunk is its own short H.264 encode, started as soon as the
@@ -16,10 +16,16 @@ the output's settings, once per worker process) and is then one chunk, copied as
 pieces like any other. Its raw head and tail feed the cross-fades. What is left once the last segment
 lands is then one cross-fade and the copy.
 
+A cross-fade chunk is an overlap, which both segments generated: the stitcher compares the two versions
+frame by frame and blends a short span where they differ least and the audio is quietest (worker/
+seam_blend.py; BlendOptions: or linearly across the whole overlap), taking each side's own frames before
+and after it. What it measured (and SaveSegmentVideo's own measurements, segment_format.SegmentStats)
+becomes StitchResult.seams.
+
 A chunk's decoder seeks into its segment file rather than decoding it from the start (SaveSegmentVideo
 writes a key frame every second in its whole form). Memory does not grow with video length: bodies go file to file
-inside ffmpeg; only cross-fade frames pass through Python, as raw yuv420p (a linear blend on the Y, U and
-V planes is the same blend as on RGB).
+inside ffmpeg; only overlap frames pass through Python, as raw yuv420p (a linear blend on the Y, U and
+V planes is the same blend as on RGB), one overlap at a time.
 """
 
 from __future__ import annotations
@@ -44,7 +50,11 @@ import numpy as np
 from worker import segment_format
 from worker.errors import JobFailed
 from worker.ffmpeg_calls import run, start
+from worker.loudness import LoudnessEnvelope
 from worker.planner import Segment, SegmentPlan
+from worker.seam_blend import (BlendOptions, SeamMeasure, Span, blend_frame, choose_span, color_difference, luma_change,
+                               mean_absolute_difference, plane_means)
+from worker.segment_format import SegmentStats
 from worker.segment_video import SegmentVideo
 
 log = logging.getLogger(__name__)
@@ -71,6 +81,11 @@ class StitchResult:
     frames: int
     busy_seconds: float  # what the stitch work would take alone: chunk encodes over the encoders, plus the join
     frames_copied: int = 0  # frames of segment bodies taken as SaveSegmentVideo encoded them
+    seams: tuple[SeamMeasure, ...] = ()  # one per overlap, in order
+    # The median frame-to-frame change inside the segments' bodies (SaveSegmentVideo's measurements; None
+    # where no segment brought them): what a seam's change is compared with.
+    change_median: float | None = None
+    color_matched: bool = False  # every segment was matched to the colour reference by SaveSegmentVideo
 
 
 @dataclass(frozen=True)
@@ -101,9 +116,7 @@ class Chunk:
 
 def crossfade(previous: np.ndarray, following: np.ndarray, position: int, overlap: int) -> np.ndarray:
     """Frame `position` (0-based) of an overlap of `overlap` frames: a linear fade from previous to following."""
-    weight = (position + 1) * 256 // (overlap + 1)  # following's share in 1/256ths, never 0 or 256
-    mixed = previous.astype(np.uint16) * (256 - weight) + following.astype(np.uint16) * weight + 128
-    return (mixed >> 8).astype(np.uint8)
+    return blend_frame(previous, following, position, Span(0, overlap))
 
 
 def plan_chunks(plan: SegmentPlan, encoders: int) -> list[Chunk]:
@@ -133,8 +146,10 @@ class Stitcher:
     """
 
     def __init__(self, plan: SegmentPlan, folder: Path, audio: Path, output: OutputFormat,
-                 encoders: int | None = None):
+                 encoders: int | None = None, blend: BlendOptions = BlendOptions(),
+                 loudness: LoudnessEnvelope | None = None):
         self.plan, self.folder, self.output = plan, folder, output
+        self.blend, self.loudness = blend, loudness
         self.cores = os.cpu_count() or 1
         self.encoders = encoders or max(2, self.cores // 4)
         self.threads = max(1, self.cores // self.encoders)  # x264 threads per chunk encode, at least
@@ -142,6 +157,8 @@ class Stitcher:
         self.segments: dict[int, SegmentVideo] = {}
         self.encodes: dict[Chunk, Future] = {}
         self.adopted: dict[Chunk, Path] = {}  # body chunks taken as SaveSegmentVideo encoded them
+        self.stats: dict[int, SegmentStats] = {}  # SaveSegmentVideo's measurements, by segment
+        self.seams: dict[int, SeamMeasure] = {}
         self.encode_seconds = 0.0
         self.lock = threading.Lock()
         folder.mkdir(parents=True, exist_ok=True)
@@ -157,8 +174,11 @@ class Stitcher:
     def add_segment(self, index: int, video: SegmentVideo) -> None:
         """Segment `index` has arrived (one file, or the split form): start every chunk that now has what it needs."""
         joinable = self._joinable_body(self.plan.segments[index], video)  # an ffprobe; outside the lock
+        stats = _read_stats(video, self.plan.segments[index])
         with self.lock:
             self.segments[index] = video
+            if stats is not None:
+                self.stats[index] = stats
             pieces = [n for n, chunk in enumerate(self.chunks) if chunk.sources == (index,)]
             if joinable and pieces:  # the encoded body is one chunk, copied
                 first, last = self.chunks[pieces[0]], self.chunks[pieces[-1]]
@@ -197,7 +217,10 @@ class Stitcher:
         log.info("stitched %d frames from %d chunks: %d frames copied from encoded segment bodies, %.2f s of "
                  "encoding (up to %d encodes at once), join %.2f s", self.plan.total_frames, len(self.chunks),
                  copied, self.encode_seconds, self.encoders, join_s)
-        return StitchResult(dest, self.plan.total_frames, busy, frames_copied=copied)
+        stats = [self.stats.get(s.index) for s in self.plan.segments]
+        return StitchResult(dest, self.plan.total_frames, busy, frames_copied=copied,
+                            seams=tuple(self.seams[k] for k in sorted(self.seams)), change_median=self._change_median(),
+                            color_matched=all(s is not None and s.color_matched for s in stats))
 
     def close(self) -> None:
         """Stops (cancelling chunks not yet started) and removes the folder; safe to call twice."""
@@ -261,15 +284,33 @@ class Stitcher:
                             f"expected {self._frames_in(segment, path)}")
 
     def _encode_crossfade(self, chunk: Chunk, dest: Path, threads: int) -> None:
+        """The overlap's frames: the previous segment's, a blend, then the following segment's (seam_blend).
+
+        The previous segment's frames are held in memory; the following segment's are read twice, once
+        to compare the two versions (where to blend) and once to blend, so that one overlap is held at most."""
         before, after = (self.plan.segments[i] for i in chunk.sources)
-        tail = list(self._raw_frames(before, chunk.start - before.start, chunk.frames))
         out = self.output
+        tail = list(self._raw_frames(before, chunk.start - before.start, chunk.frames))
+        disagreement, tail_means, head_means = [], [], []
+        for first, second in zip(tail, self._raw_frames(after, 0, chunk.frames), strict=True):
+            disagreement.append(mean_absolute_difference(first, second))
+            tail_means.append(plane_means(first, out.width, out.height))
+            head_means.append(plane_means(second, out.width, out.height))
+        levels = self.loudness.levels_db[chunk.start:chunk.end] if self.loudness is not None else None
+        span = (choose_span(np.array(disagreement), levels, self.blend.span_frames(chunk.frames)) if self.blend.focused
+                else Span(0, chunk.frames))
+        changes = []
         encoder = start(_raw_input(out.width, out.height, out.fps).output(str(dest), **self._codec(threads)),
                         nice=True, stdin=subprocess.PIPE, stderr=subprocess.PIPE)
         try:
+            previous = None
             head = self._raw_frames(after, 0, chunk.frames)
             for position, (first, second) in enumerate(zip(tail, head, strict=True)):
-                encoder.stdin.write(crossfade(first, second, position, chunk.frames).tobytes())
+                frame = blend_frame(first, second, position, span)
+                if previous is not None:
+                    changes.append(luma_change(previous, frame, out.width, out.height))
+                encoder.stdin.write(frame.tobytes())
+                previous = frame
             encoder.stdin.close()
         except BaseException:
             encoder.kill()
@@ -278,6 +319,39 @@ class Stitcher:
         error = encoder.stderr.read().decode(errors="replace")
         if encoder.wait() != 0:
             raise JobFailed(f"ffmpeg could not encode the cross-fade {chunk.start}-{chunk.end}: {error.strip()[-500:]}")
+        unmatched = self._unmatched_means(before.index, after.index)
+        measure = SeamMeasure(
+            index=before.index, overlap_start=chunk.start, overlap_end=chunk.end,
+            blend_start=chunk.start + span.start, blend_end=chunk.start + span.end,
+            audio_db=(round(self.loudness.level_db(chunk.start + span.start, chunk.start + span.end)
+                            - self.loudness.median_db, 1) if self.loudness is not None else None),
+            disagreement_overlap=round(float(np.mean(disagreement)), 2),
+            disagreement_blend=round(float(np.mean(disagreement[span.start:span.end])), 2),
+            color_before=round(color_difference(*unmatched) if unmatched else color_difference(tail_means, head_means), 2),
+            color_after=round(color_difference(tail_means, head_means), 2),
+            change_at_seam=round(max(changes), 2) if changes else None)
+        with self.lock:
+            self.seams[before.index] = measure
+
+    def _unmatched_means(self, before: int, after: int) -> tuple[list, list] | None:
+        """The overlap's plane means on both sides before colour matching, where SaveSegmentVideo matched them."""
+        first, second = self.stats.get(before), self.stats.get(after)
+        if first is None or second is None or not first.unmatched_means or not second.unmatched_means:
+            return None
+        overlap = self.plan.overlap_with_next(self.plan.segments[before])
+        return first.unmatched_means[-overlap:], second.unmatched_means[:overlap]
+
+    def _change_median(self) -> float | None:
+        """The median frame-to-frame change between the frames of the segments' bodies (overlaps left out:
+        the blends replace them)."""
+        changes = []
+        for segment in self.plan.segments:
+            stats = self.stats.get(segment.index)
+            if stats is None:
+                continue
+            first, last = self.plan.overlap_with_previous(segment), segment.frames - self.plan.overlap_with_next(segment)
+            changes += stats.changes[first:max(first, last - 1)]  # changes[i]: frame i to i + 1, both in the body
+        return round(float(np.median(changes)), 2) if changes else None
 
     def _locate(self, segment: Segment, frame: int) -> tuple[Path, int]:
         """The file holding the segment's frame `frame`, and the frame's index in that file."""
@@ -373,6 +447,24 @@ def _probe(path: Path, count: bool = True) -> StreamInfo:
     frames = s.get("nb_read_packets" if count else "nb_frames") or 0
     return StreamInfo(s.get("codec_name", ""), int(s.get("width", 0)), int(s.get("height", 0)), s.get("pix_fmt", ""),
                       s.get("r_frame_rate", ""), int(frames), s.get("extradata_hash", ""))
+
+
+def _read_stats(video: SegmentVideo, segment: Segment) -> SegmentStats | None:
+    """A segment's measurements, if its save node wrote them for the segment's frames (they only feed the
+    report: a file that cannot be read is left out)."""
+    if video.stats is None:
+        return None
+    try:
+        stats = SegmentStats.read(video.stats)
+    except (OSError, ValueError, TypeError) as exc:
+        log.warning("segment %d: measurements unreadable (%s); the seam report goes without them", segment.index, exc)
+        return None
+    if stats.frames != segment.frames or len(stats.changes) != max(0, segment.frames - 1) or \
+            len(stats.unmatched_means or [None] * segment.frames) != segment.frames:
+        log.warning("segment %d: measurements of %d frames, not %d; left out", segment.index, stats.frames,
+                    segment.frames)
+        return None
+    return stats
 
 
 def _quoted(path: Path) -> str:

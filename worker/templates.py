@@ -267,6 +267,9 @@ def choose_template(request: JobRequest, settings: WorkerSettings) -> WorkflowTe
     if request.person_count not in template.spec.person_counts:
         raise JobInputError("person_count", f"workflow {name!r} supports {template.spec.person_counts}")
     template.check_overrides(request.template_params)
+    if request.seams.color_match and not template.binds("color_match"):
+        raise JobInputError("seams.color_match", f"workflow {name!r} has no colour reference to match segments to "
+                                                 "(its bindings link none); leave it unset or false")
     if request.quality is not None and request.quality not in template.spec.presets:
         offered = f"one of {', '.join(template.spec.presets)}" if template.spec.presets else "no quality presets"
         raise JobInputError("quality", f"workflow {name!r} has {offered}, not {request.quality!r}")
