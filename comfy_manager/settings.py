@@ -51,6 +51,16 @@ class PoolSettings(EnvSettings):
     startup_timeout_s: float = env("COMFY_STARTUP_TIMEOUT_S", 300.0)
     extra_args: Annotated[list[str], NoDecode] = env("COMFY_EXTRA_ARGS", [])  # shell words, e.g. --highvram
     gpus: Annotated[tuple[int, ...] | None, NoDecode] = env("COMFY_GPUS", None)  # "0,1"; None: every GPU
+    # Health (pool.py): an instance whose process dies is restarted, the first time at once, then after
+    # restart_backoff_s doubled for each restart within restart_window_s (at most 60 s); one that needed
+    # restart_limit restarts within the window is taken out of service.
+    restart_limit: int = env("COMFY_RESTART_LIMIT", 5, ge=1)
+    restart_window_s: float = env("COMFY_RESTART_WINDOW_S", 600.0, gt=0)
+    restart_backoff_s: float = env("COMFY_RESTART_BACKOFF_S", 2.0, ge=0)
+    # An instance that goes idle (no segment waiting for it) is asked to drop what ComfyUI keeps from its
+    # last prompt (POST /free: cached node outputs, and the models they hold), so memory between jobs
+    # stays flat; the next job loads its models again.
+    free_when_idle: bool = env("COMFY_FREE_WHEN_IDLE", True)
 
     @field_validator("extra_args", mode="before")
     @classmethod
