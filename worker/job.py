@@ -14,8 +14,9 @@ import uuid
 from pathlib import Path
 from typing import Any, Iterator
 
-from comfy_manager import InstancePool
+from comfy_manager import CancelEvent, InstancePool, NoInstanceLeft
 from worker.config import WorkerSettings
+from worker.errors import WorkerUnhealthy
 from worker.inputs import cut_segment_inputs, fetch_inputs
 from worker.job_context import JobContext, ProgressFn
 from worker.job_planner import JobPlanner
@@ -35,17 +36,23 @@ def run_job(job_input: Any, pool: InstancePool, settings: WorkerSettings, job_id
             planner: JobPlanner | None = None) -> dict:
     """Runs one job and returns the response as a dict; raises JobInputError, JobFailed or JobCancelled.
 
-    Setting `cancel` stops the job: its prompts are interrupted and dequeued, its files removed. `planner`:
-    the worker's, which learns from each job how to size the next one's segments (default: a fresh one).
+    Setting `cancel` stops the job: its prompts are interrupted and dequeued, its files removed (a
+    comfy_manager.CancelEvent also wakes segments waiting for an instance at once). `planner`: the worker's,
+    which learns from each job how to size the next one's segments (default: a fresh one). WorkerUnhealthy
+    (within seconds) when no ComfyUI instance is left in service.
     """
     started = time.monotonic()
+    try:
+        pool.check_serving()
+    except NoInstanceLeft as exc:
+        raise WorkerUnhealthy(str(exc)) from None
     request = parse_request(job_input)
     template = choose_template(request, settings)
     planner = planner or JobPlanner(settings.stitch_lead)
     output = output_format(request)
     with job_folder(settings, job_id) as (job_id, work_dir):
         ctx = JobContext(request, template, pool, settings, job_id, work_dir, on_progress or (lambda message: None),
-                         cancel or threading.Event())
+                         cancel or CancelEvent())
         inputs = fetch_inputs(ctx)
         frames = inputs.total_frames(request.fps)
         check_deliverable(request.output.destination, output, frames, settings)  # before any GPU time
