@@ -35,6 +35,9 @@ class InstanceSpec:
     port: int
     gpu: int | None  # None: runs on the CPU
     root: Path  # private folder holding input/, output/, temp/, user/ and the log
+    vram_gb: float | None = None  # what templates may plan for: the GPU's memory, or the limit below
+    vram_limit_gb: float | None = None  # COMFY_VRAM_LIMIT_GB: the worker's node caps the CUDA allocator here
+    gpu_memory_gb: float | None = None  # the card's own memory, as NVML reports it
 
 
 class ComfyInstance:
@@ -62,6 +65,11 @@ class ComfyInstance:
     @property
     def gpu(self) -> int | None:
         return self.spec.gpu
+
+    @property
+    def vram_gb(self) -> float | None:
+        """The VRAM templates plan for on this instance; None on the CPU."""
+        return self.spec.vram_gb
 
     @property
     def url(self) -> str:
@@ -92,7 +100,11 @@ class ComfyInstance:
             "--front-end-root", str(root / "frontend"),
             "--disable-metadata", "--disable-auto-launch", "--preview-method", "none",
         ]
-        args += ["--cpu"] if self.spec.gpu is None else ["--cuda-device", str(self.spec.gpu)]
+        # On a CPU, half-precision math is emulated and slow: ComfyUI's own encoders and VAE run in fp32 there.
+        args += ["--cpu", "--fp32-text-enc", "--fp32-vae"] if self.spec.gpu is None else ["--cuda-device", str(self.spec.gpu)]
+        if self.spec.vram_limit_gb and self.spec.gpu_memory_gb:
+            # ComfyUI plans its model loading from the whole card; keep what is above the limit in reserve.
+            args += ["--reserve-vram", f"{max(0.0, self.spec.gpu_memory_gb - self.spec.vram_limit_gb):.1f}"]
         return args + self.extra_args
 
     def start(self) -> None:
@@ -105,6 +117,8 @@ class ComfyInstance:
                 shutil.rmtree(folder)  # leftovers of an earlier run are never read
             folder.mkdir(parents=True, exist_ok=True)
         env = dict(os.environ, PYTHONUNBUFFERED="1")
+        if self.spec.vram_limit_gb:
+            env["WORKER_VRAM_LIMIT_GB"] = str(self.spec.vram_limit_gb)  # read by comfy_nodes/ at import
         if self.cpu_threads:
             # Instances share the machine's cores: without a cap each starts one torch thread per core,
             # and CPU work (decoding, colour conversion) of N instances fights over them.

@@ -71,13 +71,17 @@ def instance_specs(settings: PoolSettings, gpus: list[GpuInfo]) -> list[Instance
     if settings.gpus is not None:
         gpus = [gpu for gpu in gpus if gpu.index in settings.gpus]
     if gpus and not settings.force_cpu:
-        devices: list[int | None] = [gpu.index for gpu in gpus]
+        devices: list[GpuInfo | None] = list(gpus)
     else:
         devices = [None] * max(1, settings.cpu_instances)
+    limit = settings.vram_limit_gb
     return [
-        InstanceSpec(index=i, port=settings.base_port + i, gpu=device,
-                     root=settings.instances_dir / f"instance-{i}")
-        for i, device in enumerate(devices)
+        InstanceSpec(index=i, port=settings.base_port + i, gpu=None if gpu is None else gpu.index,
+                     root=settings.instances_dir / f"instance-{i}",
+                     vram_gb=None if gpu is None else min(gpu.memory_gb, limit or gpu.memory_gb),
+                     vram_limit_gb=None if gpu is None else limit,
+                     gpu_memory_gb=None if gpu is None else gpu.memory_gb)
+        for i, gpu in enumerate(devices)
     ]
 
 

@@ -51,6 +51,9 @@ class PoolSettings(EnvSettings):
     startup_timeout_s: float = env("COMFY_STARTUP_TIMEOUT_S", 300.0)
     extra_args: Annotated[list[str], NoDecode] = env("COMFY_EXTRA_ARGS", [])  # shell words, e.g. --highvram
     gpus: Annotated[tuple[int, ...] | None, NoDecode] = env("COMFY_GPUS", None)  # "0,1"; None: every GPU
+    # Each GPU instance may use at most this much VRAM (GB): the worker's node caps its CUDA allocator, and
+    # templates choose their settings for this size. Runs a big GPU as a smaller one would (benchmarks).
+    vram_limit_gb: float | None = env("COMFY_VRAM_LIMIT_GB", None)
     # Health (pool.py): an instance whose process dies is restarted, the first time at once, then after
     # restart_backoff_s doubled for each restart within restart_window_s (at most 60 s); one that needed
     # restart_limit restarts within the window is taken out of service.

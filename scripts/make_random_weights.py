@@ -21,7 +21,8 @@ custom_nodes/). Each manifest entry's `kind` says how its file is made:
 Values come from one block of Gaussian noise, tiled and scaled per tensor (fan-in scaling, unit norms,
 zero biases), which is fast enough to write 34 GB in about a minute and keeps activations finite.
 OUT_DIR gets `extra_model_paths.yaml` for ComfyUI's --extra-model-paths-config, and a stamp: a second
-run with the same manifest, script and size writes nothing.
+run with the same manifest files, script and size writes nothing (tests keep the files in
+RANDOM_WEIGHTS_DIR, default ~/.cache/comfy-worker/random-weights, so only a machine's first run pays).
 """
 
 from __future__ import annotations
@@ -320,8 +321,10 @@ def specs_for(entry: ModelFile, dit: Callable[[], nn.Module]) -> list[TensorSpec
     return makers[entry.kind]()
 
 
-def stamp_for(manifest: Path, full_size: bool) -> str:
-    digest = hashlib.sha256(manifest.read_bytes() + Path(__file__).read_bytes() + bytes([full_size]))
+def stamp_for(entries: list[ModelFile], full_size: bool) -> str:
+    """Names what was made: the manifest's files and kinds (not its notes), this script, the size."""
+    made_from = json.dumps([(e.folder, e.file, e.kind) for e in entries]).encode() + Path(__file__).read_bytes()
+    digest = hashlib.sha256(made_from + bytes([full_size]))
     return f".random-weights-{'full' if full_size else 'small'}-{digest.hexdigest()[:16]}"
 
 
@@ -342,7 +345,7 @@ def main() -> None:
     root = args.out.resolve()
     entries = [ModelFile(m["file"], m["folder"], m["kind"]) for m in json.loads(args.manifest.read_text())["models"]]
     only = set(filter(None, args.only.split(",")))
-    stamp = root / stamp_for(args.manifest, args.full_size)
+    stamp = root / stamp_for(entries, args.full_size)
     if stamp.exists() and not only and not args.force and all(e.path(root).exists() for e in entries):
         print(f"random weights already in {root} ({stamp.name})")
         return

@@ -11,7 +11,10 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from worker.templates import TemplateSpec
+from worker.planner import Segment, SegmentPlan
+from worker.request import JobRequest
+from worker.slots import segment_values
+from worker.templates import TemplateSpec, WorkflowTemplate
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SCHEMA_PATH = REPO_ROOT / "workflows" / "custom_nodes_schema.json"
@@ -202,3 +205,45 @@ def _check_value(template: str, where: str, expected: InputDef, value, models: M
         hint = " (an empty list: a model folder combo missing from CORE_MODEL_FOLDERS?)" if not expected.options else ""
         return [f"{where}: {value!r} is not one of {list(expected.options)}{hint}"]
     return []
+
+
+# ------------------------------------------------------------------------------- requests bound as a job binds them
+
+# A typical request and the extremes one may ask for (worker/request.py bounds fps, width, height, seed, steps
+# and denoise; the template bounds a segment's frame count), bound as a job binds a segment (worker/slots.py).
+REQUESTS = {
+    "typical": {"fps": 25.0, "width": 832, "height": 480, "seed": 42, "steps": None,
+                "prompt": "A woman explains a recipe, smiling, in a bright kitchen.", "negative_prompt": "blurry"},
+    "shortest": {"fps": 1.0, "width": 64, "height": 64, "seed": 0, "steps": 1, "denoise": 0.01, "prompt": "",
+                 "negative_prompt": "", "output": {"crf": 0, "preset": "ultrafast"}},
+    "longest": {"fps": 60.0, "width": 2048, "height": 2048, "seed": 2**53, "steps": 200, "denoise": 1.0,
+                "prompt": "word " * 2000, "negative_prompt": "noise " * 500, "output": {"crf": 51, "preset": "slower"}},
+}
+FRAMES = {"typical": 153, "shortest": "min", "longest": "max"}
+
+
+def variants(template: WorkflowTemplate) -> list[tuple[str | None, float | None]]:
+    """(quality preset, VRAM in GB; None: a CPU instance): every preset on every kind of device the template
+    has settings for."""
+    presets = list(template.spec.presets) or [None]
+    devices = [None, 80.0] if template.spec.device_settings else [None]
+    return [(preset, vram) for preset in presets for vram in devices]
+
+
+def bind_case(template: WorkflowTemplate, case: str, uploaded: dict[str, str], preset: str | None,
+              vram_gb: float | None) -> tuple[dict, dict]:
+    """(graph, slot values) of the middle one of three segments (it binds both overlaps: SaveSegmentVideo's
+    split form) of REQUESTS[case], with the segment's media as `uploaded` (slot -> file name)."""
+    media = {slot: file for slot, file in uploaded.items() if template.binds(slot)}
+    given = {"audio": "speech.wav", **{name: f"{name}.src" for name in media}}  # the request's media fields
+    request = JobRequest(input_type=template.spec.input_type, person_count="multi" if "audio_2" in media else "single",
+                         quality=preset, **given, **REQUESTS[case])
+    limits = {"min": template.spec.min_segment_frames, "max": template.spec.max_segment_frames}
+    frames = min(max(limits.get(FRAMES[case], FRAMES[case]), limits["min"]), limits["max"])
+    overlap = min(template.spec.overlap_frames, frames // 2)
+    first, segment = Segment(0, 0, frames), Segment(1, frames - overlap, 2 * frames - overlap)
+    last = Segment(2, segment.end - overlap, segment.end - overlap + frames)
+    plan = SegmentPlan(last.end, overlap, (first, segment, last))
+    params = template.params_for(preset, vram_gb)
+    values = segment_values(request, template, plan, segment, f"job-{case}_a1b2c3_seg1/out", media, params)
+    return template.bind(values, params), values

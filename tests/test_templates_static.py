@@ -18,26 +18,11 @@ import requests
 
 from comfy_manager import ComfyClient
 from tests.media_factory import make_image, make_index_video, make_tone
-from tests.template_check import MANIFEST_PATH, SCHEMA_PATH, Models, check_graph, core_nodes, custom_nodes
-from worker.planner import Segment, SegmentPlan
-from worker.request import JobRequest
-from worker.slots import segment_values
+from tests.template_check import (MANIFEST_PATH, REQUESTS, SCHEMA_PATH, Models, bind_case, check_graph, core_nodes,
+                                  custom_nodes, variants)
 from worker.templates import WORKFLOWS_DIR, TemplateSpec, load_template
 
 TEMPLATE_NAMES = sorted(p.name[: -len(".bindings.json")] for p in WORKFLOWS_DIR.glob("*.bindings.json"))
-
-# A typical request and the extremes one may ask for (worker/request.py bounds fps, width, height, seed and
-# steps; the template bounds a segment's frame count), bound as a job binds a segment (worker/slots.py).
-REQUESTS = {
-    "typical": {"fps": 25.0, "width": 832, "height": 480, "seed": 42, "steps": None,
-                "prompt": "A woman explains a recipe, smiling, in a bright kitchen.", "negative_prompt": "blurry"},
-    "shortest": {"fps": 1.0, "width": 64, "height": 64, "seed": 0, "steps": 1, "prompt": "", "negative_prompt": "",
-                 "output": {"crf": 0, "preset": "ultrafast"}},
-    "longest": {"fps": 60.0, "width": 2048, "height": 2048, "seed": 2**53, "steps": 200,
-                "prompt": "word " * 2000, "negative_prompt": "noise " * 500, "output": {"crf": 51, "preset": "slower"}},
-}
-FRAMES = {"typical": 153, "shortest": "min", "longest": "max"}
-
 
 def fetch_object_info(url: str) -> dict:
     response = requests.get(f"{url}/object_info", timeout=60)
@@ -89,24 +74,14 @@ def test_template_matches_node_definitions(name, nodes, models):
 @pytest.mark.parametrize("name", TEMPLATE_NAMES)
 def test_bound_request_is_accepted(name, case, instance, uploaded, models):
     template = load_template(name)
-    media = {slot: file for slot, file in uploaded.items() if template.binds(slot)}
-    given = {"audio": "speech.wav", **{field: f"{field}.src" for field in media}}  # the request's media fields
-    request = JobRequest(input_type=template.spec.input_type, person_count="multi" if "audio_2" in media else "single",
-                         **given, **REQUESTS[case])
-    limits = {"min": template.spec.min_segment_frames, "max": template.spec.max_segment_frames}
-    frames = min(max(limits.get(FRAMES[case], FRAMES[case]), limits["min"]), limits["max"])
-    # The segment between two others: it binds both overlaps (SaveSegmentVideo's split form).
-    overlap = min(template.spec.overlap_frames, frames // 2)
-    first, segment = Segment(0, 0, frames), Segment(1, frames - overlap, 2 * frames - overlap)
-    last = Segment(2, segment.end - overlap, segment.end - overlap + frames)
-    plan = SegmentPlan(last.end, overlap, (first, segment, last))
-    values = segment_values(request, template, plan, segment, f"job-{case}_a1b2c3_seg1/out", media)
-    graph = template.bind(values)
     # Fetched after the uploads: LoadImage / LoadAudio / LoadVideo must list the segment's files.
     nodes = {**core_nodes(fetch_object_info(instance.url)), **custom_nodes()}
-    problems = check_graph(name, graph, template.spec, nodes, models, check_uploads=True)
-    shown = {k: v for k, v in values.items() if k not in ("prompt", "negative_prompt")}
-    assert not problems, f"workflow {name!r} bound to the {case} request {shown}:\n  " + "\n  ".join(problems)
+    for preset, vram_gb in variants(template):  # every quality preset, on a CPU and on a GPU instance
+        graph, values = bind_case(template, case, uploaded, preset, vram_gb)
+        problems = check_graph(name, graph, template.spec, nodes, models, check_uploads=True)
+        shown = {k: v for k, v in values.items() if k not in ("prompt", "negative_prompt")}
+        assert not problems, (f"workflow {name!r} bound to the {case} request {shown}, preset {preset}, "
+                              f"VRAM {vram_gb}:\n  " + "\n  ".join(problems))
 
 
 def test_manifest_and_schema_agree_with_the_templates():

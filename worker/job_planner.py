@@ -17,6 +17,7 @@ import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from worker.errors import JobInputError
 from worker.planner import SegmentPlan, plan_segments
 from worker.request import JobRequest
 from worker.templates import WorkflowTemplate
@@ -30,16 +31,18 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class RateKey:
-    """Jobs whose speeds are alike: the same template, size and steps."""
+    """Jobs whose speeds are alike: the same template, preset, size and steps."""
 
     template: str
     width: int
     height: int
     steps: int | None
+    quality: str | None = None
 
     @classmethod
     def of(cls, request: JobRequest, template: WorkflowTemplate) -> RateKey:
-        return cls(template.name, request.width, request.height, request.steps)
+        return cls(template.name, request.width, request.height, request.steps,
+                   request.quality or template.spec.default_preset)
 
 
 @dataclass
@@ -80,6 +83,17 @@ class ThroughputLog:
         return min(1.0, seen.stitch_s_per_frame / seen.generate_s_per_frame)
 
 
+def longest_segment(request: JobRequest, template: WorkflowTemplate) -> int:
+    """The template's longest segment, or the request's max_segment_frames where that is shorter."""
+    spec = template.spec
+    if request.max_segment_frames is None:
+        return spec.max_segment_frames
+    if request.max_segment_frames < spec.min_segment_frames:
+        raise JobInputError("max_segment_frames", f"workflow {template.name!r} needs segments of at least "
+                                                  f"{spec.min_segment_frames} frames (got {request.max_segment_frames})")
+    return min(spec.max_segment_frames, request.max_segment_frames)
+
+
 class JobPlanner:
     """Plans jobs' segments; one per worker, so that what a job teaches serves the next ones."""
 
@@ -93,16 +107,34 @@ class JobPlanner:
     def plan(self, request: JobRequest, template: WorkflowTemplate, instances: int, total_frames: int) -> SegmentPlan:
         """As many segments as instances the request may use (and the length allows), overlapping by the
         request's or the template's overlap, on the template's frame grid."""
-        parallelism = instances if request.use_multi_gpu else 1
-        if request.gpu_count is not None:
-            parallelism = min(parallelism, request.gpu_count)
+        parallelism = self.parallelism(request, instances)
         overlap = template.spec.overlap_frames if request.overlap_frames is None else request.overlap_frames
         lead = self.stitch_lead(RateKey.of(request, template))
-        plan = plan_segments(total_frames, parallelism, overlap, template.spec.min_segment_frames,
-                             template.spec.max_segment_frames, template.grid, lead)
+        try:
+            plan = plan_segments(total_frames, parallelism, overlap, template.spec.min_segment_frames,
+                                 longest_segment(request, template), template.grid, lead)
+        except ValueError as exc:  # only the request's own limits can make a split impossible
+            raise JobInputError("max_segment_frames", f"{exc}: raise max_segment_frames or lower overlap_frames") from None
         log.info("plan: %d frames, %d segment(s), overlap %d, stitch lead %.3f", total_frames,
                  len(plan.segments), plan.overlap, lead)
         return plan
+
+    @staticmethod
+    def parallelism(request: JobRequest, instances: int) -> int:
+        """How many instances the request may use at once."""
+        parallelism = instances if request.use_multi_gpu else 1
+        return parallelism if request.gpu_count is None else min(parallelism, request.gpu_count)
+
+    def plans_by_gpu_count(self, request: JobRequest, template: WorkflowTemplate, instances: int,
+                           total_frames: int) -> dict[int, SegmentPlan]:
+        """The plan this job would get on 1, 2 ... `instances` instances (for estimates)."""
+        return {count: self.plan(request.model_copy(update={"gpu_count": count, "use_multi_gpu": True}), template,
+                                 count, total_frames) for count in range(1, max(1, instances) + 1)}
+
+    def learned_s_per_frame(self, request: JobRequest, template: WorkflowTemplate) -> float | None:
+        """One instance's generation seconds per frame on jobs like this one, if the worker has run any."""
+        rates = self.throughput.rates(RateKey.of(request, template))
+        return None if rates is None else rates[0]
 
     def learn(self, request: JobRequest, template: WorkflowTemplate, results: list[SegmentResult],
               stitched: StitchResult) -> None:

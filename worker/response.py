@@ -6,6 +6,8 @@ from typing import TYPE_CHECKING
 
 from pydantic import BaseModel
 
+from worker.estimate import Estimate
+
 if TYPE_CHECKING:
     from worker.job_context import JobContext
     from worker.outputs import Delivery
@@ -25,6 +27,7 @@ class SegmentReport(BaseModel):
     comfy_seconds: float  # time ComfyUI took for the prompt
     node_seconds: dict[str, float] = {}  # "node id ClassType" -> seconds it ran (where the ComfyUI time went)
     attempts: int  # 1, or more when an instance died or the segment overran its deadline
+    device_settings: str | None = None  # the template's settings row for this instance's device, e.g. "gpu>=80GB"
 
 
 class Timings(BaseModel):
@@ -46,6 +49,7 @@ class JobResponse(BaseModel):
     success: bool = True
     message: str
     workflow: str
+    quality: str | None = None  # the template's preset used (request.quality or the template's default)
     video: str | None = None  # base64 mp4 (output.destination = base64)
     video_url: str | None = None  # bucket URL (output.destination = bucket)
     video_path: str | None = None  # file on the volume (output.destination = volume)
@@ -62,14 +66,51 @@ class JobResponse(BaseModel):
     frames_copied: int = 0
     segments: list[SegmentReport]
     timings: Timings
+    estimate: Estimate | None = None  # what the worker expected for this plan, before it ran (timings: what it took)
+
+
+class PlannedSegment(BaseModel):
+    index: int
+    start_frame: int
+    end_frame: int  # exclusive
+    frames: int
+    windows: int  # what the template samples for it (InfiniteTalk: 81-frame windows, then 72 frames each)
+
+
+class DryRunResponse(BaseModel):
+    """The answer to a request with dry_run: true: the plan and what it would cost; nothing ran."""
+
+    dry_run: bool = True
+    success: bool = True
+    workflow: str
+    quality: str | None
+    frames: int
+    fps: float
+    duration_s: float
+    instances_available: int
+    overlap_frames: int
+    segments: list[PlannedSegment]
+    estimate: Estimate | None  # None: the template declares no speed and this worker has run no such job
+
+
+def build_dry_run(ctx: JobContext, plan: SegmentPlan, estimate: Estimate | None) -> DryRunResponse:
+    from worker.estimate import windows
+    request = ctx.request
+    return DryRunResponse(
+        workflow=ctx.template.name, quality=request.quality or ctx.template.spec.default_preset,
+        frames=plan.total_frames, fps=request.fps, duration_s=round(plan.total_frames / request.fps, 4),
+        instances_available=ctx.pool.size, overlap_frames=plan.overlap, estimate=estimate,
+        segments=[PlannedSegment(index=s.index, start_frame=s.start, end_frame=s.end, frames=s.frames,
+                                 windows=windows(ctx.template, s)) for s in plan.segments])
 
 
 def build_response(ctx: JobContext, plan: SegmentPlan, results: list[SegmentResult], stitched: StitchResult,
-                   delivery: Delivery, timings: Timings) -> JobResponse:
+                   delivery: Delivery, timings: Timings, estimate: Estimate | None = None) -> JobResponse:
     request = ctx.request
     return JobResponse(
         message=f"{plan.total_frames} frames in {len(plan.segments)} segment(s)",
         workflow=ctx.template.name,
+        quality=request.quality or ctx.template.spec.default_preset,
         video=delivery.video,
         video_url=delivery.video_url,
         video_path=delivery.video_path,
@@ -85,7 +126,9 @@ def build_response(ctx: JobContext, plan: SegmentPlan, results: list[SegmentResu
         segments=[SegmentReport(index=r.segment.index, instance=r.instance.name, gpu=r.instance.gpu,
                                 start_frame=r.segment.start, end_frame=r.segment.end, frames=r.segment.frames,
                                 seconds=round(r.seconds, 3), comfy_seconds=round(r.comfy_seconds, 3),
-                                node_seconds=r.node_seconds, attempts=r.attempts)
+                                node_seconds=r.node_seconds, attempts=r.attempts,
+                                device_settings=r.device_settings)
                   for r in results],
         timings=timings,
+        estimate=estimate,
     )

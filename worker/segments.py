@@ -41,6 +41,7 @@ class SegmentResult:
     finished_at: float  # time.monotonic() when the segment's video was on disk
     attempts: int = 1
     node_seconds: dict[str, float] = field(default_factory=dict)  # "id ClassType" -> seconds
+    device_settings: str | None = None  # the template's device row used on this instance (e.g. "gpu>=80GB")
 
 
 def run_segments(ctx: JobContext, plan: SegmentPlan, segment_inputs: list[dict[str, Path]],
@@ -178,7 +179,9 @@ def attempt_segment(ctx: JobContext, plan: SegmentPlan, segment: Segment, files:
         for slot, path in files.items():
             if template.binds(slot):
                 uploaded[slot] = client.upload(path, f"{tag}_{slot}{path.suffix}")
-        graph = template.bind(segment_values(ctx.request, template, plan, segment, f"{tag}/out", uploaded))
+        params = template.params_for(ctx.request.quality, instance.vram_gb, ctx.request.template_params)
+        values = segment_values(ctx.request, template, plan, segment, f"{tag}/out", uploaded, params)
+        graph = template.bind(values, params)
         timeout_s = ctx.settings.segment_timeout_s + ctx.settings.segment_timeout_per_frame_s * segment.frames
         result = _run_prompt(ctx, client, graph, segment, instance, timeout_s)
         outputs = [o for o in result.outputs if template.spec.output_node in (None, o.node_id)]
@@ -199,7 +202,7 @@ def attempt_segment(ctx: JobContext, plan: SegmentPlan, segment: Segment, files:
         log.info("%s: segment %d done in %.2f s (ComfyUI %.2f s; %s)", instance.name.upper(), segment.index,
                  seconds, result.seconds, slowest)
         return SegmentResult(segment, video, instance, seconds, result.seconds, time.monotonic(),
-                             node_seconds=nodes)
+                             node_seconds=nodes, device_settings=params.device)
     finally:
         for name in uploaded.values():
             (instance.input_dir / name).unlink(missing_ok=True)

@@ -15,7 +15,7 @@ from worker.planner import Segment, SegmentPlan
 from worker.request import MEDIA_FIELDS, JobRequest
 
 if TYPE_CHECKING:
-    from worker.templates import WorkflowTemplate
+    from worker.templates import TemplateParams, WorkflowTemplate
 
 
 @dataclass(frozen=True)
@@ -32,10 +32,12 @@ class SlotValues:
     fps: float
     width: int
     height: int
-    prompt: str
-    negative_prompt: str
+    prompt: str | None  # None: the template's own
+    negative_prompt: str | None
     seed: int
-    steps: int | None  # None: the template's own
+    steps: int | None  # None: the preset's or the template's own
+    # Video templates: the sampler step to start from, round(steps x (1 - denoise)), below steps.
+    start_step: int
     # Where the save node writes: a folder of its own in the instance's output folder.
     filename_prefix: str
     # For SaveSegmentVideo's split form (worker/segment_format.py): the frames shared with the previous and
@@ -50,9 +52,10 @@ SLOTS = tuple(field.name for field in fields(SlotValues))
 
 
 def segment_values(request: JobRequest, template: WorkflowTemplate, plan: SegmentPlan, segment: Segment,
-                   filename_prefix: str, media: dict[str, str]) -> dict[str, Any]:
+                   filename_prefix: str, media: dict[str, str], params: TemplateParams) -> dict[str, Any]:
     """Every slot's value for one segment, by slot name; `media`: the uploaded file name of each media slot
-    the template binds."""
+    the template binds; `params`: the template's params for this segment (template.params_for)."""
+    steps = request.steps or params.get("steps")
     return asdict(SlotValues(
         **{slot: media.get(slot) for slot in MEDIA_FIELDS},
         frames=segment.frames,
@@ -64,9 +67,15 @@ def segment_values(request: JobRequest, template: WorkflowTemplate, plan: Segmen
         negative_prompt=request.negative_prompt,
         seed=request.seed,
         steps=request.steps,
+        start_step=start_step(steps, request.denoise) if steps else 0,
         filename_prefix=filename_prefix,
         overlap_before=plan.overlap_with_previous(segment),
         overlap_after=plan.overlap_with_next(segment),
         output_crf=request.output.crf,
         output_preset=request.output.preset,
     ))
+
+
+def start_step(steps: int, denoise: float) -> int:
+    """The first sampler step of a partial re-generation: denoise 1 starts at 0; at least one step is left."""
+    return min(steps - 1, round(steps * (1.0 - denoise)))
