@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Callable
 
 from comfy_manager import AcquireCancelled, ComfyClient, ComfyInstance, NoInstanceLeft
-from comfy_manager.client import (ComfyError, ComfyOutputFile, InstanceFault, PromptCancelled, PromptFailed, PromptRejected,
-                                  PromptTimedOut, RequestRefused)
+from comfy_manager.client import (ComfyError, ComfyOutputFile, ConnectionLost, InstanceFault, PromptCancelled,
+                                  PromptFailed, PromptRejected, PromptTimedOut, RequestRefused)
 from comfy_manager.oom import oom_line
 from worker.errors import JobCancelled, JobFailed, WorkerUnhealthy
 from worker.job_context import JobContext
@@ -139,8 +139,9 @@ def _final_error(ctx: JobContext, segment: Segment, instance: ComfyInstance, exc
     if isinstance(exc, PromptTimedOut):
         return None
     if isinstance(exc, (PromptFailed, InstanceFault)):
+        # A broken connection may be a process dying: it gets a moment to end, so that its end can be read.
         memory = oom_line(str(exc)) if isinstance(exc, PromptFailed) else None
-        memory = memory or instance.out_of_memory()
+        memory = memory or instance.out_of_memory(wait_s=2.0 if isinstance(exc, ConnectionLost) else 0.0)
         if memory:
             return _out_of_memory(ctx, segment, instance, memory)
         if isinstance(exc, InstanceFault):
