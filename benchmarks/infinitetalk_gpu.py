@@ -6,7 +6,7 @@ run_job, with every model file made at the real 14B shapes with random values (s
     python3 benchmarks/infinitetalk_gpu.py windows --out $OUT/it_windows.json
     python3 benchmarks/infinitetalk_gpu.py scaling --out $OUT/it_scaling.json
 
-windows  one 81-frame window (832x480) per case, in two lanes at once, one per GPU:
+windows  one 81-frame window (832x480) per case, in two lanes at once, one per GPU (or one lane: --lanes):
          lane 0 (the whole GPU): the fast preset cold (models loaded), warm, and again (run-to-run spread);
                 the full preset (4 steps: seconds a step at three passes); each Hopper option alone and
                 together (sageattn, fp8 fast matmuls, torch.compile), each a model reload;
@@ -89,7 +89,7 @@ class Bench:
     def job(self, seconds: float, **fields) -> dict:
         width, height = (int(v) for v in self.args.size.split("x"))
         audio = make_tone(self.media / f"speech_{seconds:.2f}.wav", seconds, frequency=180)
-        return {"workflow": "infinitetalk_image_single", "image": str(self.media / "face.png"), "audio": str(audio),
+        return {"workflow": self.args.workflow, "image": str(self.media / "face.png"), "audio": str(audio),
                 "width": width, "height": height, "fps": 25, "seed": 7, "output": {"destination": "volume"},
                 **fields}
 
@@ -102,11 +102,12 @@ def make_weights(args: argparse.Namespace, models: Path) -> float:
     return time.monotonic() - started
 
 
-def step_seconds(log_path: Path, since: int) -> float | None:
-    """The sampler's last full-progress rate in the instance's log after byte `since`, as seconds a step."""
+def step_seconds(log_path: Path, since: int, steps: int) -> float | None:
+    """The sampler's rate on its last finished window in the instance's log after byte `since` (a progress
+    bar of `steps` steps; other bars, umt5's layers or weight loading, have other totals), in seconds a step."""
     text = log_path.read_bytes()[since:].decode(errors="replace")
     rates = [(int(done), int(total), float(value), unit) for done, total, value, unit in STEP_RATE.findall(text)]
-    finished = [r for r in rates if r[0] == r[1] and r[1] > 1]
+    finished = [r for r in rates if r[0] == r[1] == steps]
     if not finished:
         return None
     _, _, value, unit = finished[-1]
@@ -123,6 +124,8 @@ def run_case(bench: Bench, lane: str, pool: InstancePool, case: Case, base_job: 
     """Runs one case on the lane's pool and records it under results[lane]."""
     entry: dict = {"case": case.name, "fields": case.fields}
     remaining = bench.deadline - time.monotonic()
+    if bench.args.only and not any(case.name.startswith(prefix) for prefix in bench.args.only):
+        return
     if remaining < bench.args.min_case_s:
         entry["skipped"] = f"{remaining:.0f} s left of the call"
     else:
@@ -137,7 +140,8 @@ def run_case(bench: Bench, lane: str, pool: InstancePool, case: Case, base_job: 
             entry.update({
                 "wall_s": round(time.monotonic() - started, 2), "comfy_s": segment["comfy_seconds"],
                 "frames": out["frames"], "quality": out["quality"], "device_settings": segment["device_settings"],
-                "step_s": step_seconds(instance.log_path, since), "peak_vram_gb": vram.peaks_gb(),
+                "step_s": step_seconds(instance.log_path, since, case.fields.get("steps", 4)),
+                "peak_vram_gb": vram.peaks_gb(),
                 "node_seconds": segment["node_seconds"],
             })
             width, height = (int(v) for v in bench.args.size.split("x"))
@@ -163,16 +167,16 @@ def lane_options(bench: Bench) -> None:
     window = bench.job(81 / 25)
     sage = {"attention_mode": "sageattn"}
     fp8 = {"quantization": "fp8_e4m3fn_scaled_fast"}
-    cases = [
+    cases = [  # most wanted first: the call may end before the last ones
         Case("fast cold"), Case("fast warm", compare_to="fast cold"), Case("fast again", compare_to="fast warm"),
+        Case("fast sageattn + fp8 fast", {"template_params": {**sage, **fp8}}, compare_to="fast warm"),
         Case("full 4 steps", {"quality": "full", "steps": 4}),
         Case("fast sageattn", {"template_params": sage}, compare_to="fast warm"),
         Case("fast fp8 fast", {"template_params": fp8}, compare_to="fast warm"),
-        Case("fast sageattn + fp8 fast", {"template_params": {**sage, **fp8}}, compare_to="fast warm"),
-        Case("fast sageattn + fp8 fast again", {"template_params": {**sage, **fp8}},
-             compare_to="fast sageattn + fp8 fast"),
         Case("fast compile", {"template_params": {"compile": True}}, compare_to="fast warm"),
         Case("fast compile warm", {"template_params": {"compile": True}}, compare_to="fast warm"),
+        Case("fast sageattn + fp8 fast again", {"template_params": {**sage, **fp8}},
+             compare_to="fast sageattn + fp8 fast"),
     ]
     pool = bench.pool("options", gpu, 8188)
     pool.start()
@@ -186,7 +190,7 @@ def lane_options(bench: Bench) -> None:
 
 def lane_vram(bench: Bench) -> None:
     """Lane 1: the fast window as 24, 32 and 48 GiB cards run it (the template's device rows choose)."""
-    gpu = (1,) if not bench.args.cpu else (0,)
+    gpu = (1,) if bench.args.lanes == "both" and not bench.args.cpu else (0,)
     window = bench.job(81 / 25)
     for index, limit in enumerate(bench.args.vram_limits):
         pool = bench.pool(f"vram{limit:g}", gpu, 8200 + 10 * index, vram_limit_gb=limit)
@@ -207,8 +211,11 @@ def lane_vram(bench: Bench) -> None:
 
 
 def windows(bench: Bench) -> None:
-    lanes = [threading.Thread(target=lane_options, args=(bench,), name="options")]
-    if bench.args.vram_limits:
+    """Both lanes at once on two GPUs (--lanes both), or one of them on GPU 0."""
+    lanes = []
+    if bench.args.lanes in ("both", "options"):
+        lanes.append(threading.Thread(target=lane_options, args=(bench,), name="options"))
+    if bench.args.lanes in ("both", "vram") and bench.args.vram_limits:
         lanes.append(threading.Thread(target=lane_vram, args=(bench,), name="vram"))
     for lane in lanes:
         lane.start()
@@ -256,20 +263,37 @@ def scaling(bench: Bench) -> None:
         pool.shutdown()
 
 
+def keep_log_tails(root: Path, folder: Path, tail_bytes: int = 400_000) -> None:
+    """The last bytes of every instance's ComfyUI log, into one file per pool."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for pool in sorted(root.glob("instances-*")):
+        with open(folder / f"comfyui_{pool.name}.log", "wb") as out:
+            for log_path in sorted(pool.glob("*/comfyui.log")):
+                data = log_path.read_bytes()
+                out.write(f"===== {log_path.parent.name}\n".encode() + data[-tail_bytes:] + b"\n")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("mode", choices=["windows", "scaling"])
     parser.add_argument("--out", required=True)
     parser.add_argument("--size", default="832x480")
     parser.add_argument("--frames", type=int, default=842, help="scaling: the job's length")
+    parser.add_argument("--lanes", choices=["both", "options", "vram"], default="both",
+                        help="windows: both lanes at once on GPUs 0 and 1, or one lane on GPU 0")
     parser.add_argument("--vram-limits", default="24,32,48", help="windows: GiB ceilings for lane 1 ('' for none)")
     parser.add_argument("--budget-s", type=float, default=570, help="stop starting cases after this many seconds")
     parser.add_argument("--min-case-s", type=float, default=45, help="skip a case with less time than this left")
     parser.add_argument("--models", default="/tmp/itw-models")
+    parser.add_argument("--workflow", default="infinitetalk_image_single",
+                        help="another image template only to check this script's plumbing quickly on a CPU")
+    parser.add_argument("--only", default="", help="windows: run only cases whose names start with these (comma-separated)")
+    parser.add_argument("--logs", help="folder to copy the tail of every ComfyUI instance's log into")
     parser.add_argument("--cpu", action="store_true", help="CPU instances (a check of this script)")
     parser.add_argument("--small", action="store_true", help="the small random DiT (with --cpu)")
     args = parser.parse_args()
     args.vram_limits = [float(v) for v in args.vram_limits.split(",") if v]
+    args.only = [v for v in args.only.split(",") if v]
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(threadName)s %(name)s: %(message)s")
     started = time.monotonic()
     root = Path(tempfile.mkdtemp(prefix="itw-bench-"))
@@ -293,6 +317,8 @@ def main() -> None:
     finally:
         results["total_s"] = round(time.monotonic() - started, 1)
         bench.save()
+        if args.logs:
+            keep_log_tails(root, Path(args.logs))
         shutil.rmtree(root, ignore_errors=True)
     print(json.dumps(results, indent=1)[:6000])
 

@@ -136,8 +136,9 @@ class WorkflowTemplate:
         given something other than true or false."""
         unknown = sorted(set(overrides) - self.settable_params)
         if unknown:
+            known = ", ".join(sorted(self.settable_params)) or "none"
             raise JobInputError("template_params", f"workflow {self.name!r} has no param {', '.join(unknown)}; "
-                                                   f"it has {', '.join(sorted(self.settable_params))}")
+                                                   f"it has {known}")
         for name in set(overrides) & set(self.spec.links):
             if not isinstance(overrides[name], bool):
                 raise JobInputError("template_params", f"{name} switches a node on or off: true or false, "
