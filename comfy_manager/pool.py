@@ -13,7 +13,8 @@ each instance, why it is out and its last log lines.
 Lending. `acquire` hands free instances out in the order the requests arrived: a released instance goes
 straight to the longest waiter. It takes the job's cancel event; a CancelEvent wakes the waiter the
 moment it is set. An instance that goes idle with nobody waiting for it is asked to drop what ComfyUI
-keeps from its last prompt (POST /free), so that memory between jobs stays flat.
+keeps from its last prompt (POST /free), so that memory between jobs stays flat (by default CPU instances
+only: a GPU instance's cache holds its models, which the next job would load again).
 """
 
 from __future__ import annotations
@@ -336,10 +337,15 @@ class InstancePool:
             waiter.woken.set()
             return
         self._free.append(slot)
-        if slot.ran_prompt and self.settings.free_when_idle:
+        if slot.ran_prompt and self._frees_when_idle(slot.instance):
             slot.ran_prompt = False
             threading.Thread(target=_free_memory, args=(slot.instance,), name=f"free-{slot.instance.name}",
                              daemon=True).start()
+
+    def _frees_when_idle(self, instance: ComfyInstance) -> bool:
+        """COMFY_FREE_WHEN_IDLE; auto: CPU instances free, GPU instances keep their models for the next job."""
+        free = self.settings.free_when_idle
+        return instance.gpu is None if free is None else free
 
     def _fail_waiters(self, error: BaseException) -> None:
         while self._waiters:

@@ -62,13 +62,19 @@ class PoolSettings(EnvSettings):
     restart_backoff_s: float = env("COMFY_RESTART_BACKOFF_S", 2.0, ge=0)
     # An instance that goes idle (no segment waiting for it) is asked to drop what ComfyUI keeps from its
     # last prompt (POST /free: cached node outputs, and the models they hold), so memory between jobs
-    # stays flat; the next job loads its models again.
-    free_when_idle: bool = env("COMFY_FREE_WHEN_IDLE", True)
+    # stays flat; the next job loads its models again. None ("auto"): CPU instances do, GPU instances keep
+    # them (their cache holds the models and what the next job reuses, e.g. a reference image's encoding).
+    free_when_idle: bool | None = env("COMFY_FREE_WHEN_IDLE", None)
 
     @field_validator("extra_args", mode="before")
     @classmethod
     def _shell_words(cls, value: Any) -> Any:
         return shlex.split(value) if isinstance(value, str) else value
+
+    @field_validator("free_when_idle", mode="before")
+    @classmethod
+    def _auto(cls, value: Any) -> Any:
+        return None if value == "auto" else value
 
     @field_validator("gpus", mode="before")
     @classmethod
