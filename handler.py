@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import atexit
 import logging
+import os
+import signal
 import sys
 import threading
 
@@ -12,7 +14,7 @@ import runpod
 
 from comfy_manager import InstancePool, PoolSettings
 from worker.config import WorkerSettings
-from worker.errors import JobCancelled, JobFailed, JobInputError
+from worker.errors import JobCancelled, JobFailed, JobInputError, WorkerUnhealthy
 from worker.job import run_job
 from worker.job_planner import JobPlanner
 from worker.live_jobs import LiveJobs
@@ -59,19 +61,42 @@ def run_one(job: dict, cancel: threading.Event) -> dict:
     try:
         return run_job(job.get("input"), pool, settings, job_id=job_id, on_progress=progress, cancel=cancel,
                        planner=planner)
+    except WorkerUnhealthy as exc:
+        # The SDK turns refresh_worker into stopPod: RunPod replaces this worker after the job.
+        log.error("job %s failed and the worker asks to be replaced: %s", job_id, exc)
+        return {"error": str(exc), "refresh_worker": True}
     except (JobInputError, JobFailed, JobCancelled) as exc:
         log.warning("job %s failed: %s", job.get("id"), exc)
         return {"error": str(exc)}
-    except Exception as exc:  # the worker must go on serving
+    except Exception as exc:  # a bug: the worker must go on serving
         log.exception("job %s crashed", job.get("id"))
         return {"error": f"internal error: {type(exc).__name__}: {exc}"}
+
+
+def stop_instances_on_signals() -> None:
+    """On SIGTERM or SIGINT, stop the ComfyUI instances, then end as the signal asks.
+
+    Installed before the instances start, so it covers start-up. runpod's serve-api mode (uvicorn) puts it
+    back after its own graceful shutdown and raises the signal again, which lands here; the queue mode's
+    own handler ends the worker normally, and atexit stops the instances. If the worker is killed
+    outright, the kernel stops them (comfy_manager/processes.py).
+    """
+    def on_signal(signum: int, frame) -> None:
+        log.warning("%s: stopping the ComfyUI instances", signal.Signals(signum).name)
+        pool.shutdown()
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, on_signal)
 
 
 if __name__ == "__main__":
     # Refuses to take jobs while model files are missing (only where REQUIRE_MODELS=1, as in the image).
     runpod.serverless.register_fitness_check(models_fitness_check)
-    pool.start()
+    stop_instances_on_signals()
     atexit.register(pool.shutdown)
+    pool.start()
     config = {"handler": handler, "concurrency_modifier": lambda current: settings.max_concurrent_jobs}
     if "--rp_serve_api" in sys.argv:  # the SDK's local API, plus GET /progress/{id} and POST /cancel/{id}
         from worker.local_api import serve

@@ -20,15 +20,16 @@ class LocalWorker:
     media: Path  # where the benchmark puts its inputs (an allowed input root)
 
     @classmethod
-    def on_cpu(cls, root: Path, base_port: int, instances: int = 2) -> LocalWorker:
-        """Instances (not started), jobs, inputs and the output volume in folders under root."""
+    def on_cpu(cls, root: Path, base_port: int, instances: int = 2, **pool_settings) -> LocalWorker:
+        """Instances (not started), jobs, inputs and the output volume in folders under root; pool_settings:
+        other PoolSettings fields (e.g. restart_limit)."""
         media = root / "media"
         media.mkdir()
         settings = WorkerSettings(job_work_dir=root / "jobs", allowed_input_roots=(media.resolve(),),
                                   output_volume_dir=root / "volume")
         settings.job_work_dir.mkdir()
         pool = InstancePool(PoolSettings(instances_dir=root / "instances", base_port=base_port,
-                                         cpu_instances=instances, force_cpu=True))
+                                         cpu_instances=instances, force_cpu=True, **pool_settings))
         return cls(pool, settings, JobPlanner(settings.stitch_lead), media)
 
     def run(self, job: dict, job_id: str | None = None) -> dict:

@@ -2,6 +2,12 @@
 
 Every wait has a deadline. Completion is read from the websocket (`executing` with `node: null`) and
 confirmed from `/history`; if the socket drops, the client falls back to polling `/history`.
+
+Every failure is a ComfyError of one of three kinds, so that the caller knows what to do with it:
+InstanceFault (the instance misbehaved: unreachable, a dropped connection, a 5xx, an answer that is not
+JSON; try the work on another instance and restart this one), RequestRefused (ComfyUI refused what was
+sent: a 4xx; the message says what to change), and the prompt's own outcomes (PromptFailed: a node raised;
+PromptTimedOut; PromptCancelled).
 """
 
 from __future__ import annotations
@@ -24,7 +30,21 @@ class ComfyError(RuntimeError):
     """ComfyUI refused or failed a prompt, or could not be reached."""
 
 
-class PromptRejected(ComfyError):
+class InstanceFault(ComfyError):
+    """The instance misbehaved (a 5xx, a broken answer): the work may succeed on another instance, and this
+    one should be restarted."""
+
+
+class ConnectionLost(InstanceFault):
+    """The instance stopped answering (killed, crashed, or restarted and forgot the prompt)."""
+
+
+class RequestRefused(ComfyError):
+    """ComfyUI refused what it was sent (a 4xx answer); the message says what to change. Another instance
+    would refuse it too."""
+
+
+class PromptRejected(RequestRefused):
     """POST /prompt answered 400: the graph did not validate (the message lists node_errors)."""
 
 
@@ -34,10 +54,6 @@ class PromptFailed(ComfyError):
 
 class PromptTimedOut(ComfyError):
     """The prompt did not finish before its deadline."""
-
-
-class ConnectionLost(ComfyError):
-    """The instance stopped answering (killed, crashed, or restarted and forgot the prompt)."""
 
 
 class PromptCancelled(ComfyError):
@@ -116,9 +132,17 @@ class ComfyClient:
     def upload(self, path: Path, name: str) -> str:
         """Uploads a file (image, video or audio) to the instance's input folder; returns its name there."""
         with open(path, "rb") as f:
-            response = self._http("post", "/upload/image", files={"image": (name, f)},
+            response = self._http("post", "/upload/image", check=False, files={"image": (name, f)},
                                   data={"type": "input", "overwrite": "true"})
-        stored = response.json()
+        if response.status_code == 413:
+            raise RequestRefused(
+                f"ComfyUI refused the upload of {name} ({path.stat().st_size / 2**20:.1f} MB) as too large: its "
+                "limit is --max-upload-size (100 MB unless set); raise it through COMFY_EXTRA_ARGS "
+                "(e.g. --max-upload-size 2048), or send a smaller input")
+        _raise_for_status("POST", "/upload/image", response, f"the upload of {name}")
+        stored = _json(response, "POST /upload/image")
+        if not isinstance(stored, dict) or "name" not in stored:
+            raise InstanceFault(f"POST /upload/image answered without a file name: {response.text[:300]}")
         return f"{stored['subfolder']}/{stored['name']}" if stored.get("subfolder") else stored["name"]
 
     def run_prompt(self, graph: dict, timeout_s: float, is_alive: Callable[[], bool] | None = None,
@@ -147,7 +171,7 @@ class ComfyClient:
             raise
         finally:
             if ws is not None:
-                ws.close()
+                _close_quietly(ws)
         return PromptResult(prompt_id, collect_output_files(entry), time.monotonic() - started,
                             _node_seconds(starts))
 
@@ -163,31 +187,61 @@ class ComfyClient:
         response = self._http("post", "/prompt", json={"prompt": graph, "client_id": self.client_id},
                               check=False)
         if response.status_code == 400:
-            raise PromptRejected(describe_node_errors(response.json()))
-        if not response.ok:
-            raise ComfyError(f"POST /prompt answered {response.status_code}: {response.text[:300]}")
-        return response.json()["prompt_id"]
+            try:
+                body = response.json()
+            except ValueError:
+                body = {"error": {"message": response.text[:500]}}
+            raise PromptRejected(describe_node_errors(body if isinstance(body, dict) else {"error": body}))
+        _raise_for_status("POST", "/prompt", response, "the workflow")
+        answer = _json(response, "POST /prompt")
+        if not isinstance(answer, dict) or "prompt_id" not in answer:
+            raise InstanceFault(f"POST /prompt answered without a prompt_id: {response.text[:300]}")
+        return answer["prompt_id"]
 
     def download(self, output: ComfyOutputFile, dest: Path) -> Path:
+        """Fetches an output file over HTTP into dest. A network failure or a bad answer is the instance's
+        fault (InstanceFault); a failure to write dest is an OSError of this machine's."""
         params = {"filename": output.filename, "subfolder": output.subfolder, "type": output.type}
-        with requests.get(f"{self.base_url}/view", params=params, stream=True,
-                          timeout=self.http_timeout_s) as response:
-            response.raise_for_status()
-            with open(dest, "wb") as f:
-                for chunk in response.iter_content(chunk_size=1 << 20):
+        what = f"GET /view ({output.filename})"
+        with open(dest, "wb") as f:
+            try:
+                response = requests.get(f"{self.base_url}/view", params=params, stream=True,
+                                        timeout=self.http_timeout_s)
+            except (requests.RequestException, OSError) as exc:
+                raise ConnectionLost(f"{what} failed: {exc}") from exc
+            with response:
+                if response.status_code == 404:  # it reported the file, then cannot serve it
+                    raise InstanceFault(f"{what} answered 404: the output it reported is not there")
+                _raise_for_status("GET", "/view", response, f"the download of {output.filename}")
+                chunks = response.iter_content(chunk_size=1 << 20)
+                while True:
+                    try:
+                        chunk = next(chunks, None)
+                    except (requests.RequestException, OSError) as exc:
+                        raise ConnectionLost(f"{what} broke off: {exc}") from exc
+                    if chunk is None:
+                        break
                     f.write(chunk)
         return dest
 
     # -- internals -------------------------------------------------------------------------------
 
     def _http(self, method: str, path: str, check: bool = True, **kwargs) -> requests.Response:
+        """One request. Not getting an answer (refused, reset, timed out: any socket error) is
+        ConnectionLost; with check, an error status is classified by _raise_for_status."""
         try:
             response = requests.request(method, self.base_url + path, timeout=self.http_timeout_s, **kwargs)
-        except requests.RequestException as exc:
+        except (requests.RequestException, OSError) as exc:
             raise ConnectionLost(f"{method.upper()} {path} failed: {exc}") from exc
-        if check and not response.ok:
-            raise ComfyError(f"{method.upper()} {path} answered {response.status_code}: {response.text[:300]}")
+        if check:
+            _raise_for_status(method.upper(), path, response, f"{method.upper()} {path}")
         return response
+
+    def _get_json(self, path: str) -> dict:
+        answer = _json(self._http("get", path), f"GET {path}")
+        if not isinstance(answer, dict):
+            raise InstanceFault(f"GET {path} answered {type(answer).__name__}, not a JSON object")
+        return answer
 
     def _connect_ws(self) -> websocket.WebSocket | None:
         try:
@@ -218,8 +272,14 @@ class ComfyClient:
                 break
             if not isinstance(message, str):
                 continue  # binary preview frames
-            event = json.loads(message)
-            data = event.get("data") or {}
+            try:
+                event = json.loads(message)
+            except ValueError:
+                event = None
+            data = (event.get("data") or {}) if isinstance(event, dict) else None
+            if not isinstance(data, dict):
+                log.warning("ignoring a websocket message that is not a JSON event: %.200s", message)
+                continue
             if data.get("prompt_id") not in (None, prompt_id):
                 continue
             kind = event.get("type")
@@ -246,10 +306,10 @@ class ComfyClient:
 
     def _is_finished(self, prompt_id: str) -> bool:
         """True when /history holds the prompt; raises if it is neither there nor queued."""
-        history = self._http("get", f"/history/{prompt_id}").json()
+        history = self._get_json(f"/history/{prompt_id}")
         if prompt_id in history:
             return True
-        queue = self._http("get", "/queue").json()
+        queue = self._get_json("/queue")
         queued = [item[1] for key in ("queue_running", "queue_pending") for item in queue.get(key, [])]
         if prompt_id not in queued:
             # A restarted instance forgets its queue and history.
@@ -259,7 +319,7 @@ class ComfyClient:
     def _history_entry(self, prompt_id: str, watch: "_Watch") -> dict:
         # /history can be written a moment after the last websocket event.
         while True:
-            entry = self._http("get", f"/history/{prompt_id}").json().get(prompt_id)
+            entry = self._get_json(f"/history/{prompt_id}").get(prompt_id)
             if entry is not None:
                 status = entry.get("status") or {}
                 if status.get("status_str") == "error":
@@ -307,6 +367,35 @@ class _Watch:
             raise ConnectionLost("the ComfyUI process exited while running the prompt")
         if time.monotonic() > self.deadline:
             raise PromptTimedOut(f"prompt {prompt_id} did not finish before its deadline")
+
+
+def _raise_for_status(method: str, path: str, response: requests.Response, what: str) -> None:
+    """A 5xx is the instance's fault (InstanceFault); another error status means ComfyUI refused `what`
+    as sent (RequestRefused)."""
+    if response.ok:
+        return
+    answer = f"{method} {path} answered {response.status_code} {response.reason}: {response.text[:300]}"
+    if response.status_code >= 500:
+        raise InstanceFault(answer)
+    if response.status_code == 413:
+        raise RequestRefused(f"{what} is larger than ComfyUI accepts ({answer}); its limit is --max-upload-size "
+                             "(100 MB unless set): raise it through COMFY_EXTRA_ARGS")
+    raise RequestRefused(f"ComfyUI refused {what} ({answer})")
+
+
+def _json(response: requests.Response, what: str):
+    """The answer's JSON; an answer that is not JSON is the instance's fault."""
+    try:
+        return response.json()
+    except ValueError:
+        raise InstanceFault(f"{what} answered something that is not JSON: {response.text[:200]!r}") from None
+
+
+def _close_quietly(ws: websocket.WebSocket) -> None:
+    try:
+        ws.close()
+    except (OSError, websocket.WebSocketException) as exc:
+        log.debug("closing the websocket: %s", exc)
 
 
 def _history_error(status: dict) -> str:

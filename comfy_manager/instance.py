@@ -14,7 +14,12 @@ from pathlib import Path
 
 import requests
 
+from comfy_manager.oom import MemoryCgroup, ProcessEnd, out_of_memory
+from comfy_manager.processes import spawn_tied
+
 log = logging.getLogger(__name__)
+START_MARK = "\n=== starting: "  # written into the log before each start
+PROMPT_MARK = "got prompt"  # ComfyUI's log line when a prompt begins
 
 
 class InstanceDied(RuntimeError):
@@ -46,8 +51,11 @@ class ComfyInstance:
         self.python = python
         self.extra_args = extra_args
         self.process: subprocess.Popen | None = None
+        self.generation = 0  # how many times it was started: tells a failure of an earlier process apart
         self.started_at = 0.0
         self.ready_after_s: float | None = None
+        self._cgroup: MemoryCgroup | None = None  # its memory cgroup, read at start (gone with /proc/PID)
+        self._oom_kills_at_start: int | None = None
 
     @property
     def name(self) -> str:
@@ -100,7 +108,8 @@ class ComfyInstance:
         return args + self.extra_args
 
     def start(self) -> None:
-        """Launches the process in its own process group; returns at once (see wait_ready)."""
+        """Launches the process in its own process group, tied to this one's life (it is killed if the worker
+        dies: comfy_manager/processes.py); returns at once (see wait_ready)."""
         root = self.spec.root
         for sub in ("input", "output", "temp", "user", "frontend"):
             folder = root / sub
@@ -115,13 +124,16 @@ class ComfyInstance:
             # and CPU work (decoding, colour conversion) of N instances fights over them.
             env["OMP_NUM_THREADS"] = str(self.cpu_threads)
         with open(self.log_path, "ab") as log_file:
-            log_file.write(f"\n=== starting: {' '.join(self.command())}\n".encode())
-            self.process = subprocess.Popen(
-                self.command(), cwd=self.comfy_path, stdout=log_file, stderr=subprocess.STDOUT,
+            log_file.write(f"{START_MARK}{' '.join(self.command())}\n".encode())
+            self.process = spawn_tied(
+                self.command(), python=self.python, cwd=self.comfy_path, stdout=log_file, stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL, env=env, start_new_session=True,
             )
+        self.generation += 1
         self.started_at = time.monotonic()
         self.ready_after_s = None
+        self._cgroup = MemoryCgroup.of_process(self.process.pid)
+        self._oom_kills_at_start = self._cgroup.oom_kills() if self._cgroup else None
         log.info("ComfyUI %s starting (pid %d, log %s)", self.name, self.process.pid, self.log_path)
 
     def is_alive(self) -> bool:
@@ -137,7 +149,7 @@ class ComfyInstance:
         """Blocks until the HTTP API answers; raises InstanceDied if it exits or the deadline passes."""
         while True:
             if not self.is_alive():
-                raise InstanceDied(self, f"exited with code {self.process.returncode if self.process else None} during start-up")
+                raise InstanceDied(self, f"{self.exit_status() or 'was not started'} during start-up")
             if self.is_responding():
                 self.ready_after_s = time.monotonic() - self.started_at
                 log.info("ComfyUI %s ready after %.1f s", self.name, self.ready_after_s)
@@ -162,6 +174,45 @@ class ComfyInstance:
             except subprocess.TimeoutExpired:
                 continue
         log.info("ComfyUI %s stopped", self.name)
+
+    def exit_status(self, wait_s: float = 0.0) -> str | None:
+        """How the process ended ("exited with code 1", "killed by SIGKILL"), None while it runs. wait_s: how
+        long to wait for it to end (a process whose socket just closed may need a moment)."""
+        if self.process is None:
+            return None
+        try:
+            code = self.process.wait(timeout=wait_s) if wait_s > 0 else self.process.poll()
+        except subprocess.TimeoutExpired:
+            return None
+        if code is None:
+            return None
+        if code < 0:
+            try:
+                return f"killed by {signal.Signals(-code).name}"
+            except ValueError:
+                return f"killed by signal {-code}"
+        return f"exited with code {code}"
+
+    def out_of_memory(self, wait_s: float = 2.0) -> str | None:
+        """Why this instance's process is believed to have run out of memory (oom.py), or None. A running
+        process is judged by its log alone (CUDA OOMs are raised to the prompt, the process survives)."""
+        process = self.process
+        if process is None:
+            return None
+        self.exit_status(wait_s)
+        code = process.poll()
+        since_prompt = self.log_since(PROMPT_MARK)
+        if code is None:
+            return out_of_memory(ProcessEnd(process.pid, 0, None, None, since_prompt))
+        return out_of_memory(ProcessEnd(process.pid, code, self._oom_kills_at_start, self._cgroup, since_prompt))
+
+    def log_since(self, mark: str) -> str:
+        """The current process's log from its last line containing mark (or from its start)."""
+        tail = self.log_tail(400)
+        start = tail.rfind(START_MARK.strip())
+        current = tail[start:] if start >= 0 else tail
+        at = current.rfind(mark)
+        return current[at:] if at >= 0 else current
 
     def log_tail(self, lines: int = 25) -> str:
         try:

@@ -54,11 +54,27 @@ class PoolSettings(EnvSettings):
     # Each GPU instance may use at most this much VRAM (GB): the worker's node caps its CUDA allocator, and
     # templates choose their settings for this size. Runs a big GPU as a smaller one would (benchmarks).
     vram_limit_gb: float | None = env("COMFY_VRAM_LIMIT_GB", None)
+    # Health (pool.py): an instance whose process dies is restarted, the first time at once, then after
+    # restart_backoff_s doubled for each restart within restart_window_s (at most 60 s); one that needed
+    # restart_limit restarts within the window is taken out of service.
+    restart_limit: int = env("COMFY_RESTART_LIMIT", 5, ge=1)
+    restart_window_s: float = env("COMFY_RESTART_WINDOW_S", 600.0, gt=0)
+    restart_backoff_s: float = env("COMFY_RESTART_BACKOFF_S", 2.0, ge=0)
+    # An instance that goes idle (no segment waiting for it) is asked to drop what ComfyUI keeps from its
+    # last prompt (POST /free: cached node outputs, and the models they hold), so memory between jobs
+    # stays flat; the next job loads its models again. None ("auto"): CPU instances do, GPU instances keep
+    # them (their cache holds the models and what the next job reuses, e.g. a reference image's encoding).
+    free_when_idle: bool | None = env("COMFY_FREE_WHEN_IDLE", None)
 
     @field_validator("extra_args", mode="before")
     @classmethod
     def _shell_words(cls, value: Any) -> Any:
         return shlex.split(value) if isinstance(value, str) else value
+
+    @field_validator("free_when_idle", mode="before")
+    @classmethod
+    def _auto(cls, value: Any) -> Any:
+        return None if value == "auto" else value
 
     @field_validator("gpus", mode="before")
     @classmethod

@@ -82,6 +82,9 @@ def test_a_worker_whose_gpus_fit_no_row_refuses_the_job_before_any_work(settings
         size = 1
         instances = [type("Instance", (), {"vram_gb": 16.0})()]
 
+        def check_serving(self) -> None:  # in service
+            pass
+
     job = {"workflow": IT, "image": str(make_image(media_dir / "face.png")),
            "audio": str(make_tone(media_dir / "speech.wav", 1.0)), "output": {"destination": "volume"}}
     with pytest.raises(JobInputError, match="workflow: workflow 'infinitetalk_image_single' cannot run on a GPU with 16 GB"):

@@ -171,18 +171,18 @@ def test_full_quality_runs_without_the_distill_lora(it_pool, media, it_settings)
 def validate_only(client: ComfyClient, graph: dict) -> dict:
     """POSTs the graph for ComfyUI's own validation and returns its node_errors; a prompt that passes is
     taken off the queue, or interrupted, before it can run."""
-    response = requests.post(f"{client.url}/prompt", json={"prompt": graph, "client_id": uuid.uuid4().hex},
+    response = requests.post(f"{client.base_url}/prompt", json={"prompt": graph, "client_id": uuid.uuid4().hex},
                              timeout=60)
     body = response.json()
     prompt_id = body.get("prompt_id")
     if prompt_id:
-        requests.post(f"{client.url}/queue", json={"delete": [prompt_id]}, timeout=10)
+        requests.post(f"{client.base_url}/queue", json={"delete": [prompt_id]}, timeout=10)
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline:
-            queue = requests.get(f"{client.url}/queue", timeout=10).json()
+            queue = requests.get(f"{client.base_url}/queue", timeout=10).json()
             if not any(item[1] == prompt_id for item in queue["queue_running"] + queue["queue_pending"]):
                 break
-            requests.post(f"{client.url}/interrupt", timeout=10)
+            requests.post(f"{client.base_url}/interrupt", timeout=10)
             time.sleep(0.5)
         else:
             pytest.fail(f"prompt {prompt_id} could not be stopped")

@@ -33,11 +33,16 @@ class WorkerApi:
         self.log_path = root / "worker.log"
         self.process: subprocess.Popen | None = None
 
-    def start(self, timeout_s: float = 240) -> "WorkerApi":
+    def launch(self) -> "WorkerApi":
+        """Starts the worker process and returns at once (start() also waits for its API)."""
         port = self.url.rsplit(":", 1)[1]
         self.process = subprocess.Popen(
             [sys.executable, "handler.py", "--rp_serve_api", "--rp_api_host", "127.0.0.1", "--rp_api_port", port],
             cwd=REPO, env=self.env, stdout=open(self.log_path, "wb"), stderr=subprocess.STDOUT)
+        return self
+
+    def start(self, timeout_s: float = 240) -> "WorkerApi":
+        self.launch()
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

@@ -17,6 +17,11 @@ class JobFailed(RuntimeError):
     """The request was fine but the work failed (ComfyUI, ffmpeg, an instance)."""
 
 
+class WorkerUnhealthy(JobFailed):
+    """No ComfyUI instance of this worker can serve (all failed to restart, or their GPU is in a state a
+    restart cannot fix): the handler asks RunPod to replace the worker."""
+
+
 class JobCancelled(RuntimeError):
     """The job was cancelled (RunPod cancel, or a sibling segment failed)."""
 

@@ -14,8 +14,9 @@ import uuid
 from pathlib import Path
 from typing import Any, Iterator
 
-from comfy_manager import InstancePool
+from comfy_manager import CancelEvent, InstancePool, NoInstanceLeft
 from worker.config import WorkerSettings
+from worker.errors import WorkerUnhealthy
 from worker.inputs import cut_segment_inputs, fetch_inputs
 from worker.job_context import JobContext
 from worker.job_planner import JobPlanner
@@ -40,11 +41,16 @@ def run_job(job_input: Any, pool: InstancePool, settings: WorkerSettings, job_id
     """Runs one job and returns the response as a dict; raises JobInputError, JobFailed or JobCancelled.
 
     `on_progress` gets the job's progress (worker.progress.JobProgress) about once a second, from a thread
-    of its own. Setting `cancel` stops the job: its prompts are interrupted and dequeued, its files removed.
-    `planner`: the worker's, which learns from each job how to size the next one's segments and how long
-    jobs take (default: a fresh one).
+    of its own. Setting `cancel` stops the job: its prompts are interrupted and dequeued, its files removed (a
+    comfy_manager.CancelEvent also wakes segments waiting for an instance at once). `planner`: the worker's,
+    which learns from each job how to size the next one's segments and how long jobs take (default: a fresh
+    one). WorkerUnhealthy (within seconds) when no ComfyUI instance is left in service.
     """
     started = time.monotonic()
+    try:
+        pool.check_serving()
+    except NoInstanceLeft as exc:
+        raise WorkerUnhealthy(str(exc)) from None
     request = parse_request(job_input)
     template = choose_template(request, settings)
     for instance in pool.instances:  # a template with no settings for this worker's GPUs is refused now
@@ -53,7 +59,7 @@ def run_job(job_input: Any, pool: InstancePool, settings: WorkerSettings, job_id
     output = output_format(request)
     with job_folder(settings, job_id) as (job_id, work_dir), \
             JobProgressTracker(on_progress, started, job_id) as progress:
-        ctx = JobContext(request, template, pool, settings, job_id, work_dir, progress, cancel or threading.Event(),
+        ctx = JobContext(request, template, pool, settings, job_id, work_dir, progress, cancel or CancelEvent(),
                          started)
         inputs = fetch_inputs(ctx)
         frames = inputs.total_frames(request.fps)

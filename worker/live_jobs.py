@@ -10,6 +10,7 @@ from typing import Literal
 
 from pydantic import BaseModel
 
+from comfy_manager import CancelEvent
 from worker.progress import JobProgress
 
 JobStatus = Literal["IN_QUEUE", "IN_PROGRESS", "COMPLETED", "FAILED", "CANCELLED"]
@@ -28,7 +29,7 @@ class LiveJobReport(BaseModel):
 
 @dataclass
 class _LiveJob:
-    cancel: threading.Event = field(default_factory=threading.Event)
+    cancel: CancelEvent = field(default_factory=CancelEvent)
     status: JobStatus = "IN_QUEUE"
     progress: JobProgress | None = None
     error: str | None = None
@@ -39,7 +40,7 @@ class LiveJobs:
         self._jobs: OrderedDict[str, _LiveJob] = OrderedDict()
         self._lock = threading.Lock()
 
-    def started(self, job_id: str) -> threading.Event:
+    def started(self, job_id: str) -> CancelEvent:
         """The job began; returns its cancel signal (already set if it was cancelled while queued)."""
         with self._lock:
             job = self._jobs.setdefault(job_id, _LiveJob())

@@ -1,6 +1,7 @@
 """A job's segments on the ComfyUI instances: each on a free instance, all at once; a segment whose
-instance dies or that overruns its deadline is tried again on another; each segment's video is handed on
-(to the stitcher) as soon as it exists."""
+instance fails it (dies, answers 5xx or nonsense) or that overruns its deadline is tried again on another;
+each segment's video is handed on (to the stitcher) as soon as it exists. What each failure means for the
+job is decided in one place (_final_error); whether the instance is restarted, in the pool's release."""
 
 from __future__ import annotations
 
@@ -14,12 +15,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
-import requests
-
-from comfy_manager import ComfyClient, ComfyInstance
-from comfy_manager.client import (ComfyOutputFile, ConnectionLost, PromptCancelled, PromptFailed, PromptRejected,
-                                  PromptTimedOut)
-from worker.errors import JobCancelled, JobFailed
+from comfy_manager import AcquireCancelled, ComfyClient, ComfyInstance, NoInstanceLeft
+from comfy_manager.client import (ComfyError, ComfyOutputFile, ConnectionLost, InstanceFault, PromptCancelled,
+                                  PromptFailed, PromptRejected, PromptTimedOut, RequestRefused)
+from comfy_manager.oom import oom_line
+from worker.errors import JobCancelled, JobFailed, WorkerUnhealthy
 from worker.job_context import JobContext
 from worker.planner import Segment, SegmentPlan
 from worker.segment_format import split_part, stats_name
@@ -80,25 +80,27 @@ def _root_failure(futures: list[Future], ctx: JobContext) -> BaseException:
 
 
 def run_segment(ctx: JobContext, plan: SegmentPlan, segment: Segment, files: dict[str, Path]) -> SegmentResult:
-    """Runs one segment, retrying on another instance when its instance dies or it overruns its deadline.
-    The pool decides, from the failure, whether the instance is restarted (InstancePool.release)."""
+    """Runs one segment, trying again on another instance when the failure was the instance's or a deadline
+    (_final_error says which); the pool decides from the failure whether the instance is restarted."""
     attempts = ctx.settings.segment_retries + 1
     failures: list[str] = []
     for attempt in range(1, attempts + 1):
         instance = _acquire(ctx)
         try:
             result = attempt_segment(ctx, plan, segment, files, instance)
-        except (ConnectionLost, PromptTimedOut) as exc:  # the instance's trouble, not the segment's: try again
+        except BaseException as exc:
+            final = _final_error(ctx, segment, instance, exc)  # judged before a restart replaces the process
+            last_instance, last_tail = instance, instance.log_tail(LOG_LINES)
+            ctx.pool.release(instance, failure=exc)
+            if final is exc:
+                raise
+            if final is not None:
+                raise final from None
             failures.append(f"attempt {attempt} on {instance.name}: {exc}")
             log.warning("%s: segment %d attempt %d/%d failed: %s", instance.name.upper(), segment.index,
                         attempt, attempts, exc)
-            last_instance, last_tail = instance, instance.log_tail(LOG_LINES)
-            ctx.pool.release(instance, failure=exc)
             ctx.progress.segment_retrying(segment.index)
             continue
-        except BaseException as exc:
-            ctx.pool.release(instance, failure=exc)
-            raise
         ctx.pool.release(instance)
         return replace(result, attempts=attempt)
     gpu = "CPU" if last_instance.gpu is None else f"GPU {last_instance.gpu}"
@@ -108,13 +110,56 @@ def run_segment(ctx: JobContext, plan: SegmentPlan, segment: Segment, files: dic
 
 
 def _acquire(ctx: JobContext) -> ComfyInstance:
-    while True:
-        if ctx.cancel.is_set():
-            raise JobCancelled("the job was cancelled")
-        try:
-            return ctx.pool.acquire(timeout_s=0.5)
-        except TimeoutError:
-            continue
+    try:
+        return ctx.pool.acquire(cancel=ctx.cancel)
+    except AcquireCancelled:
+        raise JobCancelled("the job was cancelled") from None
+    except NoInstanceLeft as exc:
+        raise WorkerUnhealthy(str(exc)) from None
+
+
+def _final_error(ctx: JobContext, segment: Segment, instance: ComfyInstance, exc: BaseException) -> BaseException | None:
+    """What a failed attempt means for the job: None when the segment is worth another try on another instance
+    (the instance failed it: InstanceFault; or it overran its deadline), else the error to end the job with,
+    named so that the user knows what to change. An exception this does not know is returned as it is (a bug,
+    which the handler reports as such)."""
+    where = f"segment {segment.index} ({segment.describe()}) on {instance.name}"
+    if isinstance(exc, (JobFailed, JobCancelled)):
+        return exc
+    if isinstance(exc, PromptCancelled):
+        return JobCancelled("the job was cancelled")
+    if isinstance(exc, PromptRejected):
+        return JobFailed(f"workflow {ctx.template.name!r} was rejected by ComfyUI: {exc}")
+    if isinstance(exc, RequestRefused):
+        return JobFailed(f"{where}: {exc}")
+    if isinstance(exc, PromptTimedOut):
+        return None
+    if isinstance(exc, (PromptFailed, InstanceFault)):
+        # A broken connection may be a process dying: it gets a moment to end, so that its end can be read.
+        memory = oom_line(str(exc)) if isinstance(exc, PromptFailed) else None
+        memory = memory or instance.out_of_memory(wait_s=2.0 if isinstance(exc, ConnectionLost) else 0.0)
+        if memory:
+            return _out_of_memory(ctx, segment, instance, memory)
+        if isinstance(exc, InstanceFault):
+            return None
+        return JobFailed(f"segment {segment.index} ({segment.describe()}) failed on {instance.name}: {exc}\n"
+                         f"last log lines of {instance.name}:\n{instance.log_tail(LOG_LINES)}")
+    if isinstance(exc, ComfyError):  # none is raised bare; named anyway
+        return JobFailed(f"{where}: {exc}")
+    if isinstance(exc, OSError):
+        return JobFailed(f"{where}: a file could not be read or written ({exc}); check the free space of "
+                         "JOB_WORK_DIR and COMFY_INSTANCES_DIR")
+    return exc
+
+
+def _out_of_memory(ctx: JobContext, segment: Segment, instance: ComfyInstance, evidence: str) -> JobFailed:
+    """Not retried: the same segment on an instance like this one would run into the same limit."""
+    request = ctx.request
+    return JobFailed(
+        f"out of memory on {instance.name}: segment {segment.index} ({segment.describe()} at "
+        f"{request.width}x{request.height}) did not fit; reduce width/height, or the frames per segment (a "
+        f"shorter input, or a higher gpu_count where the worker has more instances than the job used). "
+        f"Not retried, since the same segment would hit the same limit. Evidence: {evidence}")
 
 
 def upload_name(tag: str, slot: str, path: Path) -> str:
@@ -176,18 +221,10 @@ def attempt_segment(ctx: JobContext, plan: SegmentPlan, segment: Segment, files:
 
 def _run_prompt(ctx: JobContext, client: ComfyClient, graph: dict, segment: Segment, instance: ComfyInstance,
                 timeout_s: float):
-    """Runs the segment's graph; ComfyUI's failures become the job's errors (a timeout stays PromptTimedOut,
-    which run_segment retries)."""
+    """Runs the segment's graph; a timeout says which settings set the deadline (the rest: _final_error)."""
     try:
         return client.run_prompt(graph, timeout_s=timeout_s, is_alive=instance.is_alive, should_stop=ctx.cancel.is_set,
                                  on_progress=lambda event: ctx.progress.segment_event(segment.index, event))
-    except PromptRejected as exc:
-        raise JobFailed(f"workflow {ctx.template.name!r} was rejected by ComfyUI: {exc}") from None
-    except PromptCancelled:
-        raise JobCancelled("the job was cancelled") from None
-    except PromptFailed as exc:
-        raise JobFailed(f"segment {segment.index} ({segment.describe()}) failed on {instance.name}: {exc}\n"
-                        f"last log lines of {instance.name}:\n{instance.log_tail(LOG_LINES)}") from None
     except PromptTimedOut:
         raise PromptTimedOut(f"segment {segment.index} did not finish within {timeout_s:.0f} s "
                              "(SEGMENT_TIMEOUT_S + SEGMENT_TIMEOUT_PER_FRAME_S x frames); interrupted") from None
@@ -220,7 +257,7 @@ def _take_stats(client: ComfyClient, instance: ComfyInstance, video: ComfyOutput
         return None
     try:
         return _take_output(client, instance, replace(video, filename=name), stem.with_name(f"{stem.name}_stats.json"))
-    except (OSError, requests.RequestException) as exc:
+    except (OSError, ComfyError) as exc:
         log.warning("%s: no measurements beside %s (%s); the seam report goes without them", instance.name,
                     video.filename, exc)
         return None
