@@ -52,7 +52,8 @@ def run_job(job_input: Any, pool: InstancePool, settings: WorkerSettings, job_id
         plan = planner.plan(request, template, pool.size, frames)
         segment_inputs = cut_segment_inputs(ctx, plan, inputs)
         prepared = time.monotonic()
-        with Stitcher(plan, work_dir / "chunks", inputs.final_audio, output) as stitcher:
+        with Stitcher(plan, work_dir / "chunks", inputs.final_audio, output,
+                      limits=settings.ffmpeg_limits(ctx.cancel)) as stitcher:
             results = run_segments(ctx, plan, segment_inputs, on_video=stitcher.add_segment)
             stitched = stitcher.finish(work_dir / "result.mp4")
         generated, finished = max(r.finished_at for r in results), time.monotonic()
