@@ -34,6 +34,10 @@ class WorkerSettings(EnvSettings):
     # Every ffmpeg/ffprobe the worker runs (worker/ffmpeg_calls.py) is stopped past base + per frame it handles.
     ffmpeg_timeout_s: float = env("FFMPEG_TIMEOUT_S", 300.0)
     ffmpeg_timeout_per_frame_s: float = env("FFMPEG_TIMEOUT_PER_FRAME_S", 2.0)
+    # Memory the segment planner leaves to the worker, its ffmpeg processes and the system (worker/memory.py).
+    memory_reserve_mb: float = env("MEMORY_RESERVE_MB", 2048.0)
+    # The RAM the ComfyUI instances may use together; None: what is available when a job is planned.
+    memory_budget_mb: float | None = env("MEMORY_BUDGET_MB", None)
     # Templates (worker/templates.py).
     default_workflows: Annotated[dict[str, str], NoDecode] = env("DEFAULT_WORKFLOWS", BUILT_IN_WORKFLOWS)
     extra_workflow_dirs: Annotated[tuple[Path, ...], NoDecode] = env("EXTRA_WORKFLOW_DIRS", ())
@@ -103,6 +107,14 @@ class WorkerSettings(EnvSettings):
     def ffmpeg_limits(self, cancel: threading.Event | None = None) -> Limits:
         """The deadline of the worker's ffmpeg calls, and the job's cancel event that stops them."""
         return Limits(self.ffmpeg_timeout_s, self.ffmpeg_timeout_per_frame_s, cancel)
+
+    @property
+    def memory_reserve_bytes(self) -> int:
+        return int(self.memory_reserve_mb * MB)
+
+    @property
+    def memory_budget_bytes(self) -> int | None:
+        return None if self.memory_budget_mb is None else int(self.memory_budget_mb * MB)
 
     @property
     def max_input_bytes(self) -> int:

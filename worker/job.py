@@ -49,7 +49,8 @@ def run_job(job_input: Any, pool: InstancePool, settings: WorkerSettings, job_id
         inputs = fetch_inputs(ctx)
         frames = inputs.total_frames(request.fps)
         check_deliverable(request.output.destination, output, frames, settings)  # before any GPU time
-        plan = planner.plan(request, template, pool.size, frames)
+        budgets = planner.memory_budgets(pool.instances, settings.memory_reserve_bytes, settings.memory_budget_bytes)
+        plan = planner.plan(request, template, pool.size, frames, budgets)
         segment_inputs = cut_segment_inputs(ctx, plan, inputs)
         prepared = time.monotonic()
         with Stitcher(plan, work_dir / "chunks", inputs.final_audio, output,

@@ -8,6 +8,11 @@ encoders at work) over one instance's generation cost per frame, which JobPlanne
 jobs with the same template, size and steps. Until it has seen one, the lead is 0 (equal segments);
 STITCH_LEAD fixes it instead. Workflows whose cost moves in window steps (InfiniteTalk: 72 frames) gain
 less from it: segments a few frames apart often sample the same number of windows.
+
+Memory caps segment length the same way (memory_cap): a segment must fit in the memory of any instance
+that may run it, at the cost per frame learned from recent jobs (or the template's declared one before
+that; worker/memory.py). A longer job then gets more segments than instances; a job whose shortest
+possible segment would not fit is refused before any work, with the numbers.
 """
 
 from __future__ import annotations
@@ -17,7 +22,10 @@ import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from worker.config import MB
 from worker.errors import JobInputError
+from worker.memory import (FrameCost, Footprints, InstanceBudget, MemoryLimit, MemoryLog, describe_bytes,
+                           frames_that_fit, instance_budgets, will_not_fit)
 from worker.planner import SegmentPlan, plan_segments
 from worker.request import JobRequest
 from worker.templates import WorkflowTemplate
@@ -100,27 +108,81 @@ class JobPlanner:
     def __init__(self, stitch_lead: float | None = None):
         self.fixed_lead = stitch_lead  # STITCH_LEAD; None: learned
         self.throughput = ThroughputLog()
+        self.memory = MemoryLog()
+        self.footprints = Footprints()  # the instances' idle memory, as seen by this worker
 
     def stitch_lead(self, key: RateKey) -> float:
         return self.throughput.stitch_lead(key) if self.fixed_lead is None else self.fixed_lead
 
-    def plan(self, request: JobRequest, template: WorkflowTemplate, instances: int, total_frames: int) -> SegmentPlan:
+    def plan(self, request: JobRequest, template: WorkflowTemplate, instances: int, total_frames: int,
+             budgets: list[InstanceBudget] | None = None) -> SegmentPlan:
         """As many segments as instances the request may use (and the length allows), overlapping by the
-        request's or the template's overlap, on the template's frame grid."""
+        request's or the template's overlap, on the template's frame grid; none longer than fits in the
+        instances' memory `budgets` (memory_budgets)."""
         parallelism = instances if request.use_multi_gpu else 1
         if request.gpu_count is not None:
             parallelism = min(parallelism, request.gpu_count)
         overlap = template.spec.overlap_frames if request.overlap_frames is None else request.overlap_frames
         lead = self.stitch_lead(RateKey.of(request, template))
+        longest = longest_segment(request, template)
+        if request.max_segment_frames is not None and longest <= 2 * overlap < total_frames:
+            # plan_segments needs room for a segment's two overlaps (and would search forever without it)
+            raise JobInputError("max_segment_frames", f"must be more than twice the overlap ({overlap} frames) "
+                                                      f"so that segments have room for both; got {longest}")
+        fits = self.memory_cap(request, template, budgets or [], total_frames, overlap)
         plan = plan_segments(total_frames, parallelism, overlap, template.spec.min_segment_frames,
-                             longest_segment(request, template), template.grid, lead)
+                             longest if fits is None else min(longest, fits.frames), template.grid, lead)
+        if fits is not None and max(s.frames for s in plan.segments) > fits.frames:
+            raise will_not_fit(f"a {request.width}x{request.height} frame of workflow {template.name!r}", fits,
+                               max(s.frames for s in plan.segments), overlap, self.frame_cost(request, template).source)
         log.info("plan: %d frames, %d segment(s), overlap %d, stitch lead %.3f", total_frames,
                  len(plan.segments), plan.overlap, lead)
         return plan
 
     def learn(self, request: JobRequest, template: WorkflowTemplate, results: list[SegmentResult],
               stitched: StitchResult) -> None:
-        """Records a finished job's speeds: ComfyUI seconds per generated frame, stitch seconds per output frame."""
-        self.throughput.record(RateKey.of(request, template),
-                               sum(r.comfy_seconds for r in results) / sum(r.segment.frames for r in results),
+        """Records a finished job's speeds (ComfyUI seconds per generated frame, stitch seconds per output frame)
+        and the RAM a frame cost the instances that ran it."""
+        key = RateKey.of(request, template)
+        self.throughput.record(key, sum(r.comfy_seconds for r in results) / sum(r.segment.frames for r in results),
                                stitched.busy_seconds / stitched.frames)
+        fixed = template.spec.memory.ram_fixed_mb * MB
+        measured = [r.memory.per_frame(r.segment.frames, self.footprints.see(r.memory.pid, r.memory.least_bytes), fixed)
+                    for r in results if r.memory is not None]
+        if measured:
+            self.memory.record(key, max(measured))
+
+    # -- memory ----------------------------------------------------------------------------------------
+
+    def memory_budgets(self, instances, reserve_bytes: int, budget_bytes: int | None = None) -> list[InstanceBudget]:
+        """Each instance's memory for a segment now (worker/memory.py: instance_budgets)."""
+        return instance_budgets(instances, self.footprints, reserve_bytes, budget_bytes)
+
+    def frame_cost(self, request: JobRequest, template: WorkflowTemplate) -> FrameCost:
+        """A frame's RAM as learned for this template, size and steps, else as the template declares it;
+        VRAM as declared."""
+        declared = template.spec.memory
+        pixels = request.width * request.height
+        learned = self.memory.ram_per_frame(RateKey.of(request, template))
+        fixed = {"ram_fixed_bytes": declared.ram_fixed_mb * MB, "vram_fixed_bytes": declared.vram_fixed_mb * MB}
+        if learned is not None:
+            return FrameCost(learned, declared.vram_bytes_per_pixel * pixels, **fixed, source="measured on recent jobs")
+        return FrameCost(declared.ram_bytes_per_pixel * pixels, declared.vram_bytes_per_pixel * pixels, **fixed)
+
+    def memory_cap(self, request: JobRequest, template: WorkflowTemplate, budgets: list[InstanceBudget],
+                   total_frames: int, overlap: int) -> MemoryLimit | None:
+        """The longest segment that fits in every instance's budget (None: no limit known). JobInputError
+        with the numbers when the job needs longer segments than that and the workflow's shortest does not fit."""
+        cost = self.frame_cost(request, template)
+        fits = frames_that_fit(cost, budgets)
+        if fits is None or fits.frames >= total_frames:
+            return None
+        # Room for a segment's two overlaps and one frame of its own (plan_segments' least), else nothing fits.
+        shortest = max(template.spec.min_segment_frames, 2 * overlap + 1)
+        if fits.frames < shortest:
+            raise will_not_fit(f"a {request.width}x{request.height} frame of workflow {template.name!r}", fits, shortest,
+                               overlap, cost.source)
+        log.info("plan: memory allows %d frames per segment (%s of %s per frame, %s; %s for frames on %s)",
+                 fits.frames, describe_bytes(fits.per_frame_bytes), fits.memory, cost.source,
+                 describe_bytes(fits.for_frames_bytes), fits.instance)
+        return fits

@@ -26,6 +26,7 @@ class SegmentReport(BaseModel):
     node_seconds: dict[str, float] = {}  # "node id ClassType" -> seconds it ran (where the ComfyUI time went)
     attempts: int  # 1, or more when an instance died or the segment overran its deadline
     device_settings: str | None = None  # the template's settings row for this instance's device, e.g. "gpu>=80GB"
+    ram_peak_mb: float | None = None  # the instance's peak anonymous memory (RSS less mapped files) during the segment
 
 
 class Timings(BaseModel):
@@ -89,7 +90,8 @@ def build_response(ctx: JobContext, plan: SegmentPlan, results: list[SegmentResu
                                 start_frame=r.segment.start, end_frame=r.segment.end, frames=r.segment.frames,
                                 seconds=round(r.seconds, 3), comfy_seconds=round(r.comfy_seconds, 3),
                                 node_seconds=r.node_seconds, attempts=r.attempts,
-                                device_settings=r.device_settings)
+                                device_settings=r.device_settings,
+                                ram_peak_mb=round(r.memory.peak_bytes / 2**20, 1) if r.memory else None)
                   for r in results],
         timings=timings,
     )

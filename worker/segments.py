@@ -19,6 +19,7 @@ from comfy_manager.client import (ComfyOutputFile, ConnectionLost, PromptCancell
                                   PromptTimedOut)
 from worker.errors import JobCancelled, JobFailed
 from worker.job_context import JobContext
+from worker.memory import PeakMemory, SegmentMemory
 from worker.planner import Segment, SegmentPlan
 from worker.segment_format import split_part
 from worker.segment_video import SegmentVideo
@@ -40,6 +41,7 @@ class SegmentResult:
     attempts: int = 1
     node_seconds: dict[str, float] = field(default_factory=dict)  # "id ClassType" -> seconds
     device_settings: str | None = None  # the template's device row used on this instance (e.g. "gpu>=80GB")
+    memory: SegmentMemory | None = None  # the instance's memory while the prompt ran (JobPlanner learns from it)
 
 
 def run_segments(ctx: JobContext, plan: SegmentPlan, segment_inputs: list[dict[str, Path]],
@@ -137,7 +139,9 @@ def attempt_segment(ctx: JobContext, plan: SegmentPlan, segment: Segment, files:
         values = segment_values(ctx.request, template, plan, segment, f"{tag}/out", uploaded, params)
         graph = template.bind(values, params)
         timeout_s = ctx.settings.segment_timeout_s + ctx.settings.segment_timeout_per_frame_s * segment.frames
-        result = _run_prompt(ctx, client, graph, segment, instance, timeout_s)
+        pid = instance.process.pid if instance.process is not None else None
+        with PeakMemory(pid) as memory:
+            result = _run_prompt(ctx, client, graph, segment, instance, timeout_s)
         outputs = [o for o in result.outputs if template.spec.output_node in (None, o.node_id)]
         produced = [instance.output_dir / o.subfolder / o.filename for o in outputs]
         video = _take_video(client, instance, outputs, ctx.work_dir / f"seg{segment.index}")
@@ -156,7 +160,7 @@ def attempt_segment(ctx: JobContext, plan: SegmentPlan, segment: Segment, files:
         log.info("%s: segment %d done in %.2f s (ComfyUI %.2f s; %s)", instance.name.upper(), segment.index,
                  seconds, result.seconds, slowest)
         return SegmentResult(segment, video, instance, seconds, result.seconds, time.monotonic(),
-                             node_seconds=nodes, device_settings=params.device)
+                             node_seconds=nodes, device_settings=params.device, memory=SegmentMemory.of(pid, memory))
     finally:
         for name in uploaded.values():
             (instance.input_dir / name).unlink(missing_ok=True)
