@@ -72,10 +72,6 @@ class JobInputs:
     video: VideoSource | None  # input_type video
     duration_s: float  # of the (longest) audio, as decoded: the output's length
 
-    @property
-    def video_duration_s(self) -> float:
-        return self.video.duration_s if self.video else 0.0
-
     def total_frames(self, fps: float) -> int:
         return total_frames_for(self.duration_s, fps)
 

@@ -110,7 +110,7 @@ def refuse_unsupported(field: str, path: Path) -> None:
         if major == b"avis" and field == "image":
             raise JobInputError(field, f"unsupported format animated AVIF for a still image; send {SEND[field]}, "
                                        "or the animation as `video` with input_type 'video'")
-    if head[:4] == b"RIFF" and head[8:16] == b"WEBPVP8X" and head[20] & 0x02:
+    if head[:4] == b"RIFF" and head[8:16] == b"WEBPVP8X" and len(head) > 20 and head[20] & 0x02:
         raise JobInputError(field, "unsupported format animated WebP (ffmpeg cannot decode its frames); "
                                    f"send {SEND[field]}")
 
