@@ -11,13 +11,14 @@ from comfy_manager import InstancePool, PoolSettings
 from worker.config import WorkerSettings
 
 # Tests start their own instances on ports of their own, away from a running worker (8188...).
-# TEST_PORT_OFFSET shifts every port the tests use, so two test runs on one machine do not collide.
+# TEST_PORT_OFFSET shifts every port the tests use, so two test runs on one machine do not collide: the
+# tests' ports lie within 1000 of each other, so the shift is 10 x the offset (offset 100 -> +1000).
 PORT_OFFSET = int(os.environ.get("TEST_PORT_OFFSET", "0"))
 
 
 def shifted_port(port: int) -> int:
-    """A port the tests use, shifted by TEST_PORT_OFFSET."""
-    return port + PORT_OFFSET
+    """A port the tests use, shifted by 10 x TEST_PORT_OFFSET."""
+    return port + 10 * PORT_OFFSET
 
 
 TEST_BASE_PORT = int(os.environ.get("TEST_COMFY_BASE_PORT", str(shifted_port(8300))))

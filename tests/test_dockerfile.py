@@ -31,18 +31,85 @@ def test_hadolint_finds_nothing():
     assert result.returncode == 0 and result.stdout.strip() == "", result.stdout + result.stderr
 
 
+# The production base's distribution -> its python3 (the Python the locks must install on) and glibc.
+PRODUCTION_PYTHON = {"ubuntu24.04": ("3.12", (2, 39))}
+
+
+def default_base() -> str:
+    text = DOCKERFILE.read_text()
+    assert re.search(r"^FROM \$\{BASE_IMAGE\}$", text, re.MULTILINE), "the base is a build argument"
+    return re.search(r"^ARG BASE_IMAGE=(\S+)$", text, re.MULTILINE).group(1)
+
+
 def test_dockerfile_reuses_the_install_scripts_and_starts_the_handler():
     text = DOCKERFILE.read_text()
-    base = re.search(r"^FROM (\S+)", text, re.MULTILINE).group(1)
-    assert re.fullmatch(r"nvidia/cuda:\d+\.\d+\.\d+-[a-z-]*runtime-ubuntu24\.04", base), base
+    base = default_base()
+    assert re.fullmatch(r"nvidia/cuda:\d+\.\d+\.\d+-[a-z-]*(base|runtime)-ubuntu24\.04", base), base
     for script in ("install_worker.sh", "install_comfyui.sh", "install_custom_nodes.sh"):
         assert f"RUN bash scripts/{script}" in text
     assert "ARG BAKE_MODELS=" in text and "download_models.py --root /models" in text
-    assert "COPY comfy/extra_model_paths.yaml /comfyui/ComfyUI/extra_model_paths.yaml" in text
+    assert "COPY models/extra_model_paths.yaml /comfyui/ComfyUI/extra_model_paths.yaml" in text
     assert "REQUIRE_MODELS=1" in text
     assert text.rstrip().endswith('CMD ["python", "-u", "handler.py"]')
+    # The code comes last: the environments' layers stay cached across code changes (tests/test_image.py
+    # checks that with a real build).
+    assert text.index("COPY . /worker") > max(text.index(f"RUN bash scripts/{s}") for s in
+                                               ("install_worker.sh", "install_custom_nodes.sh"))
     ignored = (REPO_ROOT / ".dockerignore").read_text().split()
     assert ".venv" in ignored and ".comfyui" in ignored  # the host's environments never overwrite the image's
+
+
+def resolve_for(python_version: str, glibc: tuple[int, int], installs: list[list[str]],
+                tmp_path: Path) -> list[dict[str, str]]:
+    """What each `pip install <args>` of `installs` would install for that Python on that glibc, wheels
+    only: one {name: version} per install. They run at once: each downloads its wheels to read them."""
+    platforms = [arg for minor in range(glibc[1], 4, -1) for arg in ("--platform", f"manylinux_2_{minor}_x86_64")]
+    platforms += ["--platform", "manylinux2014_x86_64", "--platform", "manylinux2010_x86_64",
+                  "--platform", "manylinux1_x86_64"]
+    runs = []
+    for index, args in enumerate(installs):
+        report = tmp_path / f"report-{index}.json"
+        command = [sys.executable, "-m", "pip", "install", "-q", "--disable-pip-version-check", "--dry-run",
+                   "--ignore-installed", "--target", str(tmp_path / "never"), "--python-version", python_version,
+                   "--implementation", "cp", "--only-binary=:all:", *platforms, "--report", str(report), *args]
+        runs.append((args, report, subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.PIPE,
+                                                    stderr=subprocess.PIPE, text=True)))
+    resolved = []
+    for args, report, process in runs:
+        _, stderr = process.communicate(timeout=900)
+        assert process.returncode == 0, f"{args} does not install on Python {python_version}:\n{stderr[-3000:]}"
+        resolved.append({normalize(item["metadata"]["name"]): item["metadata"]["version"]
+                         for item in json.loads(report.read_text())["install"]})
+    assert not (tmp_path / "never").exists()
+    return resolved
+
+
+def normalize(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def locked(lock: str) -> dict[str, str]:
+    pins = {}
+    for line in (REPO_ROOT / "requirements" / lock).read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            name, version = line.split("==")
+            pins[normalize(name)] = version
+    return pins
+
+
+def test_locks_install_from_wheels_on_the_production_python(tmp_path):
+    """The image test builds on Debian 12 (Python 3.11, as this suite); the production base (Ubuntu 24.04)
+    has Python 3.12. Both environments must resolve there to wheels (no compiler needed) at exactly the
+    locked versions, installed as the install scripts install them."""
+    python_version, glibc = PRODUCTION_PYTHON[default_base().rsplit("-", 1)[1]]
+    comfy_lock, worker_lock = locked("comfyui.lock"), locked("worker.lock")
+    comfy = ["-r", "requirements/comfyui.txt", "-c", "requirements/comfyui.lock"]
+    torchaudio = ["--no-deps", f"torchaudio=={comfy_lock['torchaudio']}"]  # as install_comfyui.sh adds it
+    worker = ["-r", "requirements/worker.txt", "-c", "requirements/worker.lock"]
+    comfy_env, torchaudio_env, worker_env = resolve_for(python_version, glibc, [comfy, torchaudio, worker], tmp_path)
+    assert comfy_env | torchaudio_env == comfy_lock
+    assert worker_env and {name: v for name, v in worker_env.items() if worker_lock.get(name) != v} == {}
 
 
 # ---------------------------------------------------------------------------------------------- custom nodes
@@ -50,8 +117,9 @@ def test_dockerfile_reuses_the_install_scripts_and_starts_the_handler():
 
 def test_install_custom_nodes_dry_run_lists_every_manifest_node():
     manifest = json.loads((REPO_ROOT / "models" / "manifest.json").read_text())
+    github = {k: v for k, v in os.environ.items() if k != "CUSTOM_NODES_ARCHIVES"}  # `make` sets it where ../shared has them
     result = subprocess.run(["bash", str(INSTALL_NODES), "--dry-run"], capture_output=True, text=True,
-                            timeout=60, env=dict(os.environ, COMFYUI_HOME="/nonexistent/comfy"))
+                            timeout=60, env=dict(github, COMFYUI_HOME="/nonexistent/comfy"))
     assert result.returncode == 0, result.stderr
     assert manifest["custom_nodes"]
     for node in manifest["custom_nodes"]:
@@ -86,7 +154,8 @@ def test_install_custom_nodes_clones_the_pinned_commit_and_installs_requirements
     fake_python = tmp_path / "python"
     fake_python.write_text(f'#!/bin/sh\necho "$@" >> {pip_log}\n')
     fake_python.chmod(0o755)
-    env = dict(os.environ, COMFYUI_HOME=str(tmp_path / "comfy"), COMFYUI_PYTHON=str(fake_python),
+    github = {k: v for k, v in os.environ.items() if k != "CUSTOM_NODES_ARCHIVES"}  # clone, not unpack
+    env = dict(github, COMFYUI_HOME=str(tmp_path / "comfy"), COMFYUI_PYTHON=str(fake_python),
                MODELS_MANIFEST=str(manifest), GITHUB_URL=f"file://{tmp_path / 'github'}")
 
     first = subprocess.run(["bash", str(INSTALL_NODES)], env=env, capture_output=True, text=True, timeout=120)
@@ -114,12 +183,27 @@ def test_install_custom_nodes_refuses_an_unpinned_node(tmp_path):
 
 def test_compose_serves_the_local_api_on_a_gpu():
     service = yaml.safe_load((REPO_ROOT / "docker-compose.yml").read_text())["services"]["worker"]
+    assert service["profiles"] == ["gpu"]
     command = service["command"]
     assert command[:4] == ["python", "-u", "handler.py", "--rp_serve_api"]
     assert command[command.index("--rp_api_host") + 1] == "0.0.0.0"
     assert command[command.index("--rp_api_port") + 1] == "8000" and "8000:8000" in service["ports"]
     device = service["deploy"]["resources"]["reservations"]["devices"][0]
     assert device["driver"] == "nvidia" and "gpu" in device["capabilities"]
+
+
+def test_compose_cpu_profile_runs_the_sample_job_without_a_gpu():
+    """`docker compose --profile cpu up`: the image's own start command (RunPod's local test mode runs
+    test_input.json), CPU ComfyUI instances, no models required. tests/test_image.py runs the image with
+    this service's environment."""
+    services = yaml.safe_load((REPO_ROOT / "docker-compose.yml").read_text())["services"]
+    service = services["worker-cpu"]
+    assert service["profiles"] == ["cpu"] and "deploy" not in service and "command" not in service
+    assert service["build"]["args"]["BAKE_MODELS"] == "0" and service["image"] != services["worker"]["image"]
+    assert service["environment"]["COMFY_FORCE_CPU"] == "1" and service["environment"]["REQUIRE_MODELS"] == "0"
+    assert service["volumes"] == services["worker"]["volumes"] == ["./runpod-volume:/runpod-volume"]
+    sample = json.loads((REPO_ROOT / "test_input.json").read_text())["input"]
+    assert sample["workflow"] in ("restyle", "still") and sample["output"]["destination"] == "volume"
 
 
 def test_runpod_toml_and_hub_json():

@@ -38,6 +38,7 @@ SHARED_TOKENIZER = REPO.parent / "shared" / "custom_nodes" / "standin-umt5-token
 TEMPLATES = ["infinitetalk_image_single", "infinitetalk_image_multi", "infinitetalk_video_single",
              "infinitetalk_video_multi"]
 SIZE = (64, 64)  # the smallest the request allows: the DiT sees 8 x 8 latents
+AUDIO_S = 4.88  # 122 frames at 25 fps: two 81-frame windows overlapping by 40 (max_segment_frames 81)
 
 
 def weights_dir() -> Path:
@@ -87,7 +88,7 @@ def media(tmp_path_factory) -> dict[str, Path]:
     return {
         "image": make_image(folder / "face.png", 96, 96),
         "video": make_index_video(folder / "source.mp4", frames=60, fps=25.0, width=96, height=96),
-        "audio": make_tone(folder / "speaker1.wav", seconds=4.9, frequency=220),
+        "audio": make_tone(folder / "speaker1.wav", seconds=AUDIO_S, frequency=220),
         "audio_2": make_tone(folder / "speaker2.wav", seconds=4.2, frequency=330),
     }
 
@@ -138,14 +139,13 @@ def check_output(output: dict, audio_s: float) -> Path:
 
 @pytest.mark.parametrize("template", TEMPLATES)
 def test_template_runs_end_to_end_in_two_segments(template, it_pool, media, it_settings):
-    audio_s = 4.9 if template.endswith("single") else 4.9  # multi: the longer track sets the length
     output = run_job(it_request(template, media, max_segment_frames=81), it_pool, it_settings)
     assert output["workflow"] == template
     assert output["segments_processed"] == 2 and output["gpu_count"] == 1
     first, second = output["segments"]
     assert first["start_frame"] == 0 and second["end_frame"] == output["frames"]
     assert first["frames"] <= 81 and second["frames"] <= 81 and first["end_frame"] > second["start_frame"]
-    check_output(output, audio_s)
+    check_output(output, AUDIO_S)  # multi: the longer track (speaker 1) sets the length
     assert output["quality"] == "fast"
 
 
@@ -155,14 +155,14 @@ def test_video_template_follows_the_requested_steps(steps, it_pool, media, it_se
     output = run_job(it_request("infinitetalk_video_single", media, steps=steps, denoise=0.5,
                                 max_segment_frames=150), it_pool, it_settings)
     assert output["segments_processed"] == 1
-    check_output(output, 4.9)
+    check_output(output, AUDIO_S)
 
 
 def test_full_quality_runs_without_the_distill_lora(it_pool, media, it_settings):
     output = run_job(it_request("infinitetalk_image_single", media, quality="full", max_segment_frames=150),
                      it_pool, it_settings)
     assert output["quality"] == "full" and output["segments_processed"] == 1
-    check_output(output, 4.9)
+    check_output(output, AUDIO_S)
 
 
 # ------------------------------------------------------------------------ the templates against the real nodes

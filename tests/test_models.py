@@ -191,7 +191,7 @@ def test_runpod_fitness_check_refuses_to_start_without_models(tmp_path, manifest
 
 def test_extra_model_paths_maps_every_manifest_folder_from_the_volume():
     manifest = json.loads((REPO_ROOT / "models" / "manifest.json").read_text())
-    config = yaml.safe_load((REPO_ROOT / "comfy" / "extra_model_paths.yaml").read_text())
+    config = yaml.safe_load((REPO_ROOT / "models" / "extra_model_paths.yaml").read_text())
     assert config["runpod_volume"]["base_path"] == "/runpod-volume/models"
     assert config["baked"]["base_path"] == "/models"
     folders = {m["folder"] for m in manifest["models"]}

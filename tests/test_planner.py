@@ -132,3 +132,20 @@ def check_plan_covers(plan, total, overlap):
     assert plan.segments[0].start == 0 and plan.segments[-1].end == total
     for before, after in zip(plan.segments, plan.segments[1:]):
         assert before.end - after.start == overlap
+
+
+@pytest.mark.parametrize("frames", [121, 122, 123, 150, 200, 500])
+def test_a_grid_with_tight_segment_limits_ends_and_keeps_the_limit(frames):
+    """InfiniteTalk's 72k + 9 grid with max_segment_frames 81: rounding made 2 segments too long and 3 leave
+    the last too short; the plan takes the longer count (its last segment needs only to pass its overlap)."""
+    grid = FrameGrid(72, 9, 81)
+    plan = plan_segments(frames, 1, 40, 81, 81, grid)
+    assert max(s.frames for s in plan.segments) <= 81
+    assert plan.segments[0].start == 0 and plan.segments[-1].end == frames
+    assert all(a.end - b.start == 40 for a, b in zip(plan.segments, plan.segments[1:]))
+    assert plan.segments[-1].frames > 40
+
+
+def test_an_impossible_split_is_an_error_not_a_hang():
+    with pytest.raises(ValueError, match="cannot be cut into segments of at most 80 frames"):
+        plan_segments(300, 2, 40, 81, 80, FrameGrid(72, 9, 81))

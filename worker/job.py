@@ -21,7 +21,8 @@ from worker.job_context import JobContext, ProgressFn
 from worker.job_planner import JobPlanner
 from worker.outputs import check_deliverable, deliver
 from worker.request import JobRequest, parse_request
-from worker.response import Timings, build_response
+from worker.estimate import estimate
+from worker.response import Timings, build_dry_run, build_response
 from worker.segments import run_segments
 from worker.stitch import OutputFormat, Stitcher
 from worker.summary import format_summary
@@ -41,6 +42,8 @@ def run_job(job_input: Any, pool: InstancePool, settings: WorkerSettings, job_id
     started = time.monotonic()
     request = parse_request(job_input)
     template = choose_template(request, settings)
+    for instance in pool.instances:  # a template with no settings for this worker's GPUs is refused now
+        template.params_for(request.quality, instance.vram_gb, request.template_params)
     planner = planner or JobPlanner(settings.stitch_lead)
     output = output_format(request)
     with job_folder(settings, job_id) as (job_id, work_dir):
@@ -51,6 +54,10 @@ def run_job(job_input: Any, pool: InstancePool, settings: WorkerSettings, job_id
         check_deliverable(request.output.destination, output, frames, settings)  # before any GPU time
         budgets = planner.memory_budgets(pool.instances, settings.memory_reserve_bytes, settings.memory_budget_bytes)
         plan = planner.plan(request, template, pool.size, frames, budgets)
+        expected = estimate(request, template, planner.plans_by_gpu_count(request, template, pool.size, frames, budgets),
+                            planner.parallelism(request, pool.size), planner.learned_s_per_frame(request, template))
+        if request.dry_run:
+            return build_dry_run(ctx, plan, expected).model_dump()
         segment_inputs = cut_segment_inputs(ctx, plan, inputs)
         prepared = time.monotonic()
         with Stitcher(plan, work_dir / "chunks", inputs.final_audio, output,
@@ -61,7 +68,7 @@ def run_job(job_input: Any, pool: InstancePool, settings: WorkerSettings, job_id
         planner.learn(request, template, results, stitched)
         delivery = deliver(stitched.path, request.output.destination, job_id, settings)
         timings = Timings.between(started, prepared, generated, finished, time.monotonic())
-        response = build_response(ctx, plan, results, stitched, delivery, timings)
+        response = build_response(ctx, plan, results, stitched, delivery, timings, expected)
     log.info("job %s done\n%s", job_id, format_summary(response))
     return response.model_dump()
 

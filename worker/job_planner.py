@@ -119,9 +119,7 @@ class JobPlanner:
         """As many segments as instances the request may use (and the length allows), overlapping by the
         request's or the template's overlap, on the template's frame grid; none longer than fits in the
         instances' memory `budgets` (memory_budgets)."""
-        parallelism = instances if request.use_multi_gpu else 1
-        if request.gpu_count is not None:
-            parallelism = min(parallelism, request.gpu_count)
+        parallelism = self.parallelism(request, instances)
         overlap = template.spec.overlap_frames if request.overlap_frames is None else request.overlap_frames
         lead = self.stitch_lead(RateKey.of(request, template))
         longest = longest_segment(request, template)
@@ -130,14 +128,34 @@ class JobPlanner:
             raise JobInputError("max_segment_frames", f"must be more than twice the overlap ({overlap} frames) "
                                                       f"so that segments have room for both; got {longest}")
         fits = self.memory_cap(request, template, budgets or [], total_frames, overlap)
-        plan = plan_segments(total_frames, parallelism, overlap, template.spec.min_segment_frames,
-                             longest if fits is None else min(longest, fits.frames), template.grid, lead)
+        try:
+            plan = plan_segments(total_frames, parallelism, overlap, template.spec.min_segment_frames,
+                                 longest if fits is None else min(longest, fits.frames), template.grid, lead)
+        except ValueError as exc:  # only the request's own limits can make a split impossible
+            raise JobInputError("max_segment_frames", f"{exc}: raise max_segment_frames or lower overlap_frames") from None
         if fits is not None and max(s.frames for s in plan.segments) > fits.frames:
             raise will_not_fit(f"a {request.width}x{request.height} frame of workflow {template.name!r}", fits,
                                max(s.frames for s in plan.segments), overlap, self.frame_cost(request, template).source)
         log.info("plan: %d frames, %d segment(s), overlap %d, stitch lead %.3f", total_frames,
                  len(plan.segments), plan.overlap, lead)
         return plan
+
+    @staticmethod
+    def parallelism(request: JobRequest, instances: int) -> int:
+        """How many instances the request may use at once."""
+        parallelism = instances if request.use_multi_gpu else 1
+        return parallelism if request.gpu_count is None else min(parallelism, request.gpu_count)
+
+    def plans_by_gpu_count(self, request: JobRequest, template: WorkflowTemplate, instances: int,
+                           total_frames: int, budgets: list[InstanceBudget] | None = None) -> dict[int, SegmentPlan]:
+        """The plan this job would get on 1, 2 ... `instances` instances (for estimates)."""
+        return {count: self.plan(request.model_copy(update={"gpu_count": count, "use_multi_gpu": True}), template,
+                                 count, total_frames, budgets) for count in range(1, max(1, instances) + 1)}
+
+    def learned_s_per_frame(self, request: JobRequest, template: WorkflowTemplate) -> float | None:
+        """One instance's generation seconds per frame on jobs like this one, if the worker has run any."""
+        rates = self.throughput.rates(RateKey.of(request, template))
+        return None if rates is None else rates[0]
 
     def learn(self, request: JobRequest, template: WorkflowTemplate, results: list[SegmentResult],
               stitched: StitchResult) -> None:

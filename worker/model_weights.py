@@ -4,7 +4,7 @@ Standard library only (PyYAML and the settings are imported where needed), so sc
 can use the manifest at image build time from any Python.
 
 Where a model may live: ComfyUI finds a file of folder F (diffusion_models, vae, ...) in its own
-models/F and in every base_path/F that its extra_model_paths.yaml lists (comfy/extra_model_paths.yaml:
+models/F and in every base_path/F that its extra_model_paths.yaml lists (models/extra_model_paths.yaml:
 the network volume's /runpod-volume/models and the image's baked /models). missing_models() looks in the
 same places, or in the roots it is given.
 
@@ -23,7 +23,7 @@ from typing import Iterable, Sequence
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MANIFEST_PATH = REPO_ROOT / "models" / "manifest.json"
-EXTRA_MODEL_PATHS = REPO_ROOT / "comfy" / "extra_model_paths.yaml"
+EXTRA_MODEL_PATHS = REPO_ROOT / "models" / "extra_model_paths.yaml"
 VOLUME_MODELS_ROOT = Path("/runpod-volume/models")
 
 
@@ -126,7 +126,7 @@ def missing_models(models_root: Path | Sequence[Path] | None = None, templates: 
     """Required model files that are in none of the places ComfyUI would look.
 
     models_root: a root (or several) holding <folder>/<file>; None means ComfyUI's own models folder and
-    every folder comfy/extra_model_paths.yaml maps. templates: only the models these workflows use.
+    every folder models/extra_model_paths.yaml maps. templates: only the models these workflows use.
     """
     roots = [models_root] if isinstance(models_root, (str, Path)) else models_root
     return [m for m in model_files(manifest, templates) if find_model(m, roots) is None]

@@ -100,7 +100,9 @@ def plan_segments(total_frames: int, parallelism: int, overlap: int,
     grid = grid or FrameGrid()
     shortest = max(min_segment_frames, 2 * overlap, 1)
     count = segment_count(total_frames, parallelism, overlap, min_segment_frames, max_segment_frames)
-    while count > 1:
+    tried: set[int] = set()
+    while 1 < count <= total_frames and count not in tried:
+        tried.add(count)
         segments = _layout(total_frames, count, overlap, grid, stitch_lead)
         if max_segment_frames is not None and max(s.frames for s in segments) > max_segment_frames:
             count += 1  # rounding up to the grid made a segment too long
@@ -108,6 +110,14 @@ def plan_segments(total_frames: int, parallelism: int, overlap: int,
             count -= 1  # rounding up left the last segment too short
         else:
             return SegmentPlan(total_frames, overlap, segments)
+    if max_segment_frames is not None and total_frames > max_segment_frames and tried:
+        # Grid rounding made one count's segments too long and the next one's last segment too short: take
+        # the longer count, whose last segment, which has only one overlap, needs only to reach past it.
+        segments = _layout(total_frames, max(tried), overlap, grid, stitch_lead)
+        if max(s.frames for s in segments) <= max_segment_frames and segments[-1].frames > overlap:
+            return SegmentPlan(total_frames, overlap, segments)
+        raise ValueError(f"{total_frames} frames cannot be cut into segments of at most {max_segment_frames} "
+                         f"frames overlapping by {overlap} on the template's grid of {grid.quantum}")
     return SegmentPlan(total_frames, 0, (Segment(0, 0, total_frames),))
 
 

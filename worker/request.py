@@ -36,13 +36,17 @@ class JobRequest(BaseModel):
     video: str | None = None
     audio: str | None = None
     audio_2: str | None = None
-    prompt: str = Field(default="", max_length=10_000)
-    negative_prompt: str = Field(default="", max_length=10_000)
+    # None: the template's own prompt (InfiniteTalk's describe a person talking to the camera).
+    prompt: str | None = Field(default=None, max_length=10_000)
+    negative_prompt: str | None = Field(default=None, max_length=10_000)
     seed: int = Field(default=42, ge=0, le=2**53)
     steps: int | None = Field(default=None, ge=1, le=200)
     # A preset of the template (InfiniteTalk: fast = the distill LoRA, 4 steps, one model pass a step;
     # full = 40 steps with text and audio guidance, three passes a step). None: the template's default.
     quality: str | None = Field(default=None, max_length=64)
+    # The template's own params over its preset and the GPU-dependent choices (attention_mode, quantization,
+    # blocks_to_swap ...: README); unknown names are refused with the list of known ones.
+    template_params: dict[str, str | int | float | bool] = Field(default_factory=dict, max_length=32)
     # Video templates: how much of the source each frame is re-generated from (1: all of it); the sampler
     # starts at step round(steps x (1 - denoise)).
     denoise: float = Field(default=0.5, gt=0.0, le=1.0)
@@ -56,6 +60,8 @@ class JobRequest(BaseModel):
     # instances, which queue for them. None: the template's limit.
     max_segment_frames: int | None = Field(default=None, ge=1, le=100_000)
     output: OutputOptions = OutputOptions()
+    # True: check the inputs, plan, and answer with the plan and an estimate for 1..N GPUs; nothing runs.
+    dry_run: bool = False
 
     @model_validator(mode="after")
     def _media_present(self) -> "JobRequest":

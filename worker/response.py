@@ -6,6 +6,8 @@ from typing import TYPE_CHECKING
 
 from pydantic import BaseModel
 
+from worker.estimate import Estimate
+
 if TYPE_CHECKING:
     from worker.job_context import JobContext
     from worker.outputs import Delivery
@@ -65,10 +67,46 @@ class JobResponse(BaseModel):
     frames_copied: int = 0
     segments: list[SegmentReport]
     timings: Timings
+    estimate: Estimate | None = None  # what the worker expected for this plan, before it ran (timings: what it took)
+
+
+class PlannedSegment(BaseModel):
+    index: int
+    start_frame: int
+    end_frame: int  # exclusive
+    frames: int
+    windows: int  # what the template samples for it (InfiniteTalk: 81-frame windows, then 72 frames each)
+
+
+class DryRunResponse(BaseModel):
+    """The answer to a request with dry_run: true: the plan and what it would cost; nothing ran."""
+
+    dry_run: bool = True
+    success: bool = True
+    workflow: str
+    quality: str | None
+    frames: int
+    fps: float
+    duration_s: float
+    instances_available: int
+    overlap_frames: int
+    segments: list[PlannedSegment]
+    estimate: Estimate | None  # None: the template declares no speed and this worker has run no such job
+
+
+def build_dry_run(ctx: JobContext, plan: SegmentPlan, estimate: Estimate | None) -> DryRunResponse:
+    from worker.estimate import windows
+    request = ctx.request
+    return DryRunResponse(
+        workflow=ctx.template.name, quality=request.quality or ctx.template.spec.default_preset,
+        frames=plan.total_frames, fps=request.fps, duration_s=round(plan.total_frames / request.fps, 4),
+        instances_available=ctx.pool.size, overlap_frames=plan.overlap, estimate=estimate,
+        segments=[PlannedSegment(index=s.index, start_frame=s.start, end_frame=s.end, frames=s.frames,
+                                 windows=windows(ctx.template, s)) for s in plan.segments])
 
 
 def build_response(ctx: JobContext, plan: SegmentPlan, results: list[SegmentResult], stitched: StitchResult,
-                   delivery: Delivery, timings: Timings) -> JobResponse:
+                   delivery: Delivery, timings: Timings, estimate: Estimate | None = None) -> JobResponse:
     request = ctx.request
     return JobResponse(
         message=f"{plan.total_frames} frames in {len(plan.segments)} segment(s)",
@@ -94,4 +132,5 @@ def build_response(ctx: JobContext, plan: SegmentPlan, results: list[SegmentResu
                                 ram_peak_mb=round(r.memory.peak_bytes / 2**20, 1) if r.memory else None)
                   for r in results],
         timings=timings,
+        estimate=estimate,
     )

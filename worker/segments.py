@@ -4,6 +4,7 @@ instance dies or that overruns its deadline is tried again on another; each segm
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import shutil
 import threading
@@ -121,6 +122,15 @@ def _acquire(ctx: JobContext) -> ComfyInstance:
             continue
 
 
+def upload_name(tag: str, slot: str, path: Path) -> str:
+    """The name a segment's file gets in the instance's input folder. The reference image is the same for
+    every segment (and often every job): named by its content, ComfyUI's cache then keeps what was computed
+    from it (the CLIP-vision encoding of InfiniteTalk) for the next segment on the same instance."""
+    if slot == "image":
+        return f"image_{hashlib.sha256(path.read_bytes()).hexdigest()[:20]}{path.suffix}"
+    return f"{tag}_{slot}{path.suffix}"
+
+
 def attempt_segment(ctx: JobContext, plan: SegmentPlan, segment: Segment, files: dict[str, Path],
                     instance: ComfyInstance) -> SegmentResult:
     """One try of one segment on one instance: upload its media, run its prompt, take its video."""
@@ -130,12 +140,13 @@ def attempt_segment(ctx: JobContext, plan: SegmentPlan, segment: Segment, files:
     uploaded: dict[str, str] = {}  # slot -> file name in the instance's input folder
     produced: list[Path] = []
     try:
-        log.info("%s: segment %d, %s", instance.name.upper(), segment.index, segment.describe())
         client = ComfyClient(instance.url)
         for slot, path in files.items():
             if template.binds(slot):
-                uploaded[slot] = client.upload(path, f"{tag}_{slot}{path.suffix}")
-        params = template.params_for(ctx.request.quality, instance.vram_gb)
+                uploaded[slot] = client.upload(path, upload_name(tag, slot, path))
+        params = template.params_for(ctx.request.quality, instance.vram_gb, ctx.request.template_params)
+        log.info("%s: segment %d, %s%s", instance.name.upper(), segment.index, segment.describe(),
+                 "".join(f", {k} {v}" for k, v in (("preset", params.preset), ("settings", params.device)) if v))
         values = segment_values(ctx.request, template, plan, segment, f"{tag}/out", uploaded, params)
         graph = template.bind(values, params)
         timeout_s = ctx.settings.segment_timeout_s + ctx.settings.segment_timeout_per_frame_s * segment.frames

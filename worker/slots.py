@@ -32,8 +32,8 @@ class SlotValues:
     fps: float
     width: int
     height: int
-    prompt: str
-    negative_prompt: str
+    prompt: str | None  # None: the template's own
+    negative_prompt: str | None
     seed: int
     steps: int | None  # None: the preset's or the template's own
     # Video templates: the sampler step to start from, round(steps x (1 - denoise)), below steps.

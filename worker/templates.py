@@ -65,6 +65,21 @@ class MemoryCost(BaseModel):
     vram_fixed_mb: float = Field(default=0.0, ge=0)
 
 
+class Speed(BaseModel):
+    """A template's measured speed (worker/estimate.py): seconds a window per preset on one GPU."""
+
+    model_config = ConfigDict(extra="forbid")
+    measured_on: str  # e.g. "NVIDIA H200, random weights, 832x480, docs/PERFORMANCE.md"
+    width: int
+    height: int
+    seconds_per_window: dict[str, float]  # by preset ("default" where the template has none)
+    load_s: float | None = None  # a cold instance's first job, over a warm one's
+
+    @property
+    def pixels(self) -> int:
+        return self.width * self.height
+
+
 class TemplateSpec(BaseModel):
     """The contents of a NAME.bindings.json file."""
 
@@ -90,6 +105,12 @@ class TemplateSpec(BaseModel):
     device_settings: list[DeviceRow] = []
     # What a segment costs an instance's memory; segments are planned to fit (worker/job_planner.py).
     memory: MemoryCost = MemoryCost()
+    # Switches: a param named here binds an optional link input: true links it to [node id, output index]
+    # (e.g. a LoRA or block-swap node), false removes the input, so the node it names does not run.
+    links: dict[str, tuple[str, int]] = {}
+    # Params a request may not set (template_params), e.g. those the frame grid above depends on.
+    locked_params: list[str] = []
+    speed: Speed | None = None
     output_node: str | None = None
     bindings: dict[str, list[NodeInput]]
 
@@ -119,9 +140,31 @@ class WorkflowTemplate:
         if problems:
             raise TemplateError(f"workflow {name!r}: " + "; ".join(problems))
 
-    def params_for(self, preset: str | None, vram_gb: float | None) -> TemplateParams:
+    @property
+    def settable_params(self) -> set[str]:
+        """The params a request may set (template_params): every declared one that is not a slot."""
+        spec = self.spec
+        declared = set(spec.params).union(*spec.presets.values(), *(r.params for r in spec.device_settings))
+        return declared - set(SLOTS) - set(spec.locked_params)
+
+    def check_overrides(self, overrides: dict[str, Any]) -> None:
+        """JobInputError naming a request's template_params that this template does not have, or a switch
+        given something other than true or false."""
+        unknown = sorted(set(overrides) - self.settable_params)
+        if unknown:
+            known = ", ".join(sorted(self.settable_params)) or "none"
+            raise JobInputError("template_params", f"workflow {self.name!r} has no param {', '.join(unknown)}; "
+                                                   f"it has {known}")
+        for name in set(overrides) & set(self.spec.links):
+            if not isinstance(overrides[name], bool):
+                raise JobInputError("template_params", f"{name} switches a node on or off: true or false, "
+                                                       f"not {overrides[name]!r}")
+
+    def params_for(self, preset: str | None, vram_gb: float | None,
+                   overrides: dict[str, Any] | None = None) -> TemplateParams:
         """The template's params for one segment: its own, then the preset's, then the first device row that
-        fits the instance (vram_gb None: a CPU instance). JobInputError if no row fits."""
+        fits the instance (vram_gb None: a CPU instance), then the request's overrides. JobInputError if no
+        row fits."""
         name = preset or self.spec.default_preset
         row = next((r for r in self.spec.device_settings if r.fits(vram_gb)), None)
         if self.spec.device_settings and row is None:
@@ -129,7 +172,8 @@ class WorkflowTemplate:
             where = "a CPU instance" if vram_gb is None else f"a GPU with {vram_gb:g} GB of VRAM"
             needs = f"a GPU with at least {smallest:g} GB" if smallest is not None else "a CPU"
             raise JobInputError("workflow", f"workflow {self.name!r} cannot run on {where}: it needs {needs}")
-        values = {**self.spec.params, **(self.spec.presets[name] if name else {}), **(row.params if row else {})}
+        values = {**self.spec.params, **(self.spec.presets[name] if name else {}), **(row.params if row else {}),
+                  **(overrides or {})}
         return TemplateParams(values, name, row.label if row else None)
 
     def bind(self, values: dict[str, Any], params: TemplateParams | None = None) -> dict:
@@ -140,11 +184,14 @@ class WorkflowTemplate:
         for slot, targets in self.spec.bindings.items():
             if slot not in merged:
                 continue
+            value = merged[slot]
+            if slot in self.spec.links:
+                value = list(self.spec.links[slot]) if value else None
             for target in targets:
-                if merged[slot] is None:
+                if value is None:
                     graph[target.node]["inputs"].pop(target.input, None)
                 else:
-                    graph[target.node]["inputs"][target.input] = merged[slot]
+                    graph[target.node]["inputs"][target.input] = value
         return graph
 
     def binds(self, slot: str) -> bool:
@@ -174,12 +221,17 @@ def check_template(graph: dict, spec: TemplateSpec) -> list[str]:
             node = graph.get(target.node)
             if node is None:
                 problems.append(f"binding {slot!r} targets missing node {target.node}")
-            elif target.input not in node.get("inputs", {}):
+            elif target.input not in node.get("inputs", {}) and slot not in spec.links:  # a switch may be off
                 problems.append(f"binding {slot!r} targets missing input {target.node}.{target.input}")
     settable = set(spec.bindings) | set(SLOTS)
     for where, values in [*((f"preset {n!r}", v) for n, v in spec.presets.items()),
                           *((f"device row {r.label!r}", r.params) for r in spec.device_settings)]:
         problems += [f"{where} sets {name!r}, which nothing binds" for name in values if name not in settable]
+    for name, (node, _) in spec.links.items():
+        if node not in graph:
+            problems.append(f"link {name!r} names missing node {node}")
+        if name not in spec.bindings:
+            problems.append(f"link {name!r} binds nothing")
     if spec.default_preset is not None and spec.default_preset not in spec.presets:
         problems.append(f"default_preset {spec.default_preset!r} is not one of the presets {sorted(spec.presets)}")
     if spec.presets and spec.default_preset is None:
@@ -230,6 +282,7 @@ def choose_template(request: JobRequest, settings: WorkerSettings) -> WorkflowTe
                                           f"not {request.input_type!r}")
     if request.person_count not in template.spec.person_counts:
         raise JobInputError("person_count", f"workflow {name!r} supports {template.spec.person_counts}")
+    template.check_overrides(request.template_params)
     if request.quality is not None and request.quality not in template.spec.presets:
         offered = f"one of {', '.join(template.spec.presets)}" if template.spec.presets else "no quality presets"
         raise JobInputError("quality", f"workflow {name!r} has {offered}, not {request.quality!r}")

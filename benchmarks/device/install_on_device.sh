@@ -3,6 +3,8 @@
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1 PYTHONUNBUFFERED=1
 mkdir -p /tmp/site /tmp/ffbin
 [ -d /tmp/site/av ] || tar -xJf .devcarry/site.tar.xz -C /tmp/site || return 1
+# An older site.tar.xz removed whole transformers model folders; this puts back their tokenizer code.
+[ ! -f .devcarry/transformers_fix.tar.xz ] || tar -xJf .devcarry/transformers_fix.tar.xz -C /tmp/site || return 1
 [ -f /tmp/ffbin/ffmpeg ] || tar -xJf .devcarry/ffmpeg.tar.xz -C /tmp/ffbin || return 1
 chmod +x /tmp/ffbin/ffmpeg /tmp/ffbin/ffprobe
 [ -d /tmp/ComfyUI ] || tar -xJf .devcarry/comfyui.tar.xz -C /tmp || return 1

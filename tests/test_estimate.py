@@ -1,0 +1,96 @@
+"""Estimates and dry runs: a plan's windows at the template's measured speed or the worker's learned one."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from tests.media_factory import make_image, make_tone
+from worker.estimate import estimate, makespan, windows
+from worker.job import run_job
+from worker.job_planner import JobPlanner
+from worker.planner import Segment
+from worker.request import JobRequest
+from worker.templates import available_templates
+
+IT = "infinitetalk_image_single"
+
+
+def it_request(**fields) -> JobRequest:
+    return JobRequest(workflow=IT, image="face.png", audio="speech.wav", width=832, height=480, **fields)
+
+
+def test_windows_follow_the_template_grid():
+    template = available_templates()[IT]
+    assert [windows(template, Segment(0, 0, n)) for n in (40, 81, 82, 153, 441, 842)] == [1, 1, 2, 2, 6, 12]
+    assert windows(available_templates()["restyle"], Segment(0, 10, 110)) == 100  # no grid: a window a frame
+
+
+def test_makespan_queues_segments_for_free_instances():
+    assert makespan([10, 10], 2) == 10
+    assert makespan([10, 10, 10], 2) == 20
+    assert makespan([5, 10, 10], 1) == 25
+
+
+def test_842_frames_are_12_windows_on_one_gpu_and_6_each_on_two():
+    template = available_templates()[IT]
+    request = it_request()
+    plans = JobPlanner(0.0).plans_by_gpu_count(request, template, 2, 842)
+    result = estimate(request, template, plans, gpus=2)
+    assert result.basis.startswith("measured on ")
+    by_count = {o.gpus: o for o in result.per_gpu_count}
+    per_window = template.spec.speed.seconds_per_window["fast"]
+    assert by_count[1].wall_s == pytest.approx(12 * per_window, abs=0.1) == by_count[1].gpu_s
+    assert by_count[2].wall_s == pytest.approx(6 * per_window, abs=0.1)
+    assert by_count[2].gpu_s == pytest.approx(12 * per_window, abs=0.1)
+    assert result.wall_s == by_count[2].wall_s and result.load_s == template.spec.speed.load_s
+
+
+def test_speed_scales_with_pixels_steps_and_preset():
+    template = available_templates()[IT]
+    plans = {1: JobPlanner(0.0).plan(it_request(), template, 1, 81)}
+    fast = estimate(it_request(), template, plans, 1).seconds_per_window
+    assert fast == template.spec.speed.seconds_per_window["fast"]
+    assert estimate(it_request(steps=8), template, plans, 1).seconds_per_window == pytest.approx(2 * fast)
+    small = JobRequest(workflow=IT, image="x", audio="y", width=416, height=240)
+    assert estimate(small, template, plans, 1).seconds_per_window == pytest.approx(fast / 4)
+    full = estimate(it_request(quality="full"), template, plans, 1).seconds_per_window
+    assert full == template.spec.speed.seconds_per_window["full"]
+
+
+def test_a_learned_speed_wins_over_the_measured_one():
+    template = available_templates()[IT]
+    plans = {1: JobPlanner(0.0).plan(it_request(), template, 1, 153)}
+    result = estimate(it_request(), template, plans, 1, learned_s_per_frame=0.5)
+    assert result.basis == "learned from this worker's jobs" and result.seconds_per_window == 36.0
+    assert result.wall_s == 72.0  # 153 frames: 2 windows
+
+
+def test_dry_run_plans_without_running_and_a_real_job_reports_its_estimate(pool, settings, media_dir):
+    image, audio = make_image(media_dir / "face.png"), make_tone(media_dir / "speech.wav", 6.0)
+    job = {"workflow": "still", "image": str(image), "audio": str(audio), "width": 128, "height": 96,
+           "output": {"destination": "volume"}}
+    planner = JobPlanner(0.0)
+    started = time.monotonic()
+    dry = run_job({**job, "dry_run": True}, pool, settings, planner=planner)
+    assert dry["dry_run"] is True and dry["frames"] == 150 and dry["instances_available"] == 2
+    assert [(s["start_frame"], s["end_frame"]) for s in dry["segments"]][-1][1] == 150
+    assert dry["estimate"] is None  # `still` declares no speed and the worker has run nothing yet
+    assert time.monotonic() - started < 10 and not list(settings.output_volume_dir.glob("*.mp4"))
+
+    real = run_job(job, pool, settings, planner=planner)
+    assert real["estimate"] is None and real["frames"] == 150
+    again = run_job({**job, "dry_run": True}, pool, settings, planner=planner)
+    learned = again["estimate"]
+    assert learned["basis"] == "learned from this worker's jobs" and learned["seconds_per_window"] > 0
+    assert [o["gpus"] for o in learned["per_gpu_count"]] == [1, 2]
+    assert learned["per_gpu_count"][1]["wall_s"] < learned["per_gpu_count"][0]["wall_s"]
+
+
+def test_dry_run_of_infinitetalk_needs_no_model(pool, settings, media_dir):
+    image, audio = make_image(media_dir / "face.png"), make_tone(media_dir / "speech.wav", 842 / 25)
+    dry = run_job({"workflow": IT, "image": str(image), "audio": str(audio), "width": 832, "height": 480,
+                   "dry_run": True, "output": {"destination": "volume"}}, pool, settings, planner=JobPlanner(0.0))
+    assert [s["windows"] for s in dry["segments"]] == [6, 6] and dry["quality"] == "fast"
+    assert dry["estimate"]["per_gpu_count"][0]["gpu_s"] == dry["estimate"]["gpu_s"]
