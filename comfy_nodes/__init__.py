@@ -70,7 +70,8 @@ class SaveSegmentVideo:
     (body_crf, body_preset), so that the stitcher joins them into the result by stream copy. Each instance
     thus encodes its own part of the final video, in parallel with the others, and nothing is encoded twice.
 
-    Frames are converted to yuv420p (BT.601, limited range) on the GPU when there is one, and piped raw
+    Frames are converted to yuv420p (BT.709, limited range: segment_format.MATRIX, declared by every encode's
+    segment_format.COLOUR_TAGS) on the GPU when there is one, and piped raw
     to the ffmpeg command line tool: the same ffmpeg, with the same x264 settings, as the stitcher's, so
     the body's stream headers match the stitcher's and the streams join.
     """
@@ -208,8 +209,13 @@ class FrameMeasures:
                                            self._unmatched or None)
 
 
+# Luma weights of segment_format.MATRIX (BT.709): Y = KR R + KG G + KB B; U and V scale B - Y and R - Y to +-0.5.
+KR, KB = segment_format.LUMA_WEIGHTS
+KG = 1.0 - KR - KB
+
+
 def yuv420p_frames(images: torch.Tensor) -> torch.Tensor:
-    """[N, H, W, C] floats in 0..1 -> [N, bytes] uint8 yuv420p frames (planar Y, U, V; BT.601, limited range).
+    """[N, H, W, C] floats in 0..1 -> [N, bytes] uint8 yuv420p frames (planar Y, U, V; BT.709, limited range).
 
     Done on ComfyUI's device: decoded frames usually sit in CPU RAM as float32; this moves them once and
     returns a quarter of the bytes, leaving the CPU (shared by every instance of the machine) free.
@@ -221,11 +227,12 @@ def yuv420p_frames(images: torch.Tensor) -> torch.Tensor:
                                       mode="replicate").permute(0, 2, 3, 1)
     n, h, w, _ = rgb.shape
     r, g, b = rgb.unbind(-1)
-    y = 16 + 219 * (0.299 * r + 0.587 * g + 0.114 * b)
+    y = 16 + 219 * (KR * r + KG * g + KB * b)
     # Chroma of each 2x2 block: the conversion is linear, so convert the block's mean colour.
     r2, g2, b2 = (c.reshape(n, h // 2, 2, w // 2, 2).mean(dim=(2, 4)) for c in (r, g, b))
-    u = 128 + 224 * (-0.168736 * r2 - 0.331264 * g2 + 0.5 * b2)
-    v = 128 + 224 * (0.5 * r2 - 0.418688 * g2 - 0.081312 * b2)
+    luma2 = KR * r2 + KG * g2 + KB * b2
+    u = 128 + 224 * (b2 - luma2) / (2 * (1 - KB))
+    v = 128 + 224 * (r2 - luma2) / (2 * (1 - KR))
     planes = [p.reshape(n, -1) for p in (y, u, v)]
     return torch.cat(planes, dim=1).round_().clamp_(0, 255).to(torch.uint8)
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Installs the system tools from Debian/Ubuntu packages, once: ffmpeg/ffprobe (the worker) and espeak-ng
-# (the tests speak sentences with pauses to check where seams go).
+# Installs the system tools the worker needs (ffmpeg/ffprobe) and the tests use (espeak-ng: text-to-speech
+# audio as users send it) from Debian/Ubuntu packages, once.
 set -euo pipefail
 missing=()
 command -v ffmpeg >/dev/null && command -v ffprobe >/dev/null || missing+=(ffmpeg)

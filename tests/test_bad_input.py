@@ -8,6 +8,7 @@ import subprocess
 
 import pytest
 
+from tests import real_media
 from tests.media_factory import b64, make_image, make_index_video, make_tone
 from tests.worker_api import WorkerApi
 from worker.errors import JobInputError
@@ -35,6 +36,12 @@ def media(worker: WorkerApi) -> dict[str, str]:
         "HUGE": base64.b64encode(b"\0" * (3 * 1024 * 1024)).decode(),
         "LINK": str(folder / "outside_link.png"),
         "DOTDOT": f"{folder}/../../etc/passwd",
+        # what people send: an iPhone photo, an animated WebP, a broken JPEG (base64 "/9j/..."), a pasted essay
+        "HEIC": b64(real_media.heic_photo(folder / "photo.heic")),
+        "ANIMATED_WEBP": b64(real_media.animated_webp(folder / "anim.webp")),
+        "BROKEN_JPEG": base64.b64encode(b"\xff\xd8\xff\xe0" + bytes(range(256)) * 300).decode(),
+        "LONG_PROMPT": "a cat on a sofa, " * 1000,
+        "LONG_PATH": "/" + "a" * 3000 + ".png",
     }
 
 
@@ -60,6 +67,14 @@ CASES = [
     ({"audio": "SILENT_WAV"}, "audio: the audio has zero length"),
     ({"audio": "LONG_AUDIO"}, "audio: the audio lasts 31.0 s, over the 30 s limit (MAX_DURATION_S)"),
     ({"image": "HUGE"}, "image: larger than the 2 MB limit (MAX_INPUT_MB)"),
+    ({"image": "HEIC"}, "image: unsupported format HEIC/HEIF (the iPhone's photo format), which this worker's ffmpeg "
+                        "cannot decode; send a JPEG, PNG, WebP or AVIF image"),
+    ({"image": "ANIMATED_WEBP"}, "image: unsupported format animated WebP (ffmpeg cannot decode its frames); send a"),
+    ({"input_type": "video", "workflow": "restyle", "video": "ANIMATED_WEBP"},
+     "video: unsupported format animated WebP (ffmpeg cannot decode its frames); send an MP4, MOV"),
+    ({"image": "BROKEN_JPEG"}, "image: the picture could not be decoded ("),
+    ({"audio": "data:audio/wav,RIFF"}, "audio: a data URI without ';base64,'"),
+    ({"prompt": "LONG_PROMPT"}, "prompt: String should have at most 10000 characters (got 'a cat on a sofa"),
     # where media may come from
     ({"image": "http://127.0.0.1:8031/docs"}, "image: URL host 127.0.0.1 resolves to a non-public address"),
     ({"image": "http://[::1]:8031/docs"}, "image: URL host ::1 resolves to a non-public address"),
@@ -69,6 +84,7 @@ CASES = [
     ({"image": "ftp://example.com/a.png"}, "image: unsupported URL scheme 'ftp'"),
     ({"image": "/etc/passwd"}, "image: path /etc/passwd is outside the allowed roots"),
     ({"image": "DOTDOT"}, "is outside the allowed roots"),
+    ({"image": "LONG_PATH"}, "image: path /aaaaaaaaaa"),
     ({"image": "LINK"}, "is outside the allowed roots"),
     # the request itself
     ({"workflow": "nope"}, "workflow: unknown workflow 'nope'; available:"),
@@ -101,6 +117,8 @@ def test_bad_input_is_refused_by_field_and_the_worker_keeps_serving(worker, medi
     result = worker.runsync(job)
     assert result["status"] == "FAILED", result
     assert message in result["error"], result["error"]
+    # never the payload, never the worker's own paths
+    assert len(result["error"]) < 1000 and str(worker.jobs) not in result["error"], result["error"]
     assert worker.leftover_job_files() == []
     assert worker.runsync(good_job(media))["status"] == "COMPLETED"
 

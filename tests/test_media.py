@@ -11,11 +11,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests import real_media
 from tests.media_factory import (frame_count, make_index_video, make_tone, media_duration, read_indices,
                                  write_split_segment, yuv420p_frames)
-from worker import inputs, media_sources
+from worker import inputs, media_sources, probe
 from worker.config import MB
 from worker.errors import JobFailed, JobInputError
+from worker.ffmpeg_calls import Limits
 from worker.media_sources import fetch_media
 from worker.planner import Segment, plan_segments
 from worker.segment_video import SegmentVideo
@@ -54,8 +56,45 @@ def test_cut_video_at_another_frame_rate_agrees_on_shared_frames(tmp_path):
 
 
 def test_loop_video_repeats_the_source(index_video, tmp_path):
-    looped = inputs.loop_video(index_video, tmp_path / "loop.mp4", 25, 450)
-    assert read_indices(looped) == [i % 200 for i in range(450)]
+    looped = inputs.clip_video(inputs.VideoSource(index_video, 8.0), tmp_path, 25, 128, 64, 450)
+    assert read_indices(looped.path) == [i % 200 for i in range(450)]
+
+
+def camcorder_source(path: Path, kind: str) -> inputs.VideoSource:
+    """An index video of 100 frames as camcorders, MP4 edit lists and browsers have it (tests/real_media.py)."""
+    if kind in ("wrapping ts", "ts"):
+        real_media.camcorder_ts(path, 100, wrap=kind == "wrapping ts")
+    elif kind == "webm":
+        real_media.browser_webm(path, 100)
+    else:
+        real_media.mp4_with_edit_list(path, 100, 25, kind)
+    return inputs.VideoSource.of(path, probe.probe("video", path))
+
+
+@pytest.mark.parametrize("kind, first", [("wrapping ts", 0), ("ts", 0), ("webm", 0), ("delay", 0), ("skip", 15)])
+def test_video_that_does_not_start_at_0_is_numbered_from_its_first_shown_frame(tmp_path, kind, first):
+    suffix = {"wrapping ts": ".m2ts", "ts": ".ts", "webm": ".webm"}.get(kind, ".mp4")
+    source = camcorder_source(tmp_path / f"source{suffix}", kind)
+    if not source.seekable:  # as cut_segment_inputs does: one clip that seeks exactly, then the cuts
+        source = inputs.clip_video(source, tmp_path, 25, 128, 64, 80)
+    later = inputs.cut_video(source, tmp_path / "later.mp4", Segment(1, 30, 80), 25, 128, 64)
+    assert read_indices(later) == list(range(first + 30, first + 80))
+
+
+def test_looping_a_camcorder_ts_with_wrapping_timestamps_ends(tmp_path):
+    """ffmpeg's -stream_loop never reached the frame count on this file: the job hung."""
+    looped = inputs.clip_video(camcorder_source(tmp_path / "source.m2ts", "wrapping ts"), tmp_path, 25, 128, 64, 250,
+                               Limits(60, 0.5))
+    assert read_indices(looped.path) == [i % 100 for i in range(250)]
+
+
+def test_audio_is_measured_by_decoding_not_by_the_containers_guess(tmp_path):
+    wav = real_media.speech_wav(tmp_path / "speech.wav", "The parcel will arrive tomorrow.", 3.0)
+    for audio in (real_media.adts_aac(wav, tmp_path / "s.aac"), real_media.vbr_mp3_without_xing(wav, tmp_path / "s.mp3")):
+        decoded, seconds = inputs.read_audio("audio", audio, tmp_path / f"{audio.name}.wav", 30.0)
+        assert abs(seconds - real_media.decoded_seconds(audio)) < 0.01
+        assert probe.probe("audio", audio).duration_s < 0.8 * seconds  # what the container says
+        assert abs(media_duration(decoded, "a") - seconds) < 0.01
 
 
 def test_cut_audio_is_exact_and_padded_past_the_end(tmp_path):
@@ -245,6 +284,27 @@ def test_base64_and_data_uris_decode(settings, tmp_path):
     raw = base64.b64encode(b"hello").decode()
     assert fetch_media("audio", raw, tmp_path / "a", settings).read_bytes() == b"hello"
     assert fetch_media("audio", "data:audio/wav;base64," + raw, tmp_path / "b", settings).read_bytes() == b"hello"
+    browser = "data:video/webm;codecs=vp8,opus;base64," + raw  # MediaRecorder's type, parameters with a comma
+    assert fetch_media("video", browser, tmp_path / "c", settings).read_bytes() == b"hello"
+    spaced = 'data:video/webm; codecs="vp8, opus";base64,' + raw
+    assert fetch_media("video", spaced, tmp_path / "d", settings).read_bytes() == b"hello"
+
+
+@pytest.mark.parametrize("head", [b"\xff\xd8\xff\xe0", b"\xff\xfb\x90\x64", b"\xff\xf1\x50\x80"],
+                         ids=["jpeg", "mp3 frame", "adts aac"])
+def test_base64_starting_with_a_slash_is_not_a_path(settings, tmp_path, head):
+    data = head + bytes(range(256)) * 4
+    for text in (base64.b64encode(data).decode(), base64.encodebytes(data).decode().replace("\n", "\r\n")):
+        assert text.startswith("/")
+        assert fetch_media("image", text, tmp_path / "x", settings).read_bytes() == data
+
+
+def test_errors_quote_only_the_start_of_a_value(settings, tmp_path):
+    long_path = "/data/" + "x" * 3000
+    with pytest.raises(JobInputError) as refused:
+        fetch_media("image", long_path, tmp_path / "x", settings)
+    assert "path /data/xxxx" in str(refused.value) and "(3006 characters)" in str(refused.value)
+    assert len(str(refused.value)) < 300
 
 
 def test_urls_to_loopback_are_refused_unless_allowed(settings, http_server, tmp_path):

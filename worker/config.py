@@ -5,6 +5,7 @@ The ComfyUI instances' settings (COMFYUI_*, COMFY_*) are comfy_manager.PoolSetti
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -12,6 +13,7 @@ from pydantic import field_validator
 from pydantic_settings import NoDecode
 
 from comfy_manager.settings import EnvSettings, env
+from worker.ffmpeg_calls import Limits
 from worker.model_weights import MANIFEST_PATH
 
 MB = 1024**2
@@ -29,6 +31,13 @@ class WorkerSettings(EnvSettings):
     max_duration_s: float = env("MAX_DURATION_S", 1800.0)  # longest audio accepted
     allow_private_urls: bool = env("ALLOW_PRIVATE_URLS", False)  # tests only
     download_timeout_s: float = env("DOWNLOAD_TIMEOUT_S", 120.0)
+    # Every ffmpeg/ffprobe the worker runs (worker/ffmpeg_calls.py) is stopped past base + per frame it handles.
+    ffmpeg_timeout_s: float = env("FFMPEG_TIMEOUT_S", 300.0)
+    ffmpeg_timeout_per_frame_s: float = env("FFMPEG_TIMEOUT_PER_FRAME_S", 2.0)
+    # Memory the segment planner leaves to the worker, its ffmpeg processes and the system (worker/memory.py).
+    memory_reserve_mb: float = env("MEMORY_RESERVE_MB", 2048.0)
+    # The RAM the ComfyUI instances may use together; None: what is available when a job is planned.
+    memory_budget_mb: float | None = env("MEMORY_BUDGET_MB", None)
     # Templates (worker/templates.py).
     default_workflows: Annotated[dict[str, str], NoDecode] = env("DEFAULT_WORKFLOWS", BUILT_IN_WORKFLOWS)
     extra_workflow_dirs: Annotated[tuple[Path, ...], NoDecode] = env("EXTRA_WORKFLOW_DIRS", ())
@@ -97,6 +106,18 @@ class WorkerSettings(EnvSettings):
     @classmethod
     def _no_outer_slashes(cls, value: str) -> str:
         return value.strip("/")
+
+    def ffmpeg_limits(self, cancel: threading.Event | None = None) -> Limits:
+        """The deadline of the worker's ffmpeg calls, and the job's cancel event that stops them."""
+        return Limits(self.ffmpeg_timeout_s, self.ffmpeg_timeout_per_frame_s, cancel)
+
+    @property
+    def memory_reserve_bytes(self) -> int:
+        return int(self.memory_reserve_mb * MB)
+
+    @property
+    def memory_budget_bytes(self) -> int | None:
+        return None if self.memory_budget_mb is None else int(self.memory_budget_mb * MB)
 
     @property
     def max_input_bytes(self) -> int:

@@ -5,6 +5,17 @@ from __future__ import annotations
 from pydantic import ValidationError
 
 
+SHOWN_CHARS = 80  # of a value quoted in an error: enough to recognise it, never a whole payload
+
+
+def shorten(text: str, limit: int = SHOWN_CHARS) -> str:
+    """`text` as an error may quote it: whole if short, else its start and its length. Payloads (base64
+    media, long prompts) must never come back in an error."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text)} characters)"
+
+
 class JobInputError(ValueError):
     """The request is wrong; `field` names the input at fault."""
 
@@ -30,7 +41,7 @@ def describe_validation_error(exc: ValidationError, allowed_fields: list[str]) -
     """One line per problem, each starting with the field's name."""
     lines = []
     for error in exc.errors():
-        field = ".".join(str(part) for part in error["loc"]) or "input"
+        field = shorten(".".join(str(part) for part in error["loc"]) or "input")
         kind = error["type"]
         if kind == "extra_forbidden":
             lines.append(f"{field}: unknown field; allowed fields are {', '.join(allowed_fields)}")
@@ -39,6 +50,6 @@ def describe_validation_error(exc: ValidationError, allowed_fields: list[str]) -
             lines.append(str(error["ctx"]["error"]) if "ctx" in error else error["msg"])
         else:
             got = error.get("input")
-            shown = f" (got {got!r})" if got is not None and not isinstance(got, (dict, list)) else ""
+            shown = f" (got {shorten(repr(got))})" if got is not None and not isinstance(got, (dict, list)) else ""
             lines.append(f"{field}: {error['msg']}{shown}")
     return "; ".join(lines)

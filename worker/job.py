@@ -64,21 +64,24 @@ def run_job(job_input: Any, pool: InstancePool, settings: WorkerSettings, job_id
         inputs = fetch_inputs(ctx)
         frames = inputs.total_frames(request.fps)
         check_deliverable(request.output.destination, output, frames, settings)  # before any GPU time
-        balanced = planner.plan(request, template, pool.size, frames)
-        expected = estimate(request, template, planner.plans_by_gpu_count(request, template, pool.size, frames),
+        budgets = planner.memory_budgets(pool.instances, settings.memory_reserve_bytes, settings.memory_budget_bytes)
+        balanced = planner.plan(request, template, pool.size, frames, budgets)
+        expected = estimate(request, template, planner.plans_by_gpu_count(request, template, pool.size, frames, budgets),
                             planner.parallelism(request, pool.size), planner.learned_s_per_frame(request, template))
         if request.dry_run:
             progress.finish()
             return build_dry_run(ctx, balanced, expected).model_dump()
         loudness = loudness_envelope(inputs.final_audio, request.fps, frames)
-        placement = planner.place_seams(request, template, pool.size, balanced, loudness, settings.seam_budget_percent)
+        placement = planner.place_seams(request, template, pool.size, balanced, loudness, settings.seam_budget_percent,
+                                        budgets)
         plan = placement.plan
         progress.planned(plan, template, planner.learned(request, template))
         segment_inputs = cut_segment_inputs(ctx, plan, inputs)
         prepared = time.monotonic()
         progress.stage("generating")
         blend = BlendOptions(request.seams.blend == "focused", request.seams.blend_frames)
-        with Stitcher(plan, work_dir / "chunks", inputs.final_audio, output, blend=blend, loudness=loudness) as stitcher:
+        with Stitcher(plan, work_dir / "chunks", inputs.final_audio, output, blend=blend, loudness=loudness,
+                      limits=settings.ffmpeg_limits(ctx.cancel)) as stitcher:
             results = run_segments(ctx, plan, segment_inputs, on_video=stitcher.add_segment)
             progress.stage("stitching")
             stitched = stitcher.finish(work_dir / "result.mp4")

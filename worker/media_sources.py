@@ -1,4 +1,13 @@
-"""Turns a media field (base64, data URI, http(s) URL or allowed path) into a file in the job folder."""
+"""Turns a media field (base64, data URI, http(s) URL or allowed path) into a file in the job folder.
+
+Which form a value has is decided from its text alone: an http(s) URL; a data URI (`data:<type>[;<params>];base64,`,
+as browsers write them, e.g. `data:video/webm;codecs=vp8,opus;base64,...`); an absolute path; otherwise base64,
+with or without line breaks (MIME writes one every 76 characters). Base64 may begin with "/" too: a JPEG's
+does ("/9j/"), and so does that of every MP3 without an ID3 tag and every raw ADTS AAC stream ("//"), since
+all start with the byte 0xFF. So a value that starts with "/" is a path only if it could be one (no line
+break, under PATH_MAX) and does not decode to the start of such a file (see _starts_like_media).
+Errors never quote more than the start of a value (errors.shorten).
+"""
 
 from __future__ import annotations
 
@@ -14,10 +23,13 @@ from urllib.parse import urlparse
 import requests
 
 from worker.config import WorkerSettings
-from worker.errors import JobInputError
+from worker.errors import JobInputError, shorten
 
-_DATA_URI = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(;[\w=.+-]+)*;base64,", re.IGNORECASE)
+# Up to the first ";base64,": the media type and any parameters, which may hold commas (codecs=vp8,opus).
+_DATA_URI = re.compile(r"^data:[^\r\n]{0,256}?;base64,", re.IGNORECASE)
+_DATA_URI_OTHER = re.compile(r"^data:[^,]{0,256},", re.IGNORECASE)  # percent-encoded: not for media
 _BASE64_CHARS = re.compile(r"^[A-Za-z0-9+/=_\-\s]+$")
+PATH_MAX = 4096
 
 
 def fetch_media(field: str, value: str, dest: Path, settings: WorkerSettings) -> Path:
@@ -27,13 +39,34 @@ def fetch_media(field: str, value: str, dest: Path, settings: WorkerSettings) ->
         _download(field, value, dest, settings)
     elif "://" in value[:16]:
         raise JobInputError(field, f"unsupported URL scheme {value.split('://')[0]!r}; use http(s), base64 or a path")
-    elif value.startswith("/"):
+    elif _is_path(value):
         _copy_allowed_path(field, value, dest, settings)
+    elif _DATA_URI_OTHER.match(value) and not _DATA_URI.match(value):
+        raise JobInputError(field, "a data URI without ';base64,'; send the media base64-encoded "
+                                   "(data:<type>;base64,...)")
     else:
         _decode_base64(field, value, dest, settings)
     if dest.stat().st_size == 0:
         raise JobInputError(field, "the file is empty")
     return dest
+
+
+def _is_path(value: str) -> bool:
+    """Whether a value is meant as a path: it starts with "/", could be one, and is not base64 of a file
+    that starts with 0xFF."""
+    if not value.startswith("/") or len(value) >= PATH_MAX or any(c in value for c in "\r\n"):
+        return False
+    return not _starts_like_media(value)
+
+
+def _starts_like_media(value: str) -> bool:
+    """Whether the first base64 characters decode to the start of a JPEG (FF D8 FF) or of an MPEG audio or
+    ADTS AAC frame (an 11-bit sync word: FF Ex / FF Fx)."""
+    try:
+        head = base64.b64decode(value[:4], validate=True)
+    except (binascii.Error, ValueError):
+        return False
+    return head[0] == 0xFF and (head[1:3] == b"\xd8\xff" or head[1] >= 0xE0)
 
 
 def _decode_base64(field: str, value: str, dest: Path, settings: WorkerSettings) -> None:
@@ -61,9 +94,9 @@ def _copy_allowed_path(field: str, value: str, dest: Path, settings: WorkerSetti
     path = Path(value).resolve()  # follows symlinks, so a link cannot lead out of the roots
     if not any(path.is_relative_to(root) for root in settings.allowed_input_roots):
         roots = ", ".join(str(r) for r in settings.allowed_input_roots)
-        raise JobInputError(field, f"path {value} is outside the allowed roots ({roots}; ALLOWED_INPUT_ROOTS)")
+        raise JobInputError(field, f"path {shorten(value)} is outside the allowed roots ({roots}; ALLOWED_INPUT_ROOTS)")
     if not path.is_file():
-        raise JobInputError(field, f"no file at {value}")
+        raise JobInputError(field, f"no file at {shorten(value)}")
     if path.stat().st_size > settings.max_input_bytes:
         raise JobInputError(field, f"larger than the {settings.max_input_bytes // 1024**2} MB limit (MAX_INPUT_MB)")
     shutil.copyfile(path, dest)
@@ -72,7 +105,7 @@ def _copy_allowed_path(field: str, value: str, dest: Path, settings: WorkerSetti
 def _check_host(field: str, url: str, settings: WorkerSettings) -> None:
     host = urlparse(url).hostname
     if not host:
-        raise JobInputError(field, f"URL has no host: {url}")
+        raise JobInputError(field, f"URL has no host: {shorten(url)}")
     if settings.allow_private_urls:
         return
     try:
@@ -93,11 +126,11 @@ def _download(field: str, url: str, dest: Path, settings: WorkerSettings) -> Non
         try:
             response = session.get(url, stream=True, timeout=settings.download_timeout_s, allow_redirects=False)
         except requests.RequestException as exc:
-            raise JobInputError(field, f"download failed: {exc}") from None
+            raise JobInputError(field, f"download failed: {shorten(str(exc), 300)}") from None
         if response.is_redirect:
             url = requests.compat.urljoin(url, response.headers["location"])
             if not url.startswith(("http://", "https://")):
-                raise JobInputError(field, f"redirect to an unsupported URL: {url}")
+                raise JobInputError(field, f"redirect to an unsupported URL: {shorten(url)}")
             continue
         break
     else:

@@ -33,6 +33,7 @@ class SegmentReport(BaseModel):
     # (draw the job as a timeline: client/timeline.py).
     started_s: float = 0.0
     finished_s: float = 0.0
+    ram_peak_mb: float | None = None  # the instance's peak anonymous memory (RSS less mapped files) during the segment
 
 
 class SeamReport(BaseModel):
@@ -168,7 +169,8 @@ def build_response(ctx: JobContext, placement: SeamPlacement, results: list[Segm
                                 node_seconds=r.node_seconds, attempts=r.attempts,
                                 device_settings=r.device_settings,
                                 started_s=round(r.started_at - ctx.started_at, 3),
-                                finished_s=round(r.finished_at - ctx.started_at, 3))
+                                finished_s=round(r.finished_at - ctx.started_at, 3),
+                                ram_peak_mb=round(r.memory.peak_bytes / 2**20, 1) if r.memory else None)
                   for r in results],
         seams=[SeamReport(index=m.index, overlap_start_frame=m.overlap_start, overlap_end_frame=m.overlap_end,
                           moved_frames=placement.shifts[m.index], blend_start_frame=m.blend_start,

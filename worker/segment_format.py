@@ -11,8 +11,13 @@ output's own x264 settings, so that the stitcher copies them into the result ins
 With either form, a small JSON file of what the node measured of the frames (SegmentStats: frame-to-frame
 change, colours before matching) for the seam report.
 Copying works only if the body's H.264 stream is the one the stitcher would write itself: same size,
-frame rate, pixel format, x264 options and therefore the same stream headers. x264_options() and
-SQUARE_PIXELS are that agreement.
+frame rate, pixel format, colour tags, x264 options and therefore the same stream headers. x264_options()
+and SQUARE_PIXELS are that agreement.
+
+Colour: every frame of a job is BT.709 limited range, at every size (one matrix everywhere, the one HD
+players assume): the cut clips the workflows load (worker/inputs.py), the node's RGB to yuv420p conversion
+(comfy_nodes/: MATRIX's coefficients) and every encode, which declares it in the stream (COLOUR_TAGS), so
+that decoders convert back with the matrix that was used.
 """
 
 from __future__ import annotations
@@ -31,6 +36,11 @@ WHOLE_ENDING = "_.mp4"
 STATS_ENDING = "_stats.json"
 # Declared on every encode, so that every piece of the result carries the same aspect ratio in its headers.
 SQUARE_PIXELS = "setsar=1"
+# The one colour matrix of every frame of a job, as ffmpeg's scale filter names it, and the tags that declare
+# it (with BT.709 primaries and transfer, limited range) on every encode.
+MATRIX = "bt709"
+LUMA_WEIGHTS = (0.2126, 0.0722)  # MATRIX's Kr and Kb (Y = Kr R + (1 - Kr - Kb) G + Kb B), for RGB converted by hand
+COLOUR_TAGS = {"colorspace": "bt709", "color_primaries": "bt709", "color_trc": "bt709", "color_range": "tv"}
 
 
 def split_part(filename: str) -> str | None:
@@ -97,7 +107,8 @@ def x264_options(preset: str, crf: int, fps: float, stitchable: bool = True) -> 
     stitchable: x264 writes the same headers whatever the content, so pieces encoded apart join by a
     plain stream copy (with SQUARE_PIXELS on each). The whole form does without it.
     """
-    options = {"c:v": "libx264", "preset": preset, "crf": str(crf), "pix_fmt": "yuv420p", "r": rate_text(fps)}
+    options = {"c:v": "libx264", "preset": preset, "crf": str(crf), "pix_fmt": "yuv420p", "r": rate_text(fps),
+               **COLOUR_TAGS}
     return {**options, "x264-params": "stitchable=1"} if stitchable else options
 
 

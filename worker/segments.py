@@ -21,6 +21,7 @@ from comfy_manager.client import (ComfyError, ComfyOutputFile, ConnectionLost, I
 from comfy_manager.oom import oom_line
 from worker.errors import JobCancelled, JobFailed, WorkerUnhealthy
 from worker.job_context import JobContext
+from worker.memory import PeakMemory, SegmentMemory
 from worker.planner import Segment, SegmentPlan
 from worker.segment_format import split_part, stats_name
 from worker.segment_video import SegmentVideo
@@ -43,6 +44,7 @@ class SegmentResult:
     node_seconds: dict[str, float] = field(default_factory=dict)  # "id ClassType" -> seconds
     device_settings: str | None = None  # the template's device row used on this instance (e.g. "gpu>=80GB")
     started_at: float = 0.0  # time.monotonic() when the try that made the video began
+    memory: SegmentMemory | None = None  # the instance's memory while the prompt ran (JobPlanner learns from it)
 
 
 def run_segments(ctx: JobContext, plan: SegmentPlan, segment_inputs: list[dict[str, Path]],
@@ -191,7 +193,9 @@ def attempt_segment(ctx: JobContext, plan: SegmentPlan, segment: Segment, files:
         graph = template.bind(values, params)
         ctx.progress.segment_started(segment.index, instance.name, instance.gpu, graph)
         timeout_s = ctx.settings.segment_timeout_s + ctx.settings.segment_timeout_per_frame_s * segment.frames
-        result = _run_prompt(ctx, client, graph, segment, instance, timeout_s)
+        pid = instance.process.pid if instance.process is not None else None
+        with PeakMemory(pid) as memory:
+            result = _run_prompt(ctx, client, graph, segment, instance, timeout_s)
         outputs = [o for o in result.outputs if template.spec.output_node in (None, o.node_id)]
         produced = [instance.output_dir / o.subfolder / o.filename for o in outputs]
         video = _take_video(client, instance, outputs, ctx.work_dir / f"seg{segment.index}")
@@ -210,7 +214,8 @@ def attempt_segment(ctx: JobContext, plan: SegmentPlan, segment: Segment, files:
         log.info("%s: segment %d done in %.2f s (ComfyUI %.2f s; %s)", instance.name.upper(), segment.index,
                  seconds, result.seconds, slowest)
         return SegmentResult(segment, video, instance, seconds, result.seconds, time.monotonic(),
-                             node_seconds=nodes, device_settings=params.device, started_at=started)
+                             node_seconds=nodes, device_settings=params.device, started_at=started,
+                             memory=SegmentMemory.of(pid, memory))
     finally:
         for name in uploaded.values():
             (instance.input_dir / name).unlink(missing_ok=True)

@@ -49,7 +49,7 @@ import numpy as np
 
 from worker import segment_format
 from worker.errors import JobFailed
-from worker.ffmpeg_calls import run, start
+from worker.ffmpeg_calls import DEFAULT_LIMITS, Limits, ProbeError, Watchdog, probe, run, start
 from worker.loudness import LoudnessEnvelope
 from worker.planner import Segment, SegmentPlan
 from worker.seam_blend import (BlendOptions, SeamMeasure, Span, blend_frame, choose_span, color_difference, luma_change,
@@ -147,8 +147,8 @@ class Stitcher:
 
     def __init__(self, plan: SegmentPlan, folder: Path, audio: Path, output: OutputFormat,
                  encoders: int | None = None, blend: BlendOptions = BlendOptions(),
-                 loudness: LoudnessEnvelope | None = None):
-        self.plan, self.folder, self.output = plan, folder, output
+                 loudness: LoudnessEnvelope | None = None, limits: Limits = DEFAULT_LIMITS):
+        self.plan, self.folder, self.output, self.limits = plan, folder, output, limits
         self.blend, self.loudness = blend, loudness
         self.cores = os.cpu_count() or 1
         self.encoders = encoders or max(2, self.cores // 4)
@@ -205,7 +205,8 @@ class Stitcher:
             listing.write_text("".join(f"file {_quoted(f.resolve())}\n" for f in files))
             video = ffmpeg.input(str(listing), format="concat", safe=0).video
             sound = ffmpeg.input(str(self.audio.result())).audio
-            run(ffmpeg.output(video, sound, str(dest), c="copy", movflags="+faststart"), "join the chunks", nice=True)
+            run(ffmpeg.output(video, sound, str(dest), c="copy", movflags="+faststart"), "join the chunks", nice=True,
+                limits=self.limits)
             join_s = time.monotonic() - joined
         except BaseException:
             dest.unlink(missing_ok=True)
@@ -233,7 +234,7 @@ class Stitcher:
         dest = self.folder / "audio.m4a"
         run(ffmpeg.input(str(audio)).audio.output(str(dest), acodec="aac",
                                                   audio_bitrate=f"{self.output.audio_bitrate_kbps}k"),
-            "encode the audio", nice=True)
+            "encode the audio", nice=True, limits=self.limits, frames=self.plan.total_frames)
         return dest
 
     def _joinable_body(self, segment: Segment, video: SegmentVideo) -> bool:
@@ -241,7 +242,7 @@ class Stitcher:
         if not video.split or video.body is None:
             return False
         frames = segment.frames - self.plan.overlap_with_previous(segment) - self.plan.overlap_with_next(segment)
-        info = _probe(video.body, count=False)
+        info = _probe(video.body, self.limits, count=False)
         out = self.output
         wanted = ("h264", out.width, out.height, "yuv420p", segment_format.rate_text(out.fps), frames,
                   _reference_headers(out.width, out.height, out.fps, out.preset, out.crf))
@@ -270,17 +271,18 @@ class Stitcher:
         dest = self.folder / f"chunk_{chunk.start:07d}.mp4"
         segment = self.plan.segments[chunk.sources[0]]
         frames = self._frames_of(segment, chunk.start - segment.start, chunk.frames)
-        run(frames.output(str(dest), **self._codec(threads)), f"encode frames {chunk.start}-{chunk.end}", nice=True)
+        run(frames.output(str(dest), **self._codec(threads)), f"encode frames {chunk.start}-{chunk.end}", nice=True,
+            limits=self.limits, frames=chunk.frames)
         self._check(chunk, dest)
         return dest
 
     def _check(self, chunk: Chunk, dest: Path) -> None:
         """The encoded chunk has its frames (else a segment had too few)."""
-        info = _probe(dest)
+        info = _probe(dest, self.limits)
         if info.packets != chunk.frames:
             segment = self.plan.segments[chunk.sources[-1]]
             path, _ = self._locate(segment, chunk.start - segment.start)
-            raise JobFailed(f"segment video {path.name} has {_probe(path).packets} frames, "
+            raise JobFailed(f"segment video {path.name} has {_probe(path, self.limits).packets} frames, "
                             f"expected {self._frames_in(segment, path)}")
 
     def _encode_crossfade(self, chunk: Chunk, dest: Path, threads: int) -> None:
@@ -302,22 +304,27 @@ class Stitcher:
         changes = []
         encoder = start(_raw_input(out.width, out.height, out.fps).output(str(dest), **self._codec(threads)),
                         nice=True, stdin=subprocess.PIPE, stderr=subprocess.PIPE)
-        try:
-            previous = None
-            head = self._raw_frames(after, 0, chunk.frames)
-            for position, (first, second) in enumerate(zip(tail, head, strict=True)):
-                frame = blend_frame(first, second, position, span)
-                if previous is not None:
-                    changes.append(luma_change(previous, frame, out.width, out.height))
-                encoder.stdin.write(frame.tobytes())
-                previous = frame
-            encoder.stdin.close()
-        except BaseException:
-            encoder.kill()
+        what = f"encode the cross-fade {chunk.start}-{chunk.end}"
+        with Watchdog(encoder, what, self.limits, chunk.frames) as watchdog:
+            try:
+                previous = None
+                head = self._raw_frames(after, 0, chunk.frames)
+                for position, (first, second) in enumerate(zip(tail, head, strict=True)):
+                    frame = blend_frame(first, second, position, span)
+                    if previous is not None:
+                        changes.append(luma_change(previous, frame, out.width, out.height))
+                    encoder.stdin.write(frame.tobytes())
+                    previous = frame
+                encoder.stdin.close()
+            except BaseException:
+                encoder.kill()
+                encoder.wait()
+                watchdog.check()  # a write that failed because the watchdog stopped the encoder: say why
+                raise
+            error = encoder.stderr.read().decode(errors="replace")
             encoder.wait()
-            raise
-        error = encoder.stderr.read().decode(errors="replace")
-        if encoder.wait() != 0:
+        watchdog.check()
+        if encoder.returncode != 0:
             raise JobFailed(f"ffmpeg could not encode the cross-fade {chunk.start}-{chunk.end}: {error.strip()[-500:]}")
         unmatched = self._unmatched_means(before.index, after.index)
         measure = SeamMeasure(
@@ -368,11 +375,15 @@ class Stitcher:
         """
         path, first = self._locate(segment, first)
         seek = max(0.0, (first - 0.5) / self.output.fps)
+        # The split form is in the job's matrix (its raw overlaps carry no tag to say so); a file another save
+        # node wrote says its own (untagged: BT.601 assumed), and is converted.
+        matrix = segment_format.MATRIX if self.segments[segment.index].split else "auto"
         return (ffmpeg.input(str(path), ss=seek, copyts=None).video
                 .filter("fps", fps=segment_format.rate_text(self.output.fps))
                 .filter("trim", start_pts=first, end_pts=first + count)
                 .filter("setpts", "PTS-STARTPTS")
-                .filter("scale", self.output.width, self.output.height)
+                .filter("scale", self.output.width, self.output.height, in_color_matrix=matrix,
+                        out_color_matrix=segment_format.MATRIX, out_range="tv")
                 .filter(*SQUARE_PIXELS))
 
     def _raw_frames(self, segment: Segment, first: int, count: int) -> Iterator[np.ndarray]:
@@ -383,17 +394,19 @@ class Stitcher:
                         nice=True, stdout=subprocess.PIPE)
         _widen_pipe(decoder.stdout)
         produced = 0
-        try:
-            while produced < count:
-                data = decoder.stdout.read(frame_bytes)
-                if len(data) < frame_bytes:
-                    break
-                yield np.frombuffer(data, dtype=np.uint8)
-                produced += 1
-        finally:
-            decoder.stdout.close()
-            decoder.kill()
-            decoder.wait()
+        with Watchdog(decoder, f"decode frames of segment {segment.index}", self.limits, count) as watchdog:
+            try:
+                while produced < count:
+                    data = decoder.stdout.read(frame_bytes)
+                    if len(data) < frame_bytes:
+                        break
+                    yield np.frombuffer(data, dtype=np.uint8)
+                    produced += 1
+            finally:
+                decoder.stdout.close()
+                decoder.kill()
+                decoder.wait()
+        watchdog.check()
         if produced < count:
             path, first_in_file = self._locate(segment, first)
             raise JobFailed(f"segment video {path.name} has {first_in_file + produced} frames, "
@@ -436,13 +449,13 @@ def _reference_headers(width: int, height: int, fps: float, preset: str, crf: in
         return _probe(dest).headers
 
 
-def _probe(path: Path, count: bool = True) -> StreamInfo:
+def _probe(path: Path, limits: Limits = DEFAULT_LIMITS, count: bool = True) -> StreamInfo:
     """The file's video stream; its frames counted by reading every packet (count) or taken from the
     container's index (an mp4's sample table: instant)."""
-    options = {"select_streams": "v:0", "show_data_hash": "MD5", **({"count_packets": None} if count else {})}
+    options = ("-select_streams", "v:0", "-show_data_hash", "MD5", "-show_streams", *(("-count_packets",) if count else ()))
     try:
-        s = (ffmpeg.probe(str(path), **options).get("streams") or [{}])[0]
-    except ffmpeg.Error:
+        s = (probe(path, limits, *options).get("streams") or [{}])[0]
+    except ProbeError:
         s = {}
     frames = s.get("nb_read_packets" if count else "nb_frames") or 0
     return StreamInfo(s.get("codec_name", ""), int(s.get("width", 0)), int(s.get("height", 0)), s.get("pix_fmt", ""),

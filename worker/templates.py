@@ -51,6 +51,20 @@ class DeviceRow(BaseModel):
         return "cpu" if self.device == "cpu" else f"gpu>={self.min_vram_gb:g}GB"
 
 
+class MemoryCost(BaseModel):
+    """What a segment of the template costs a ComfyUI instance beyond its idle footprint (worker/memory.py):
+    per frame, in bytes per pixel of the output (x width x height: a float32 RGB copy of a frame is 12 bytes a
+    pixel, and nodes make several), and a fixed part whatever the length (e.g. model weights). RAM is learned
+    from the template's own jobs once it has run at that size; these numbers plan the jobs before that. VRAM
+    is never learned (ComfyUI keeps models resident whatever a job needs): GPU instances plan with these."""
+
+    model_config = ConfigDict(extra="forbid")
+    ram_bytes_per_pixel: float = Field(default=0.0, ge=0)
+    ram_fixed_mb: float = Field(default=0.0, ge=0)
+    vram_bytes_per_pixel: float = Field(default=0.0, ge=0)
+    vram_fixed_mb: float = Field(default=0.0, ge=0)
+
+
 class Speed(BaseModel):
     """A template's measured speed (worker/estimate.py): seconds a window per preset on one GPU."""
 
@@ -89,6 +103,8 @@ class TemplateSpec(BaseModel):
     default_preset: str | None = None
     # Params by the device an instance runs on (precision, block swap, attention ...): see DeviceRow.
     device_settings: list[DeviceRow] = []
+    # What a segment costs an instance's memory; segments are planned to fit (worker/job_planner.py).
+    memory: MemoryCost = MemoryCost()
     # Switches: a param named here binds an optional link input: true links it to [node id, output index]
     # (e.g. a LoRA or block-swap node), false removes the input, so the node it names does not run.
     links: dict[str, tuple[str, int]] = {}
