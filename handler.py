@@ -42,7 +42,7 @@ async def handler(job: dict) -> dict:
         return result
     except asyncio.CancelledError:
         log.info("job %s cancelled: interrupting its segments", job_id)
-        cancel.set()
+        live_jobs.cancel(job_id)
         raise
     finally:
         live_jobs.ended(job_id, result.get("error"))

@@ -52,6 +52,7 @@ class ComfyInstance:
         self.extra_args = extra_args
         self.process: subprocess.Popen | None = None
         self.generation = 0  # how many times it was started: tells a failure of an earlier process apart
+        self.prompts_finished = 0  # by the current process; 0: its next prompt loads the models (cold)
         self.started_at = 0.0
         self.ready_after_s: float | None = None
         self._cgroup: MemoryCgroup | None = None  # its memory cgroup, read at start (gone with /proc/PID)
@@ -130,6 +131,7 @@ class ComfyInstance:
                 stdin=subprocess.DEVNULL, env=env, start_new_session=True,
             )
         self.generation += 1
+        self.prompts_finished = 0
         self.started_at = time.monotonic()
         self.ready_after_s = None
         self._cgroup = MemoryCgroup.of_process(self.process.pid)
@@ -140,10 +142,15 @@ class ComfyInstance:
         return self.process is not None and self.process.poll() is None
 
     def is_responding(self, timeout_s: float = 2.0) -> bool:
+        """Whether this instance's ComfyUI answers on its port. The answer must come from our process (its
+        command line names our input folder): another ComfyUI already listening there would otherwise pass
+        for ours while ours fails to bind the port."""
         try:
-            return requests.get(f"{self.url}/system_stats", timeout=timeout_s).ok
-        except requests.RequestException:
+            response = requests.get(f"{self.url}/system_stats", timeout=timeout_s)
+            argv = response.json().get("system", {}).get("argv", []) if response.ok else []
+        except (requests.RequestException, ValueError, AttributeError):
             return False
+        return isinstance(argv, list) and str(self.input_dir) in argv
 
     def wait_ready(self, deadline: float) -> None:
         """Blocks until the HTTP API answers; raises InstanceDied if it exits or the deadline passes."""

@@ -151,6 +151,12 @@ class InstancePool:
         return list(self._slots)
 
     @property
+    def serving_instances(self) -> list[ComfyInstance]:
+        """The instances in service (what `size` counts)."""
+        with self._lock:
+            return [slot.instance for slot in self._slots.values() if slot.health is not Health.OUT]
+
+    @property
     def size(self) -> int:
         """Instances in service: ready (free or lent) or being restarted; not those taken out of service."""
         with self._lock:
@@ -339,6 +345,7 @@ class InstancePool:
         self._free.append(slot)
         if slot.ran_prompt and self._frees_when_idle(slot.instance):
             slot.ran_prompt = False
+            slot.instance.prompts_finished = 0  # its models are unloaded: the next prompt loads them again
             threading.Thread(target=_free_memory, args=(slot.instance,), name=f"free-{slot.instance.name}",
                              daemon=True).start()
 

@@ -202,7 +202,7 @@ class FrameMeasures:
 
     def unmatched(self, rgb_means: torch.Tensor) -> None:
         """The next frames' mean R, G, B before colour matching."""
-        self._unmatched += [[round(m, 3) for m in row] for row in rgb_to_yuv_means(rgb_means.float()).tolist()]
+        self._unmatched += [[round(m, 3) for m in row] for row in rgb_to_yuv_means(rgb_means.float(), KR, KB).tolist()]
 
     def stats(self):
         return segment_format.SegmentStats(self.count, [round(c, 3) for c in self._changes], bool(self._unmatched),

@@ -25,13 +25,15 @@ REFERENCE_STRIDE = 4
 MIN_SPREAD = 1e-3
 
 
-def rgb_to_yuv_means(rgb_means: torch.Tensor) -> torch.Tensor:
-    """[N, 3] mean R, G, B in 0..1 -> [N, 3] mean Y, U, V in 8-bit units (BT.601 limited range, as
-    SaveSegmentVideo writes them; the conversion is linear, so the means convert as the pixels do)."""
+def rgb_to_yuv_means(rgb_means: torch.Tensor, kr: float, kb: float) -> torch.Tensor:
+    """[N, 3] mean R, G, B in 0..1 -> [N, 3] mean Y, U, V in 8-bit units, limited range, with the matrix whose
+    luma weights are kr and kb (SaveSegmentVideo's: segment_format.LUMA_WEIGHTS); the conversion is linear,
+    so the means convert as the pixels do."""
     r, g, b = rgb_means.unbind(-1)
-    y = 16 + 219 * (0.299 * r + 0.587 * g + 0.114 * b)
-    u = 128 + 224 * (-0.168736 * r - 0.331264 * g + 0.5 * b)
-    v = 128 + 224 * (0.5 * r - 0.418688 * g - 0.081312 * b)
+    luma = kr * r + (1 - kr - kb) * g + kb * b
+    y = 16 + 219 * luma
+    u = 128 + 224 * (b - luma) / (2 * (1 - kb))
+    v = 128 + 224 * (r - luma) / (2 * (1 - kr))
     return torch.stack([y, u, v], dim=-1)
 
 

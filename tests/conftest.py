@@ -32,8 +32,14 @@ def pool_settings(instances_dir: Path, base_port: int, cpu_instances: int = 2) -
 
 @pytest.fixture(scope="session")
 def pool(tmp_path_factory) -> InstancePool:
-    """Two real ComfyUI instances on the CPU, shared by the whole test session."""
-    instances = InstancePool(pool_settings(tmp_path_factory.mktemp("instances"), TEST_BASE_PORT))
+    """Two real ComfyUI instances on the CPU, shared by the whole test session. Many tests kill one of them on
+    purpose, far more often than a real crash loop, which COMFY_RESTART_WINDOW_S (10 minutes) would then meet
+    with ever longer back-offs and, after COMFY_RESTART_LIMIT restarts, the end of service. This pool counts
+    restarts within a second only, so each kill is restarted at once; back-off and limit are tested on pools
+    of their own (test_pool_health.py)."""
+    settings = pool_settings(tmp_path_factory.mktemp("instances"), TEST_BASE_PORT).model_copy(
+        update={"restart_window_s": 1.0})
+    instances = InstancePool(settings)
     instances.start()
     yield instances
     instances.shutdown()

@@ -53,3 +53,23 @@ def test_a_probe_error_does_not_show_the_workers_paths(tmp_path):
     with pytest.raises(ProbeError) as refused:
         ffmpeg_calls.probe(garbage)
     assert "worker-jobs" not in str(refused.value) and str(refused.value)
+
+
+def test_measuring_the_loudness_stops_at_its_deadline_and_on_cancel(tmp_path):
+    """The seam placement's loudness pass reads audio from ffmpeg: one that never delivers (a pipe nobody
+    writes to) is stopped like every other ffmpeg."""
+    import os
+
+    from worker.loudness import loudness_envelope
+
+    silent_pipe = tmp_path / "audio.wav"
+    os.mkfifo(silent_pipe)
+    with pytest.raises(JobFailed, match=r"ffmpeg did not measure the audio's loudness within 2 s"):
+        loudness_envelope(silent_pipe, 25, 100, Limits(1.0, 0.01))
+    cancel = threading.Event()
+    threading.Timer(0.5, cancel.set).start()
+    started = time.monotonic()
+    with pytest.raises(JobCancelled):
+        loudness_envelope(silent_pipe, 25, 100, Limits(300, 1, cancel))
+    assert time.monotonic() - started < 3
+    assert my_ffmpegs() == []

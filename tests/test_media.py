@@ -21,7 +21,8 @@ from worker.ffmpeg_calls import Limits
 from worker.media_sources import fetch_media
 from worker.planner import Segment, plan_segments
 from worker.segment_video import SegmentVideo
-from worker.stitch import OutputFormat, Stitcher, StitchResult, crossfade, plan_chunks
+from worker.seam_blend import Span, blend_frame
+from worker.stitch import OutputFormat, Stitcher, StitchResult, plan_chunks
 
 # The request's defaults (crf 19, veryfast, 192 kb/s AAC) at the test videos' size and rate.
 OUTPUT = OutputFormat(width=128, height=64, fps=25, crf=19, preset="veryfast", audio_bitrate_kbps=192)
@@ -107,9 +108,9 @@ def test_cut_audio_is_exact_and_padded_past_the_end(tmp_path):
 
 def test_crossfade_moves_from_the_previous_to_the_following_segment():
     black, white = np.zeros((2, 2, 3), np.uint8), np.full((2, 2, 3), 255, np.uint8)
-    shades = [int(crossfade(black, white, k, 3)[0, 0, 0]) for k in range(3)]
+    shades = [int(blend_frame(black, white, k, Span(0, 3))[0, 0, 0]) for k in range(3)]
     assert shades == sorted(shades) and 50 < shades[0] < shades[1] < shades[2] < 205
-    assert (crossfade(white, white, 1, 3) == 255).all()  # identical frames pass through unchanged
+    assert (blend_frame(white, white, 1, Span(0, 3)) == 255).all()  # identical frames pass through unchanged
 
 
 def test_stitch_is_frame_exact_and_muxes_the_whole_audio(index_video, tmp_path):

@@ -4,6 +4,7 @@ from the instances' measured memory. Fast tests of the planning logic, and jobs 
 
 from __future__ import annotations
 
+
 import subprocess
 import sys
 import time
@@ -74,7 +75,7 @@ def test_the_cost_learned_from_a_job_replaces_the_declared_one():
     assert planner.frame_cost(job, RESTYLE).ram_bytes == 72 * 256 * 256
 
     def learn(peak_mb: float) -> None:
-        results = [SimpleNamespace(segment=Segment(i, 0, 100), comfy_seconds=10.0,
+        results = [SimpleNamespace(segment=Segment(i, 0, 100), comfy_seconds=10.0, cold=False,
                                    memory=SegmentMemory(4242 + i, int(peak_mb * MB), 700 * MB)) for i in range(2)]
         planner.learn(job, RESTYLE, results, SimpleNamespace(busy_seconds=1.0, frames=190))
 
@@ -90,9 +91,46 @@ def test_the_cost_learned_from_a_job_replaces_the_declared_one():
     assert planner.frame_cost(request(), RESTYLE).source == "declared by the template"  # another size
 
 
+def test_a_cold_instance_teaches_no_frame_cost_and_its_footprint_then_includes_its_models():
+    """A GPU instance's first prompt loads its models into RAM (about 30 GB at InfiniteTalk's full size): that
+    peak is no frame's cost (it capped a 1-GPU InfiniteTalk job on an H200 to segments of at most 297
+    frames), and what the instance holds afterwards is its footprint, not memory a budget may hand out.
+    Its time is not the frames' either, where warm segments ran too."""
+    planner = JobPlanner()
+    job = request(width=256, height=256)
+    gone = 2**22 + 12345  # a pid no process has (above the kernel's pid_max): its readings are 0, the stored ones count
+    cold_instance = SimpleNamespace(process=SimpleNamespace(pid=gone), prompts_finished=0, vram_gb=None, name="gpu0")
+    before = planner.memory_budgets([cold_instance], 0, 100 * GB)[0]
+
+    def result(peak_mb: float, least_mb: float, cold: bool, seconds: float) -> SimpleNamespace:
+        return SimpleNamespace(segment=Segment(0, 0, 100), comfy_seconds=seconds, cold=cold, node_seconds={},
+                               memory=SegmentMemory(4242, int(peak_mb * MB), int(least_mb * MB)))
+
+    done = SimpleNamespace(busy_seconds=1.0, frames=100)
+    planner.learn(job, RESTYLE, [result(31_000, 1000, cold=True, seconds=100.0)], done)
+    assert planner.frame_cost(job, RESTYLE).source == "declared by the template"
+    assert planner.learned_s_per_frame(job, RESTYLE) == 1.0  # only cold segments: what there is
+    planner.learn(job, RESTYLE, [result(32_000, 30_000, cold=False, seconds=20.0),
+                                 result(31_000, 1000, cold=True, seconds=100.0)], done)
+    # warm: (32,000 - 30,000 MB held with the models) / 100 frames; the cold one is left out
+    assert planner.frame_cost(job, RESTYLE).ram_bytes == 20 * MB
+    assert planner.learned_s_per_frame(job, RESTYLE) == pytest.approx(0.5 * 0.2 + 0.5 * 1.0)
+    # the warm footprint is kept apart from the cold one: a budget reads it once the instance is warm
+    warm_instance = SimpleNamespace(**{**vars(cold_instance), "prompts_finished": 1})
+    planner.footprints.see(gone, 10 * GB, warm=True)
+    after = planner.memory_budgets([warm_instance], 0, 100 * GB)[0]
+    assert before.ram_bytes - after.ram_bytes > 9 * GB
+
+
 def test_a_max_segment_frames_without_room_for_two_overlaps_is_refused_not_planned_forever():
     with pytest.raises(JobInputError, match="max_segment_frames: must be more than twice the overlap"):
         JobPlanner().plan(request(max_segment_frames=16), RESTYLE, 2, 100)
+    # 15 frames in segments of at most 10 overlapping by 8: a middle segment would be needed, with no room
+    with pytest.raises(JobInputError, match="max_segment_frames: must be more than twice the overlap"):
+        JobPlanner().plan(request(max_segment_frames=10), RESTYLE, 2, 15)
+    # 12 frames: two segments, 0-10 and 2-12, each with one overlap
+    plan = JobPlanner().plan(request(max_segment_frames=10), RESTYLE, 2, 12)
+    assert [(s.start, s.end) for s in plan.segments] == [(0, 10), (2, 12)]
 
 
 # -- measuring real processes ------------------------------------------------------------------------------

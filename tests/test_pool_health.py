@@ -237,3 +237,38 @@ def test_an_idle_instance_gives_back_what_its_last_job_held(pool, settings, medi
         pool.release(held)
     assert kept - before > 100, (before, kept)  # ComfyUI kept the job's frames (its cache of node outputs)
     assert freed - before < (kept - before) / 2, (before, kept, freed)
+
+
+def test_another_comfyui_on_the_port_is_not_taken_for_ours(tmp_path):
+    """Something that answers /system_stats like ComfyUI already holds the instance's port (a leftover
+    ComfyUI of an earlier worker): the instance does not pass for ready on its answers. Ours cannot bind the
+    port and dies, and the pool says so with its log."""
+    import http.server
+    import json
+    import threading
+
+    class ForeignComfy(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = json.dumps({"system": {"argv": ["main.py", "--input-directory", "/elsewhere/input"]}}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    port = shifted_port(8690)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", port), ForeignComfy)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    pool = InstancePool(pool_settings(tmp_path / "instances", port, cpu_instances=1))
+    try:
+        with pytest.raises(RuntimeError) as failure:
+            pool.start()
+        message = str(failure.value)
+        assert f"cpu:{port}" in message, message
+        assert "address already in use" in message.lower() or "errno 98" in message.lower(), message
+    finally:
+        pool.shutdown()
+        server.shutdown()
+        server.server_close()

@@ -233,3 +233,18 @@ def test_infinitetalk_segments_report_their_sampling_windows_as_the_dry_run_coun
         tracker.planned(plan_segments(frames, 1, 0, 81, None, template.grid), template, None)
         counts.append(tracker.snapshot().segments[0].windows)
     assert counts == [1, 2, 3, 4]
+
+
+def test_a_job_that_fails_is_reported_failed_though_it_stopped_its_own_segments():
+    """A segment that fails for good sets the job's cancel event to stop the others (worker/segments.py):
+    the job's end is still FAILED. Only a cancel asked for (the local API, RunPod) ends it CANCELLED."""
+    from worker.live_jobs import LiveJobs
+
+    jobs = LiveJobs()
+    jobs.started("a").set()  # what run_segments does when a segment fails for good
+    jobs.ended("a", "segment 1 failed")
+    assert jobs.report("a").status == "FAILED"
+    jobs.started("b")
+    assert jobs.cancel("b").status == "CANCELLED"
+    jobs.ended("b", "the job was cancelled")
+    assert jobs.report("b").status == "CANCELLED"

@@ -9,7 +9,7 @@ Media as people have it, and what is done about it here:
   MediaRecorder's WebM) is numbered from its first frame;
 - anamorphic video (non-square samples, e.g. PAL 720x576 at 64:45) is scaled as it is displayed;
 - colours are converted from the source's matrix (its tag, else BT.709 from 720 lines up and BT.601 below,
-  as players guess) to the BT.709 the whole pipeline uses (segment_format.COLOUR);
+  as players guess) to the BT.709 the whole pipeline uses (segment_format.MATRIX, declared by COLOUR_TAGS);
 - a video that does not seek exactly (anything but MP4/MOV: an MPEG-TS seek can land past the only key
   frame, a MediaRecorder WebM has no index) or that is shorter than the audio is first cut once into a clip
   at the output's size and rate, looped by listing that clip again as often as needed, never with ffmpeg's

@@ -64,14 +64,14 @@ def run_job(job_input: Any, pool: InstancePool, settings: WorkerSettings, job_id
         inputs = fetch_inputs(ctx)
         frames = inputs.total_frames(request.fps)
         check_deliverable(request.output.destination, output, frames, settings)  # before any GPU time
-        budgets = planner.memory_budgets(pool.instances, settings.memory_reserve_bytes, settings.memory_budget_bytes)
+        budgets = planner.memory_budgets(pool.serving_instances, settings.memory_reserve_bytes, settings.memory_budget_bytes)
         balanced = planner.plan(request, template, pool.size, frames, budgets)
         expected = estimate(request, template, planner.plans_by_gpu_count(request, template, pool.size, frames, budgets),
                             planner.parallelism(request, pool.size), planner.learned_s_per_frame(request, template))
         if request.dry_run:
             progress.finish()
             return build_dry_run(ctx, balanced, expected).model_dump()
-        loudness = loudness_envelope(inputs.final_audio, request.fps, frames)
+        loudness = loudness_envelope(inputs.final_audio, request.fps, frames, settings.ffmpeg_limits(ctx.cancel))
         placement = planner.place_seams(request, template, pool.size, balanced, loudness, settings.seam_budget_percent,
                                         budgets)
         plan = placement.plan

@@ -161,8 +161,8 @@ class JobPlanner:
         overlap = template.spec.overlap_frames if request.overlap_frames is None else request.overlap_frames
         lead = self.stitch_lead(RateKey.of(request, template))
         longest = longest_segment(request, template)
-        if request.max_segment_frames is not None and longest <= 2 * overlap < total_frames:
-            # plan_segments needs room for a segment's two overlaps (and would search forever without it)
+        if longest <= 2 * overlap and total_frames > 2 * longest - overlap:
+            # The job needs a middle segment, which holds two overlaps: it has no room for them.
             raise JobInputError("max_segment_frames", f"must be more than twice the overlap ({overlap} frames) "
                                                       f"so that segments have room for both; got {longest}")
         fits = self.memory_cap(request, template, budgets or [], total_frames, overlap)
@@ -222,18 +222,21 @@ class JobPlanner:
     def learn(self, request: JobRequest, template: WorkflowTemplate, results: list[SegmentResult],
               stitched: StitchResult, timings: Timings | None = None) -> None:
         """Records a finished job's speeds: ComfyUI seconds per generated frame, stitch seconds per output frame;
-        the RAM a frame cost the instances that ran it; with its timings, also the stitch tail, the delivery and each node's share (for progress estimates)."""
+        the RAM a frame cost the instances that ran it; with its timings, also the stitch tail, the delivery and
+        each node's share (for progress estimates). Segments on cold instances (their first prompt, which loaded
+        the models) teach no memory cost, and no speed where warm ones ran too."""
         key = RateKey.of(request, template)
-        generate = sum(r.comfy_seconds for r in results) / sum(r.segment.frames for r in results)
+        warm = [r for r in results if not r.cold] or results  # a cold instance's time includes loading its models
+        generate = sum(r.comfy_seconds for r in warm) / sum(r.segment.frames for r in warm)
         self.throughput.record(key, generate, stitched.busy_seconds / stitched.frames)
         fixed = template.spec.memory.ram_fixed_mb * MB
         measured = [r.memory.per_frame(r.segment.frames, self.footprints.see(r.memory.pid, r.memory.least_bytes), fixed)
-                    for r in results if r.memory is not None]
+                    for r in results if r.memory is not None and not r.cold]  # a cold peak is mostly the models
         if measured:
             self.memory.record(key, max(measured))
         if timings is not None:
             self.throughput.record_job(key, LearnedRates(generate, timings.stitch / stitched.frames,
-                                                         timings.deliver / stitched.frames, node_shares(results)))
+                                                         timings.deliver / stitched.frames, node_shares(warm)))
 
     # -- memory ----------------------------------------------------------------------------------------
 

@@ -29,7 +29,8 @@ class LiveJobReport(BaseModel):
 
 @dataclass
 class _LiveJob:
-    cancel: CancelEvent = field(default_factory=CancelEvent)
+    cancel: CancelEvent = field(default_factory=CancelEvent)  # also set by the job itself when a segment fails
+    cancel_requested: bool = False  # by the API or RunPod: the job's end is CANCELLED, not FAILED
     status: JobStatus = "IN_QUEUE"
     progress: JobProgress | None = None
     error: str | None = None
@@ -56,7 +57,7 @@ class LiveJobs:
         with self._lock:
             job = self._jobs.setdefault(job_id, _LiveJob())
             job.error = error
-            job.status = "COMPLETED" if error is None else "CANCELLED" if job.cancel.is_set() else "FAILED"
+            job.status = "COMPLETED" if error is None else "CANCELLED" if job.cancel_requested else "FAILED"
             self._jobs.move_to_end(job_id)
             finished = [i for i, j in self._jobs.items() if j.status in ("COMPLETED", "FAILED", "CANCELLED")]
             for old in finished[:-KEEP_FINISHED]:
@@ -72,6 +73,7 @@ class LiveJobs:
                 job = self._jobs[job_id] = _LiveJob()
             if job is None or job.status not in ("IN_QUEUE", "IN_PROGRESS"):
                 return None
+            job.cancel_requested = True
             job.cancel.set()
             return LiveJobReport(id=job_id, status="CANCELLED", progress=job.progress)
 

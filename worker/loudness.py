@@ -16,7 +16,7 @@ import ffmpeg
 import numpy as np
 
 from worker.errors import JobFailed
-from worker.ffmpeg_calls import start
+from worker.ffmpeg_calls import DEFAULT_LIMITS, Limits, Watchdog, start
 
 SAMPLE_RATE = 16_000  # speech lives below 8 kHz
 SILENCE_DB = -100.0  # the level given to digital silence (and to frames past the audio's end)
@@ -56,34 +56,37 @@ def power_to_db(power) -> np.ndarray | float:
     return np.maximum(SILENCE_DB, 10.0 * np.log10(np.maximum(power, 1e-30)))
 
 
-def loudness_envelope(audio: Path, fps: float, frames: int) -> LoudnessEnvelope:
+def loudness_envelope(audio: Path, fps: float, frames: int, limits: Limits = DEFAULT_LIMITS) -> LoudnessEnvelope:
     """The level of every output frame of a job: frame i covers audio [i / fps, (i + 1) / fps).
 
-    Frames past the audio's end are silent. Raises JobFailed if ffmpeg cannot decode the file."""
+    Frames past the audio's end are silent. Raises JobFailed if ffmpeg cannot decode the file or overruns
+    its deadline (`limits`), JobCancelled when the job is cancelled meanwhile."""
     decoder = start(ffmpeg.input(str(audio)).audio.output("pipe:", format="s16le", ac=1, ar=SAMPLE_RATE),
                     stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     bounds = np.round(np.arange(frames + 1) * SAMPLE_RATE / fps).astype(np.int64)  # frame i: samples bounds[i]..
     levels = np.full(frames, SILENCE_DB)
-    try:
-        for first in range(0, frames, BLOCK_FRAMES):
-            last = min(frames, first + BLOCK_FRAMES)
-            wanted = int(bounds[last] - bounds[first])
-            data = decoder.stdout.read(wanted * 2)
-            samples = np.frombuffer(data[:len(data) // 2 * 2], dtype="<i2").astype(np.float64) / 32768.0
-            if len(samples) < wanted:
-                samples = np.concatenate((samples, np.zeros(wanted - len(samples))))
-            energy = np.concatenate(([0.0], np.cumsum(samples * samples)))
-            edges = bounds[first:last + 1] - bounds[first]
-            counts = np.maximum(1, np.diff(edges))
-            levels[first:last] = power_to_db((energy[edges[1:]] - energy[edges[:-1]]) / counts)
-            if len(data) < wanted * 2:
-                break  # the audio ended: the rest stays silent
-    finally:
-        decoder.stdout.close()
-        decoder.kill()
-        error = decoder.stderr.read().decode(errors="replace")
-        decoder.stderr.close()
-        code = decoder.wait()
+    with Watchdog(decoder, "measure the audio's loudness", limits, frames) as watchdog:
+        try:
+            for first in range(0, frames, BLOCK_FRAMES):
+                last = min(frames, first + BLOCK_FRAMES)
+                wanted = int(bounds[last] - bounds[first])
+                data = decoder.stdout.read(wanted * 2)
+                samples = np.frombuffer(data[:len(data) // 2 * 2], dtype="<i2").astype(np.float64) / 32768.0
+                if len(samples) < wanted:
+                    samples = np.concatenate((samples, np.zeros(wanted - len(samples))))
+                energy = np.concatenate(([0.0], np.cumsum(samples * samples)))
+                edges = bounds[first:last + 1] - bounds[first]
+                counts = np.maximum(1, np.diff(edges))
+                levels[first:last] = power_to_db((energy[edges[1:]] - energy[edges[:-1]]) / counts)
+                if len(data) < wanted * 2:
+                    break  # the audio ended: the rest stays silent
+        finally:
+            decoder.stdout.close()
+            decoder.kill()
+            error = decoder.stderr.read().decode(errors="replace")
+            decoder.stderr.close()
+            code = decoder.wait()
+    watchdog.check()
     if code not in (0, -9) and error.strip():
         raise JobFailed(f"ffmpeg failed to measure the audio's loudness: {error.strip()[-800:]}")
     return LoudnessEnvelope(levels, fps)

@@ -7,11 +7,13 @@ A ComfyUI instance holds a segment's decoded frames as float32 tensors, several 
     peak = idle footprint + frames x cost per frame
 
 The worker measures both: an instance's idle footprint is the least anonymous memory (RSS less file-backed
-pages: mapped model files are not counted, the kernel can drop those) it has been seen with; a segment's
-peak is sampled while its prompt runs (PeakMemory). JobPlanner learns the cost per frame from them, per
+pages: mapped model files are not counted, the kernel can drop those) it has been seen with, counted afresh
+once its first prompt has loaded its models; a segment's peak is sampled while its prompt runs
+(PeakMemory), and a first prompt's peak (mostly the models) teaches nothing. JobPlanner learns the cost per
+frame from them, per
 template, size and steps, as it learns speeds; a template may declare it (TemplateSpec.memory) for the jobs
 before. The budget of the instances together is the RAM available now (the machine's, or its container's
-limit), plus what the idle instances hold beyond their footprint (ComfyUI keeps the last prompt's outputs
+limit), plus what the instances hold beyond their footprint (ComfyUI keeps the last prompt's outputs
 until the next one replaces them), less MEMORY_RESERVE_MB for the worker, its ffmpeg processes and the
 system; each instance gets an equal share (MEMORY_BUDGET_MB fixes the total instead). VRAM: a GPU instance
 has its VRAM (or COMFY_VRAM_LIMIT_GB) for what the template declares; ComfyUI fills VRAM with resident models
@@ -90,18 +92,21 @@ def available_ram() -> int:
 
 
 class Footprints:
-    """Each instance process's idle footprint: the least anonymous memory it has been seen with."""
+    """Each instance process's idle footprint: the least anonymous memory it has been seen with, before its
+    first prompt and after it apart (`warm`): once warm, a process holds its models (a GPU instance keeps
+    them in RAM between jobs), which are no frame's cost and no budget's to hand out."""
 
     def __init__(self):
-        self._least: dict[int, int] = {}
+        self._least: dict[tuple[int, bool], int] = {}
         self._lock = threading.Lock()
 
-    def see(self, pid: int, anonymous_bytes: int) -> int:
+    def see(self, pid: int, anonymous_bytes: int, warm: bool = True) -> int:
         """Records a reading of the process; returns its footprint so far."""
+        key = (pid, warm)
         with self._lock:
             if anonymous_bytes > 0:
-                self._least[pid] = min(self._least.get(pid, anonymous_bytes), anonymous_bytes)
-            return self._least.get(pid, anonymous_bytes)
+                self._least[key] = min(self._least.get(key, anonymous_bytes), anonymous_bytes)
+            return self._least.get(key, anonymous_bytes)
 
 
 class PeakMemory:
@@ -164,7 +169,8 @@ def instance_budgets(instances, footprints: Footprints, reserve_bytes: int,
     for instance in instances:
         pid = instance.process.pid if getattr(instance, "process", None) is not None else None
         now = anonymous_rss(pid) if pid else 0
-        readings.append((instance, now, footprints.see(pid, now) if pid else 0))
+        warm = getattr(instance, "prompts_finished", 1) > 0
+        readings.append((instance, now, footprints.see(pid, now, warm) if pid else 0))
     if budget_bytes is None:
         held = sum(max(0, now - footprint) for _, now, footprint in readings)
         budget_bytes = available_ram() + held - reserve_bytes

@@ -114,7 +114,8 @@ def plan_segments(total_frames: int, parallelism: int, overlap: int,
         # Grid rounding made one count's segments too long and the next one's last segment too short: take
         # the longer count, whose last segment, which has only one overlap, needs only to reach past it.
         segments = _layout(total_frames, max(tried), overlap, grid, stitch_lead)
-        if max(s.frames for s in segments) <= max_segment_frames and segments[-1].frames > overlap:
+        if (max(s.frames for s in segments) <= max_segment_frames and segments[-1].frames > overlap
+                and all(s.frames >= 2 * overlap for s in segments[1:-1])):  # a middle segment holds two overlaps
             return SegmentPlan(total_frames, overlap, segments)
         raise ValueError(f"{total_frames} frames cannot be cut into segments of at most {max_segment_frames} "
                          f"frames overlapping by {overlap} on the template's grid of {grid.quantum}")

@@ -45,6 +45,7 @@ class SegmentResult:
     device_settings: str | None = None  # the template's device row used on this instance (e.g. "gpu>=80GB")
     started_at: float = 0.0  # time.monotonic() when the try that made the video began
     memory: SegmentMemory | None = None  # the instance's memory while the prompt ran (JobPlanner learns from it)
+    cold: bool = False  # the instance's first prompt: it loaded the models (its time and memory are theirs too)
 
 
 def run_segments(ctx: JobContext, plan: SegmentPlan, segment_inputs: list[dict[str, Path]],
@@ -194,8 +195,11 @@ def attempt_segment(ctx: JobContext, plan: SegmentPlan, segment: Segment, files:
         ctx.progress.segment_started(segment.index, instance.name, instance.gpu, graph)
         timeout_s = ctx.settings.segment_timeout_s + ctx.settings.segment_timeout_per_frame_s * segment.frames
         pid = instance.process.pid if instance.process is not None else None
+        cold, process = instance.prompts_finished == 0, instance.generation  # cold: this prompt loads the models
         with PeakMemory(pid) as memory:
             result = _run_prompt(ctx, client, graph, segment, instance, timeout_s)
+        if instance.generation == process:  # not restarted meanwhile: the process that ran it has its models
+            instance.prompts_finished += 1
         outputs = [o for o in result.outputs if template.spec.output_node in (None, o.node_id)]
         produced = [instance.output_dir / o.subfolder / o.filename for o in outputs]
         video = _take_video(client, instance, outputs, ctx.work_dir / f"seg{segment.index}")
@@ -215,7 +219,7 @@ def attempt_segment(ctx: JobContext, plan: SegmentPlan, segment: Segment, files:
                  seconds, result.seconds, slowest)
         return SegmentResult(segment, video, instance, seconds, result.seconds, time.monotonic(),
                              node_seconds=nodes, device_settings=params.device, started_at=started,
-                             memory=SegmentMemory.of(pid, memory))
+                             memory=SegmentMemory.of(pid, memory), cold=cold)
     finally:
         for name in uploaded.values():
             (instance.input_dir / name).unlink(missing_ok=True)

@@ -114,11 +114,6 @@ class Chunk:
         return self.end - self.start
 
 
-def crossfade(previous: np.ndarray, following: np.ndarray, position: int, overlap: int) -> np.ndarray:
-    """Frame `position` (0-based) of an overlap of `overlap` frames: a linear fade from previous to following."""
-    return blend_frame(previous, following, position, Span(0, overlap))
-
-
 def plan_chunks(plan: SegmentPlan, encoders: int) -> list[Chunk]:
     """The output cut into body pieces and cross-fades, in frame order.
 
