@@ -98,6 +98,18 @@ def test_audio_is_measured_by_decoding_not_by_the_containers_guess(tmp_path):
         assert abs(media_duration(decoded, "a") - seconds) < 0.01
 
 
+def test_an_m4a_is_as_long_as_its_sample_table_says_not_its_decoded_padding(tmp_path):
+    """AAC in MP4 (a phone's voice memo, the sample job's audio): decoding gives the last frame's padding too
+    (7.744 s for 7.7 s here, one video frame more than the sound); the sample table is exact."""
+    m4a = tmp_path / "memo.m4a"
+    subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-f", "lavfi", "-i", "sine=frequency=300:duration=7.7",
+                    "-ar", "16000", "-c:a", "aac", str(m4a)], check=True)
+    assert real_media.decoded_seconds(m4a) > 7.72  # the padding the decoder adds
+    decoded, seconds = inputs.read_audio("audio", m4a, tmp_path / "memo.wav", 30.0)
+    assert seconds == pytest.approx(7.7, abs=1e-3)
+    assert media_duration(decoded, "a") == pytest.approx(7.7, abs=1e-3)
+
+
 def test_cut_audio_is_exact_and_padded_past_the_end(tmp_path):
     tone = make_tone(tmp_path / "tone.wav", 2.0)
     middle = inputs.cut_audio(tone, tmp_path / "mid.wav", 0.5, 1.0)

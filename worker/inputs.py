@@ -109,12 +109,17 @@ def read_audio(field: str, src: Path, dst: Path, max_duration_s: float,
 
     The length is what decoding gives, not what the container declares: for raw AAC or MP3 without a Xing
     header that is an estimate from the first frames' bitrate, off by a third on speech that ends in silence.
+    An MP4/MOV declares it exactly; there decoding stops at that length.
     Decoding stops a second past the limit, so an over-long file costs no more than that.
     """
     info = probe.probe(field, src, limits)
     probe.require_audio_stream(field, info)
     stream = ffmpeg.input(str(src)).audio
-    run(stream.output(str(dst), t=max_duration_s + 1, acodec="pcm_s16le", vn=None, sn=None, map_metadata=-1),
+    # An MP4/MOV's sample table gives its audio's exact length, which decoding overshoots by the encoder's
+    # padding of the last AAC frame (tens of ms: one more video frame than the sound): it bounds the decode.
+    exact = info.format_name.startswith("mov,mp4") and info.duration_s > 0
+    until = min(max_duration_s + 1, info.duration_s) if exact else max_duration_s + 1
+    run(stream.output(str(dst), t=until, acodec="pcm_s16le", vn=None, sn=None, map_metadata=-1),
         f"decode the {field}", limits=limits, frames=int(info.duration_s))
     try:
         streams = ffprobe(dst, limits, "-show_entries", "stream=duration").get("streams") or [{}]
