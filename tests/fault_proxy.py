@@ -74,19 +74,25 @@ class FaultProxy:
     def _pipe(self, client: socket.socket, first: bytes) -> None:
         upstream = socket.create_connection(("127.0.0.1", self.target_port))
         upstream.sendall(first)
-        sockets = [client, upstream]
         try:
-            while True:
-                readable, _, _ = select.select(sockets, [], [], 1.0)
-                for sock in readable:
-                    data = sock.recv(65536)
-                    if not data:
-                        return
-                    (upstream if sock is client else client).sendall(data)
-        except OSError:
-            return
+            relay(client, upstream)
         finally:
             upstream.close()
+
+
+def relay(client: socket.socket, upstream: socket.socket) -> None:
+    """Copies bytes both ways until either side closes or fails."""
+    sockets = [client, upstream]
+    try:
+        while True:
+            readable, _, _ = select.select(sockets, [], [], 1.0)
+            for sock in readable:
+                data = sock.recv(65536)
+                if not data:
+                    return
+                (upstream if sock is client else client).sendall(data)
+    except OSError:
+        return
 
 
 def _read_head(sock: socket.socket) -> tuple[bytes, bytes]:

@@ -4,7 +4,6 @@ a cancelled job, an instance that cannot boot, and two jobs at once."""
 from __future__ import annotations
 
 import os
-import select
 import signal
 import socket
 import threading
@@ -18,6 +17,7 @@ import requests
 from comfy_manager import ComfyClient, InstancePool
 from tests.conftest import pool_settings, shifted_port
 from tests.media_factory import make_index_video, make_tone, read_indices
+from tests.fault_proxy import relay
 from worker.errors import JobCancelled, JobFailed
 from worker.job import run_job
 from worker.templates import available_templates
@@ -132,17 +132,8 @@ class DroppingProxy:
         if b"upgrade: websocket" in first.lower():
             self.websockets.append(client)
         upstream.sendall(first)
-        sockets = [client, upstream]
         try:
-            while True:
-                readable, _, _ = select.select(sockets, [], [], 1.0)
-                for sock in readable:
-                    data = sock.recv(65536)
-                    if not data:
-                        return
-                    (upstream if sock is client else client).sendall(data)
-        except OSError:
-            return
+            relay(client, upstream)
         finally:
             client.close()
             upstream.close()
