@@ -38,12 +38,7 @@ class FaultProxy:
         self.server.close()
 
     def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self.server.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
+        accept_forever(self.server, self._serve)
 
     def _serve(self, client: socket.socket) -> None:
         try:
@@ -78,6 +73,16 @@ class FaultProxy:
             relay(client, upstream)
         finally:
             upstream.close()
+
+
+def accept_forever(server: socket.socket, serve) -> None:
+    """Serves each connection in a thread of its own until the listening socket is closed."""
+    while True:
+        try:
+            client, _ = server.accept()
+        except OSError:
+            return
+        threading.Thread(target=serve, args=(client,), daemon=True).start()
 
 
 def relay(client: socket.socket, upstream: socket.socket) -> None:

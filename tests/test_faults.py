@@ -17,7 +17,7 @@ import requests
 from comfy_manager import ComfyClient, InstancePool
 from tests.conftest import pool_settings, shifted_port
 from tests.media_factory import make_index_video, make_tone, read_indices
-from tests.fault_proxy import relay
+from tests.fault_proxy import accept_forever, relay
 from worker.errors import JobCancelled, JobFailed
 from worker.job import run_job
 from worker.templates import available_templates
@@ -119,12 +119,7 @@ class DroppingProxy:
         threading.Thread(target=self._accept, daemon=True).start()
 
     def _accept(self):
-        while True:
-            try:
-                client, _ = self.server.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._pipe, args=(client,), daemon=True).start()
+        accept_forever(self.server, self._pipe)
 
     def _pipe(self, client: socket.socket):
         upstream = socket.create_connection(("127.0.0.1", self.target_port))
