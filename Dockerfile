@@ -67,7 +67,8 @@ COPY models/extra_model_paths.yaml /comfyui/ComfyUI/extra_model_paths.yaml
 # BAKE_MODELS=1: every required model into /models (ComfyUI reads it through extra_model_paths.yaml).
 # Only the manifest and the download code are copied first, so code changes do not re-download.
 ARG BAKE_MODELS=1
-COPY worker/__init__.py worker/model_weights.py worker/
+COPY worker/__init__.py worker/
+COPY worker/templates/__init__.py worker/templates/model_files.py worker/templates/
 COPY scripts/download_models.py scripts/
 RUN if [ "$BAKE_MODELS" = 1 ]; then \
         /comfyui/venv/bin/python scripts/download_models.py --root /models \

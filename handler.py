@@ -13,17 +13,17 @@ import threading
 import runpod
 
 from comfy_manager import InstancePool, PoolSettings
-from worker.config import WorkerSettings
-from worker.errors import JobCancelled, JobFailed, JobInputError, WorkerUnhealthy
+from worker.request.settings import WorkerSettings
+from worker.request.errors import JobCancelled, JobFailed, JobInputError, WorkerUnhealthy
 from worker.job import run_job
-from worker.job_planner import JobPlanner
-from worker.live_jobs import LiveJobs
-from worker.model_weights import models_fitness_check
-from worker.progress import JobProgress
+from worker.planning.learned import Learned
+from worker.api.live_jobs import LiveJobs
+from worker.templates.model_check import models_fitness_check
+from worker.progress.tracker import JobProgress
 
 settings = WorkerSettings.from_env()
 pool = InstancePool(PoolSettings.from_env())
-planner = JobPlanner(settings.stitch_lead)  # learns from each job how to size the next one's segments
+learned = Learned(settings.stitch_lead)  # what each job teaches about sizing and timing the next ones
 live_jobs = LiveJobs()  # progress and cancel signals, for the local API's own routes
 logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 log = logging.getLogger("handler")
@@ -60,7 +60,7 @@ def run_one(job: dict, cancel: threading.Event) -> dict:
 
     try:
         return run_job(job.get("input"), pool, settings, job_id=job_id, on_progress=progress, cancel=cancel,
-                       planner=planner)
+                       learned=learned)
     except WorkerUnhealthy as exc:
         # The SDK turns refresh_worker into stopPod: RunPod replaces this worker after the job.
         log.error("job %s failed and the worker asks to be replaced: %s", job_id, exc)
@@ -99,7 +99,7 @@ if __name__ == "__main__":
     pool.start()
     config = {"handler": handler, "concurrency_modifier": lambda current: settings.max_concurrent_jobs}
     if "--rp_serve_api" in sys.argv:  # the SDK's local API, plus GET /progress/{id} and POST /cancel/{id}
-        from worker.local_api import serve
+        from worker.api.local_api import serve
 
         serve(config, live_jobs)
     else:

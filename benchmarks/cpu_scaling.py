@@ -29,15 +29,15 @@ from benchmarks.local_worker import LocalWorker  # noqa: E402
 from benchmarks.samplers import PeakRss  # noqa: E402
 from tests.media_factory import (make_index_video, make_speech, make_tone, write_split_segment,  # noqa: E402
                                  yuv420p_frames)
-from worker.inputs import cut_video  # noqa: E402
+from worker.media.inputs import cut_video  # noqa: E402
 from worker.job import run_job  # noqa: E402
-from worker.job_planner import JobPlanner  # noqa: E402
-from worker.loudness import loudness_envelope  # noqa: E402
-from worker.planner import plan_segments, total_frames_for  # noqa: E402
-from worker.seam_blend import BlendOptions  # noqa: E402
-from worker.seam_placement import SeamSearch, place_seams  # noqa: E402
-from worker.segment_video import SegmentVideo  # noqa: E402
-from worker.stitch import OutputFormat, Stitcher  # noqa: E402
+from worker.planning.learned import Learned  # noqa: E402
+from worker.media.loudness import loudness_envelope  # noqa: E402
+from worker.planning.segment_plan import plan_segments, total_frames_for  # noqa: E402
+from worker.output.seam_blend import BlendOptions  # noqa: E402
+from worker.planning.seam_placement import SeamSearch, place_seams  # noqa: E402
+from worker.render.segment_video import SegmentVideo  # noqa: E402
+from worker.output.stitch import OutputFormat, Stitcher  # noqa: E402
 
 SENTENCES = ["Good morning, and thank you all for coming today.",
              "We are going to talk about how a long video is made on many machines at once.",
@@ -110,7 +110,7 @@ def seam_costs(worker: LocalWorker, seconds: float, size: tuple[int, int], repea
         best = None
         for repeat in range(repeats):
             out = run_job({**job, "seams": options}, worker.pool, settings, f"seams{len(variants)}_{repeat}",
-                          planner=JobPlanner(0.0))  # equal segments in every variant
+                          learned=Learned(0.0))  # equal segments in every variant
             if best is None or out["timings"]["total"] < best["timings"]["total"]:
                 best = out
         save = [v for s in best["segments"] for k, v in s["node_seconds"].items() if k.endswith("SaveSegmentVideo")]

@@ -32,9 +32,9 @@ os.environ["EXTRA_WORKFLOW_DIRS"] = str(REPO / "benchmarks" / "gpu_standin" / "w
 from benchmarks.samplers import PeakRss, PeakVram  # noqa: E402
 from comfy_manager import InstancePool, PoolSettings  # noqa: E402
 from tests.media_factory import make_image, make_tone  # noqa: E402
-from worker.config import WorkerSettings  # noqa: E402
+from worker.request.settings import WorkerSettings  # noqa: E402
 from worker.job import run_job  # noqa: E402
-from worker.job_planner import JobPlanner, RateKey  # noqa: E402
+from worker.planning.learned import Learned, RateKey  # noqa: E402
 
 
 def ceiling(gpus: int, frames: int, overlap: int) -> float:
@@ -111,7 +111,7 @@ def main() -> None:
 
     extra = ["--extra-model-paths-config", str(models / "extra_model_paths.yaml")]
     runs, frames = [], None
-    planner = JobPlanner(settings.stitch_lead)  # one for every run, as a worker has
+    planner = Learned(settings.stitch_lead)  # one for every run, as a worker has
     rate_key = RateKey("wan_standin", width, height, args.steps)  # what it learns the stitch lead under
     earlier = json.loads(Path(args.baseline).read_text()) if args.baseline else None
     if earlier:
@@ -130,13 +130,13 @@ def main() -> None:
         pool.start()
         try:
             started = time.monotonic()
-            warm = run_job({**warmup, "gpu_count": count}, pool, settings, job_id=f"warmup{count}", planner=planner)
+            warm = run_job({**warmup, "gpu_count": count}, pool, settings, job_id=f"warmup{count}", learned=planner)
             if len({segment["instance"] for segment in warm["segments"]}) < count:
                 raise SystemExit(f"the warm-up reached {warm['segments_processed']} of {count} instances")
             first_job_s = time.monotonic() - started
-            lead = planner.stitch_lead(rate_key)
+            lead = planner.throughput.stitch_lead(rate_key)
             with PeakRss() as rss, PeakVram(list(range(count)) if not args.cpu else []) as vram:
-                out = run_job({**job, "gpu_count": count}, pool, settings, job_id=f"run{count}", planner=planner)
+                out = run_job({**job, "gpu_count": count}, pool, settings, job_id=f"run{count}", learned=planner)
             comfy = max(s["comfy_seconds"] for s in out["segments"])
             runs.append({
                 "gpus": count, "wall_s": out["timings"]["total"], "generate_s": out["timings"]["generate"],
@@ -155,7 +155,7 @@ def main() -> None:
                 longest = max(counts)
                 segment_s = (args.seconds + (longest - 1) * args.overlap / args.fps) / longest
                 half = run_job({**job, "audio": str(make_tone(media / "segment.wav", segment_s))}, pool, settings,
-                               job_id="segment_alone", planner=planner)
+                               job_id="segment_alone", learned=planner)
                 runs[-1]["one_segment_alone"] = {"frames": half["frames"],
                                                  "comfy_s": half["segments"][0]["comfy_seconds"]}
         finally:

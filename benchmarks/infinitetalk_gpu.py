@@ -45,9 +45,9 @@ import numpy as np  # noqa: E402
 from benchmarks.samplers import PeakRss, PeakVram  # noqa: E402
 from comfy_manager import InstancePool, PoolSettings  # noqa: E402
 from tests.media_factory import make_image, make_tone  # noqa: E402
-from worker.config import WorkerSettings  # noqa: E402
+from worker.request.settings import WorkerSettings  # noqa: E402
 from worker.job import run_job  # noqa: E402
-from worker.job_planner import JobPlanner  # noqa: E402
+from worker.planning.learned import Learned  # noqa: E402
 
 log = logging.getLogger("infinitetalk_gpu")
 STEP_RATE = re.compile(r"(\d+)/(\d+) \[[0-9:]+<[0-9:?]+,\s+([0-9.]+)(s/it|it/s)\]")
@@ -227,14 +227,14 @@ def scaling(bench: Bench) -> None:
     args = bench.args
     counts = list(range(1, args.gpus + 1))
     pool = bench.pool("scaling", tuple(range(args.gpus)), 8188)
-    planner = JobPlanner(0.0)  # equal segments: a stitch lead would push the first one off the 72-frame grid
+    planner = Learned(0.0)  # equal segments: a stitch lead would push the first one off the 72-frame grid
     pool.start()
     bench.results["startup_s"] = round(pool.startup_s, 1)
     try:
         started = time.monotonic()
         # One 81-frame segment per instance: every instance loads its models before the timed runs.
         warmup = bench.job(122 / 25, max_segment_frames=81, gpu_count=2) if args.gpus == 2 else bench.job(81 / 25)
-        warm = run_job(warmup, pool, bench.settings, job_id="warmup", planner=planner)
+        warm = run_job(warmup, pool, bench.settings, job_id="warmup", learned=planner)
         bench.results["warmup"] = {"wall_s": round(time.monotonic() - started, 1),
                                    "instances": sorted({s["instance"] for s in warm["segments"]}),
                                    "node_seconds": [s["node_seconds"] for s in warm["segments"]]}
@@ -243,7 +243,7 @@ def scaling(bench: Bench) -> None:
         for count in counts:
             with PeakRss() as rss, PeakVram(list(range(args.gpus)) if not args.cpu else []) as vram:
                 out = run_job({**job, "gpu_count": count}, pool, bench.settings, job_id=f"run{count}",
-                              planner=planner)
+                              learned=planner)
             busy: dict[str, float] = {}  # ComfyUI seconds per instance (segments queue on one with fewer GPUs)
             for segment in out["segments"]:
                 busy[segment["instance"]] = busy.get(segment["instance"], 0.0) + segment["comfy_seconds"]

@@ -7,16 +7,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from comfy_manager import InstancePool, PoolSettings
-from worker.config import WorkerSettings
+from worker.request.settings import WorkerSettings
 from worker.job import run_job
-from worker.job_planner import JobPlanner
+from worker.planning.learned import Learned
 
 
 @dataclass
 class LocalWorker:
     pool: InstancePool
     settings: WorkerSettings
-    planner: JobPlanner  # one for every job, as a worker has: it learns the stitch lead
+    planner: Learned  # one for every job, as a worker has: it learns the stitch lead
     media: Path  # where the benchmark puts its inputs (an allowed input root)
 
     @classmethod
@@ -30,7 +30,7 @@ class LocalWorker:
         settings.job_work_dir.mkdir()
         pool = InstancePool(PoolSettings(instances_dir=root / "instances", base_port=base_port,
                                          cpu_instances=instances, force_cpu=True, **pool_settings))
-        return cls(pool, settings, JobPlanner(settings.stitch_lead), media)
+        return cls(pool, settings, Learned(settings.stitch_lead), media)
 
     def run(self, job: dict, job_id: str | None = None) -> dict:
-        return run_job(job, self.pool, self.settings, job_id, planner=self.planner)
+        return run_job(job, self.pool, self.settings, job_id, learned=self.planner)

@@ -7,6 +7,7 @@ import os
 import shutil
 import signal
 import subprocess
+import threading
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -52,11 +53,31 @@ class ComfyInstance:
         self.extra_args = extra_args
         self.process: subprocess.Popen | None = None
         self.generation = 0  # how many times it was started: tells a failure of an earlier process apart
-        self.prompts_finished = 0  # by the current process; 0: its next prompt loads the models (cold)
+        self._prompts_finished = 0  # by the current process; 0: its next prompt loads the models (cold)
+        self._state_lock = threading.Lock()  # segments' threads, the pool's watcher and its idle /free touch it
         self.started_at = 0.0
         self.ready_after_s: float | None = None
         self._cgroup: MemoryCgroup | None = None  # its memory cgroup, read at start (gone with /proc/PID)
         self._oom_kills_at_start: int | None = None
+
+    @property
+    def warm(self) -> bool:
+        """Its current process has finished a prompt since it started or last unloaded its models: the next
+        prompt finds them loaded. A cold instance's first prompt also pays for loading them."""
+        with self._state_lock:
+            return self._prompts_finished > 0
+
+    def prompt_finished(self, generation: int) -> None:
+        """A prompt started on process `generation` has finished; counted only if that process still runs
+        (not restarted meanwhile): it is the one that has the models now."""
+        with self._state_lock:
+            if generation == self.generation:
+                self._prompts_finished += 1
+
+    def models_unloaded(self) -> None:
+        """Its models were unloaded (POST /free): the next prompt loads them again."""
+        with self._state_lock:
+            self._prompts_finished = 0
 
     @property
     def name(self) -> str:
@@ -130,8 +151,9 @@ class ComfyInstance:
                 self.command(), python=self.python, cwd=self.comfy_path, stdout=log_file, stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL, env=env, start_new_session=True,
             )
-        self.generation += 1
-        self.prompts_finished = 0
+        with self._state_lock:
+            self.generation += 1
+            self._prompts_finished = 0
         self.started_at = time.monotonic()
         self.ready_after_s = None
         self._cgroup = MemoryCgroup.of_process(self.process.pid)

@@ -345,7 +345,7 @@ class InstancePool:
         self._free.append(slot)
         if slot.ran_prompt and self._frees_when_idle(slot.instance):
             slot.ran_prompt = False
-            slot.instance.prompts_finished = 0  # its models are unloaded: the next prompt loads them again
+            slot.instance.models_unloaded()  # the next prompt loads them again
             threading.Thread(target=_free_memory, args=(slot.instance,), name=f"free-{slot.instance.name}",
                              daemon=True).start()
 

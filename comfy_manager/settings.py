@@ -1,6 +1,6 @@
 """Settings read from the environment, each declared once: its variable, its default, its type.
 
-EnvSettings is the base of every settings class of the worker (here PoolSettings; worker/config.py has
+EnvSettings is the base of every settings class of the worker (here PoolSettings; worker/request/settings.py has
 WorkerSettings). A field is declared with env("VARIABLE", default): constructing the class reads that
 variable (an empty one counts as unset), and keyword arguments, by field name, override it. README.md
 lists every variable; the names and defaults here must match it.

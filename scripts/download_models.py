@@ -29,7 +29,7 @@ from urllib.parse import quote
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from worker.model_weights import ModelFile, load_manifest, model_files  # noqa: E402
+from worker.templates.model_files import ModelFile, load_manifest, model_files  # noqa: E402
 
 CHUNK = 8 * 1024**2  # hashing
 READ_CHUNK = 64 * 1024  # network reads: a dropped connection loses at most this much of what came

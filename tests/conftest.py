@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from comfy_manager import InstancePool, PoolSettings
-from worker.config import WorkerSettings
+from worker.request.settings import WorkerSettings
 
 # Tests start their own instances on ports of their own, away from a running worker (8188...).
 # TEST_PORT_OFFSET shifts every port the tests use, so two test runs on one machine do not collide: the

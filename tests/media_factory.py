@@ -14,7 +14,7 @@ from typing import Callable
 
 import numpy as np
 
-from worker import segment_format
+from worker.media import segment_format
 
 COLUMNS, ROWS = 8, 2  # 16 bits: up to 65535 frames
 
@@ -121,7 +121,7 @@ def yuv420p_frames(path: Path, width: int, height: int) -> list[bytes]:
 def write_split_segment(frames: list[bytes], folder: Path, head: int, tail: int, width: int, height: int,
                         fps: float = 25.0, crf: int = 19, preset: str = "veryfast") -> dict[str, Path]:
     """A segment in SaveSegmentVideo's split form, written as the node writes it (comfy_nodes/, both following
-    worker/segment_format.py): the first `head` and last `tail` frames raw in y4m files, the frames between
+    worker/media/segment_format.py): the first `head` and last `tail` frames raw in y4m files, the frames between
     piped raw to ffmpeg's x264."""
     folder.mkdir(parents=True, exist_ok=True)
     parts = {"head": frames[:head], "body": frames[head:len(frames) - tail], "tail": frames[len(frames) - tail:]}

@@ -11,10 +11,10 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from worker.planner import Segment, SegmentPlan
-from worker.request import JobRequest
-from worker.slots import segment_values
-from worker.templates import TemplateSpec, WorkflowTemplate
+from worker.planning.segment_plan import Segment, SegmentPlan
+from worker.request.job_request import JobRequest
+from worker.render.slot_values import segment_values
+from worker.templates.template import TemplateSpec, WorkflowTemplate
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SCHEMA_PATH = REPO_ROOT / "workflows" / "custom_nodes_schema.json"
@@ -209,8 +209,8 @@ def _check_value(template: str, where: str, expected: InputDef, value, models: M
 
 # ------------------------------------------------------------------------------- requests bound as a job binds them
 
-# A typical request and the extremes one may ask for (worker/request.py bounds fps, width, height, seed, steps
-# and denoise; the template bounds a segment's frame count), bound as a job binds a segment (worker/slots.py).
+# A typical request and the extremes one may ask for (worker/request/job_request.py bounds fps, width, height, seed, steps
+# and denoise; the template bounds a segment's frame count), bound as a job binds a segment (worker/templates/slots.py).
 REQUESTS = {
     "typical": {"fps": 25.0, "width": 832, "height": 480, "seed": 42, "steps": None,
                 "prompt": "A woman explains a recipe, smiling, in a bright kitchen.", "negative_prompt": "blurry"},

@@ -11,8 +11,8 @@ import pytest
 from tests import real_media
 from tests.media_factory import b64, make_image, make_index_video, make_tone
 from tests.worker_api import WorkerApi
-from worker.errors import JobInputError
-from worker.request import parse_request
+from worker.request.errors import JobInputError
+from worker.request.job_request import parse_request
 
 
 @pytest.fixture(scope="module")

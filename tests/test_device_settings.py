@@ -10,8 +10,8 @@ from comfy_manager import PoolSettings
 from comfy_manager.gpus import GpuInfo
 from comfy_manager.instance import ComfyInstance
 from comfy_manager.pool import instance_specs
-from worker.errors import JobInputError
-from worker.templates import available_templates
+from worker.request.errors import JobInputError
+from worker.templates.template import available_templates
 
 IT = "infinitetalk_image_single"
 

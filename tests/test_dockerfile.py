@@ -14,10 +14,10 @@ from pathlib import Path
 
 import yaml
 
-from worker import probe
-from worker.config import WorkerSettings
+from worker.media import probe
+from worker.request.settings import WorkerSettings
 from worker.job import choose_template, parse_request
-from worker.media_sources import fetch_media
+from worker.media.sources import fetch_media
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DOCKERFILE = REPO_ROOT / "Dockerfile"

@@ -18,10 +18,10 @@ from comfy_manager.instance import InstanceSpec
 from tests.fault_proxy import Fault, FaultProxy
 from tests.media_factory import read_indices
 from tests.test_faults import slow_job, wait_pool_idle
-from worker import segments
-from worker.errors import JobCancelled, JobFailed, JobInputError, WorkerUnhealthy
+from worker.render import segments
+from worker.request.errors import JobCancelled, JobFailed, JobInputError, WorkerUnhealthy
 from worker.job import run_job
-from worker.planner import Segment
+from worker.planning.segment_plan import Segment
 
 REPO = Path(__file__).resolve().parent.parent
 

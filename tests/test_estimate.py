@@ -7,12 +7,13 @@ import time
 import pytest
 
 from tests.media_factory import make_image, make_tone
-from worker.estimate import estimate, makespan, windows
+from worker.planning.estimate import estimate, makespan, windows
 from worker.job import run_job
-from worker.job_planner import JobPlanner
-from worker.planner import Segment
-from worker.request import JobRequest
-from worker.templates import available_templates
+from worker.planning.learned import Learned
+from worker.planning.plan import Lane, plan_job
+from worker.planning.segment_plan import Segment
+from worker.request.job_request import JobRequest
+from worker.templates.template import available_templates
 
 IT = "infinitetalk_image_single"
 
@@ -20,6 +21,10 @@ IT = "infinitetalk_image_single"
 def it_request(**fields) -> JobRequest:
     return JobRequest(workflow=IT, image="face.png", audio="speech.wav", width=832, height=480, **fields)
 
+
+
+def lanes(count: int) -> list[Lane]:
+    return [Lane(f"gpu{i}") for i in range(count)]
 
 def test_windows_follow_the_template_grid():
     template = available_templates()[IT]
@@ -36,8 +41,7 @@ def test_makespan_queues_segments_for_free_instances():
 def test_842_frames_are_12_windows_on_one_gpu_and_6_each_on_two():
     template = available_templates()[IT]
     request = it_request()
-    plans = JobPlanner(0.0).plans_by_gpu_count(request, template, 2, 842)
-    result = estimate(request, template, plans, gpus=2)
+    result = plan_job(request, template, 842, lanes(2), Learned(0.0)).estimate
     assert result.basis.startswith("measured on ")
     by_count = {o.gpus: o for o in result.per_gpu_count}
     per_window = template.spec.speed.seconds_per_window["fast"]
@@ -49,7 +53,7 @@ def test_842_frames_are_12_windows_on_one_gpu_and_6_each_on_two():
 
 def test_speed_scales_with_pixels_steps_and_preset():
     template = available_templates()[IT]
-    plans = {1: JobPlanner(0.0).plan(it_request(), template, 1, 81)}
+    plans = {1: plan_job(it_request(), template, 81, lanes(1), Learned(0.0)).segments}
     fast = estimate(it_request(), template, plans, 1).seconds_per_window
     assert fast == template.spec.speed.seconds_per_window["fast"]
     assert estimate(it_request(steps=8), template, plans, 1).seconds_per_window == pytest.approx(2 * fast)
@@ -61,7 +65,7 @@ def test_speed_scales_with_pixels_steps_and_preset():
 
 def test_a_learned_speed_wins_over_the_measured_one():
     template = available_templates()[IT]
-    plans = {1: JobPlanner(0.0).plan(it_request(), template, 1, 153)}
+    plans = {1: plan_job(it_request(), template, 153, lanes(1), Learned(0.0)).segments}
     result = estimate(it_request(), template, plans, 1, learned_s_per_frame=0.5)
     assert result.basis == "learned from this worker's jobs" and result.seconds_per_window == 36.0
     assert result.wall_s == 72.0  # 153 frames: 2 windows
@@ -71,17 +75,17 @@ def test_dry_run_plans_without_running_and_a_real_job_reports_its_estimate(pool,
     image, audio = make_image(media_dir / "face.png"), make_tone(media_dir / "speech.wav", 6.0)
     job = {"workflow": "still", "image": str(image), "audio": str(audio), "width": 128, "height": 96,
            "output": {"destination": "volume"}}
-    planner = JobPlanner(0.0)
+    planner = Learned(0.0)
     started = time.monotonic()
-    dry = run_job({**job, "dry_run": True}, pool, settings, planner=planner)
+    dry = run_job({**job, "dry_run": True}, pool, settings, learned=planner)
     assert dry["dry_run"] is True and dry["frames"] == 150 and dry["instances_available"] == 2
     assert [(s["start_frame"], s["end_frame"]) for s in dry["segments"]][-1][1] == 150
     assert dry["estimate"] is None  # `still` declares no speed and the worker has run nothing yet
     assert time.monotonic() - started < 10 and not list(settings.output_volume_dir.glob("*.mp4"))
 
-    real = run_job(job, pool, settings, planner=planner)
+    real = run_job(job, pool, settings, learned=planner)
     assert real["estimate"] is None and real["frames"] == 150
-    again = run_job({**job, "dry_run": True}, pool, settings, planner=planner)
+    again = run_job({**job, "dry_run": True}, pool, settings, learned=planner)
     learned = again["estimate"]
     assert learned["basis"] == "learned from this worker's jobs" and learned["seconds_per_window"] > 0
     assert [o["gpus"] for o in learned["per_gpu_count"]] == [1, 2]
@@ -91,6 +95,6 @@ def test_dry_run_plans_without_running_and_a_real_job_reports_its_estimate(pool,
 def test_dry_run_of_infinitetalk_needs_no_model(pool, settings, media_dir):
     image, audio = make_image(media_dir / "face.png"), make_tone(media_dir / "speech.wav", 842 / 25)
     dry = run_job({"workflow": IT, "image": str(image), "audio": str(audio), "width": 832, "height": 480,
-                   "dry_run": True, "output": {"destination": "volume"}}, pool, settings, planner=JobPlanner(0.0))
+                   "dry_run": True, "output": {"destination": "volume"}}, pool, settings, learned=Learned(0.0))
     assert [s["windows"] for s in dry["segments"]] == [6, 6] and dry["quality"] == "fast"
     assert dry["estimate"]["per_gpu_count"][0]["gpu_s"] == dry["estimate"]["gpu_s"]

@@ -1,4 +1,4 @@
-"""Every ffmpeg the worker runs has a deadline and stops when its job is cancelled (worker/ffmpeg_calls.py),
+"""Every ffmpeg the worker runs has a deadline and stops when its job is cancelled (worker/media/ffmpeg.py),
 against real ffmpeg processes that would otherwise never end."""
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ import ffmpeg
 import psutil
 import pytest
 
-from worker import ffmpeg_calls
-from worker.errors import JobCancelled, JobFailed
-from worker.ffmpeg_calls import Limits, ProbeError
+from worker.media import ffmpeg as ffmpeg_calls
+from worker.request.errors import JobCancelled, JobFailed
+from worker.media.ffmpeg import Limits, ProbeError
 
 
 def endless(dest: Path):
@@ -60,7 +60,7 @@ def test_measuring_the_loudness_stops_at_its_deadline_and_on_cancel(tmp_path):
     writes to) is stopped like every other ffmpeg."""
     import os
 
-    from worker.loudness import loudness_envelope
+    from worker.media.loudness import loudness_envelope
 
     silent_pipe = tmp_path / "audio.wav"
     os.mkfifo(silent_pipe)

@@ -234,7 +234,7 @@ def test_image_refuses_to_serve_without_models_by_default(image, container):
     """As on RunPod (RUNPOD_WEBHOOK_GET_JOB set), with the image's REQUIRE_MODELS=1 and no models: the
     runpod fitness check stops the worker before it takes a job, naming every missing file."""
     assert "REQUIRE_MODELS=1" in image_config(image)["Env"]
-    from worker.model_weights import model_files
+    from worker.templates.model_files import model_files
 
     required = model_files()
     assert required

@@ -29,9 +29,9 @@ from comfy_manager import ComfyClient, InstancePool, PoolSettings
 from tests.conftest import shifted_port
 from tests.media_factory import frame_count, make_image, make_index_video, make_tone, media_duration
 from tests.template_check import REQUESTS, bind_case, variants
-from worker.config import WorkerSettings
+from worker.request.settings import WorkerSettings
 from worker.job import run_job
-from worker.templates import load_template
+from worker.templates.template import load_template
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED_TOKENIZER = REPO.parent / "shared" / "custom_nodes" / "standin-umt5-tokenizer" / "tokenizer.json.gz"
@@ -211,7 +211,7 @@ def test_node_schema_matches_the_real_nodes(it_pool):
     """workflows/custom_nodes_schema.json is what scripts/update_node_schema.py writes from this ComfyUI."""
     import json
     from scripts.update_node_schema import SCHEMA, fetch_object_info, schema_from_object_info, used_classes
-    from worker.templates import WORKFLOWS_DIR
+    from worker.templates.template import WORKFLOWS_DIR
     live = schema_from_object_info(fetch_object_info(it_pool.instances[0].url), used_classes([WORKFLOWS_DIR]),
                                    json.loads((REPO / "models" / "manifest.json").read_text()))
     assert live == json.loads(SCHEMA.read_text()), "run scripts/update_node_schema.py"

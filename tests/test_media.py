@@ -14,15 +14,15 @@ import pytest
 from tests import real_media
 from tests.media_factory import (frame_count, make_index_video, make_tone, media_duration, read_indices,
                                  write_split_segment, yuv420p_frames)
-from worker import inputs, media_sources, probe
-from worker.config import MB
-from worker.errors import JobFailed, JobInputError
-from worker.ffmpeg_calls import Limits
-from worker.media_sources import fetch_media
-from worker.planner import Segment, plan_segments
-from worker.segment_video import SegmentVideo
-from worker.seam_blend import Span, blend_frame
-from worker.stitch import OutputFormat, Stitcher, StitchResult, plan_chunks
+from worker.media import inputs, probe, sources as media_sources
+from worker.request.settings import MB
+from worker.request.errors import JobFailed, JobInputError
+from worker.media.ffmpeg import Limits
+from worker.media.sources import fetch_media
+from worker.planning.segment_plan import Segment, plan_segments
+from worker.render.segment_video import SegmentVideo
+from worker.output.seam_blend import Span, blend_frame
+from worker.output.stitch import OutputFormat, Stitcher, StitchResult, plan_chunks
 
 # The request's defaults (crf 19, veryfast, 192 kb/s AAC) at the test videos' size and rate.
 OUTPUT = OutputFormat(width=128, height=64, fps=25, crf=19, preset="veryfast", audio_bitrate_kbps=192)

@@ -15,15 +15,16 @@ import psutil
 import pytest
 
 from tests.media_factory import make_index_video, make_tone, read_indices
-from worker.config import MB
-from worker.errors import JobInputError
+from worker.request.settings import MB
+from worker.request.errors import JobInputError
 from worker.job import run_job
-from worker.job_planner import JobPlanner
-from worker.memory import (GB, FrameCost, Footprints, InstanceBudget, PeakMemory, SegmentMemory, anonymous_rss,
+from worker.planning.learned import Learned
+from worker.planning.plan import Lane, local_lanes, plan_job
+from worker.planning.memory import (GB, FrameCost, Footprints, InstanceBudget, PeakMemory, SegmentMemory, anonymous_rss,
                            available_ram, frames_that_fit, instance_budgets)
-from worker.planner import Segment
-from worker.request import parse_request
-from worker.templates import available_templates
+from worker.planning.segment_plan import Segment
+from worker.request.job_request import parse_request
+from worker.templates.template import available_templates
 
 RESTYLE = available_templates()["restyle"]
 FRAME = 72 * 512 * 512  # restyle's declared RAM per 512x512 frame (workflows/restyle.bindings.json)
@@ -37,15 +38,21 @@ def cpu(name: str, ram_mb: float) -> InstanceBudget:
     return InstanceBudget(name, int(ram_mb * MB), None, int(ram_mb * MB))
 
 
+def plan(job, frames: int, budgets: list[InstanceBudget] | None = None):
+    """The plan of a restyle job on two instances (with these memory budgets, else none known)."""
+    lanes = local_lanes(budgets) if budgets else [Lane("cpu0:8188"), Lane("cpu1:8189")]
+    return plan_job(job, RESTYLE, frames, lanes, Learned()).segments
+
+
 def test_segments_are_capped_to_what_fits_so_a_long_job_gets_more_segments_than_instances():
     budgets = [cpu("cpu0:8188", 8000), cpu("cpu1:8189", 6000)]  # 6000 MB / 18 MB a frame: 333 frames
-    plan = JobPlanner().plan(request(), RESTYLE, 2, 1500, budgets)
+    planned = plan(request(), 1500, budgets)
     fits = int(6000 * MB // FRAME)
-    assert max(s.frames for s in plan.segments) <= fits < 1500 // 2
-    assert len(plan.segments) == 5  # ceil((1500 - 8) / (333 - 8))
-    assert plan.segments[0].start == 0 and plan.segments[-1].end == 1500
+    assert max(s.frames for s in planned.segments) <= fits < 1500 // 2
+    assert len(planned.segments) == 5  # ceil((1500 - 8) / (333 - 8))
+    assert planned.segments[0].start == 0 and planned.segments[-1].end == 1500
     # a short job, or no known cost, is not touched
-    assert len(JobPlanner().plan(request(), RESTYLE, 2, 300, budgets).segments) == 2
+    assert len(plan(request(), 300, budgets).segments) == 2
 
 
 def test_the_tightest_instance_and_memory_set_the_cap_fixed_parts_taken_off():
@@ -61,7 +68,7 @@ def test_the_tightest_instance_and_memory_set_the_cap_fixed_parts_taken_off():
 
 def test_a_job_that_cannot_fit_is_refused_with_the_numbers():
     with pytest.raises(JobInputError) as refused:
-        JobPlanner().plan(request(), RESTYLE, 2, 1500, [cpu("cpu0:8188", 300), cpu("cpu1:8189", 250)])
+        plan(request(), 1500, [cpu("cpu0:8188", 300), cpu("cpu1:8189", 250)])
     message = str(refused.value)
     assert message.startswith("width: a 512x512 frame of workflow 'restyle' costs an instance about 18 MB of RAM "
                               "(declared by the template); cpu1:8189 has 250 MB of RAM for frames"), message
@@ -70,7 +77,7 @@ def test_a_job_that_cannot_fit_is_refused_with_the_numbers():
 
 
 def test_the_cost_learned_from_a_job_replaces_the_declared_one():
-    planner = JobPlanner()
+    planner = Learned()
     job = request(width=256, height=256)
     assert planner.frame_cost(job, RESTYLE).ram_bytes == 72 * 256 * 256
 
@@ -96,10 +103,10 @@ def test_a_cold_instance_teaches_no_frame_cost_and_its_footprint_then_includes_i
     peak is no frame's cost (it capped a 1-GPU InfiniteTalk job on an H200 to segments of at most 297
     frames), and what the instance holds afterwards is its footprint, not memory a budget may hand out.
     Its time is not the frames' either, where warm segments ran too."""
-    planner = JobPlanner()
+    planner = Learned()
     job = request(width=256, height=256)
     gone = 2**22 + 12345  # a pid no process has (above the kernel's pid_max): its readings are 0, the stored ones count
-    cold_instance = SimpleNamespace(process=SimpleNamespace(pid=gone), prompts_finished=0, vram_gb=None, name="gpu0")
+    cold_instance = SimpleNamespace(process=SimpleNamespace(pid=gone), warm=False, vram_gb=None, name="gpu0")
     before = planner.memory_budgets([cold_instance], 0, 100 * GB)[0]
 
     def result(peak_mb: float, least_mb: float, cold: bool, seconds: float) -> SimpleNamespace:
@@ -116,7 +123,7 @@ def test_a_cold_instance_teaches_no_frame_cost_and_its_footprint_then_includes_i
     assert planner.frame_cost(job, RESTYLE).ram_bytes == 20 * MB
     assert planner.learned_s_per_frame(job, RESTYLE) == pytest.approx(0.5 * 0.2 + 0.5 * 1.0)
     # the warm footprint is kept apart from the cold one: a budget reads it once the instance is warm
-    warm_instance = SimpleNamespace(**{**vars(cold_instance), "prompts_finished": 1})
+    warm_instance = SimpleNamespace(**{**vars(cold_instance), "warm": True})
     planner.footprints.see(gone, 10 * GB, warm=True)
     after = planner.memory_budgets([warm_instance], 0, 100 * GB)[0]
     assert before.ram_bytes - after.ram_bytes > 9 * GB
@@ -124,13 +131,13 @@ def test_a_cold_instance_teaches_no_frame_cost_and_its_footprint_then_includes_i
 
 def test_a_max_segment_frames_without_room_for_two_overlaps_is_refused_not_planned_forever():
     with pytest.raises(JobInputError, match="max_segment_frames: must be more than twice the overlap"):
-        JobPlanner().plan(request(max_segment_frames=16), RESTYLE, 2, 100)
+        plan(request(max_segment_frames=16), 100)
     # 15 frames in segments of at most 10 overlapping by 8: a middle segment would be needed, with no room
     with pytest.raises(JobInputError, match="max_segment_frames: must be more than twice the overlap"):
-        JobPlanner().plan(request(max_segment_frames=10), RESTYLE, 2, 15)
+        plan(request(max_segment_frames=10), 15)
     # 12 frames: two segments, 0-10 and 2-12, each with one overlap
-    plan = JobPlanner().plan(request(max_segment_frames=10), RESTYLE, 2, 12)
-    assert [(s.start, s.end) for s in plan.segments] == [(0, 10), (2, 12)]
+    planned = plan(request(max_segment_frames=10), 12)
+    assert [(s.start, s.end) for s in planned.segments] == [(0, 10), (2, 12)]
 
 
 # -- measuring real processes ------------------------------------------------------------------------------
@@ -153,7 +160,7 @@ def test_instance_budgets_share_the_budget_less_each_idle_footprint():
     children = [subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"]) for _ in range(2)]
     try:
         time.sleep(0.5)
-        instances = [SimpleNamespace(name=f"cpu{i}", process=child, vram_gb=None) for i, child in enumerate(children)]
+        instances = [SimpleNamespace(name=f"cpu{i}", process=child, vram_gb=None, warm=True) for i, child in enumerate(children)]
         instances[1].vram_gb = 24.0
         footprints = Footprints()
         budgets = instance_budgets(instances, footprints, reserve_bytes=0, budget_bytes=4 * GB)
@@ -181,7 +188,7 @@ class Footprint:
     most: int  # the larger idle footprint of the two instances
 
 
-def footprint_now(pool, planner: JobPlanner) -> Footprint:
+def footprint_now(pool, planner: Learned) -> Footprint:
     budgets = planner.memory_budgets(pool.instances, 0, 2 * 64 * GB)  # records the footprints
     return Footprint(max(64 * GB - b.ram_bytes for b in budgets))
 
@@ -194,11 +201,11 @@ def restyle_job(media_dir, frames: int) -> dict:
 
 
 def test_a_job_too_long_for_the_instances_memory_runs_in_more_segments_than_instances(pool, settings, media_dir):
-    planner = JobPlanner()
+    planner = Learned()
     per_frame = 72 * 128 * 64
     room = footprint_now(pool, planner).most + 60 * per_frame  # about 60 frames on the fuller instance
     tight = settings.model_copy(update={"memory_budget_mb": 2 * room / MB})
-    output = run_job(restyle_job(media_dir, 200), pool, tight, planner=planner)
+    output = run_job(restyle_job(media_dir, 200), pool, tight, learned=planner)
     fits = min(b.ram_bytes for b in planner.memory_budgets(pool.instances, 0, 2 * room)) // per_frame
     assert output["segments_processed"] > pool.size  # more segments than instances
     assert max(s["frames"] for s in output["segments"]) <= fits
@@ -209,11 +216,11 @@ def test_a_job_too_long_for_the_instances_memory_runs_in_more_segments_than_inst
 
 
 def test_a_job_whose_shortest_segment_cannot_fit_is_refused_before_any_work(pool, settings, media_dir):
-    planner = JobPlanner()
+    planner = Learned()
     room = footprint_now(pool, planner).most + 5 * 72 * 128 * 64  # 5 frames; segments need 17
     tight = settings.model_copy(update={"memory_budget_mb": 2 * room / MB})
     with pytest.raises(JobInputError, match=r"^width: a 128x64 frame of workflow 'restyle' costs an instance about "
                                             r"1 MB of RAM \(declared by the template\); cpu\d*:\d+ has \d+ MB of RAM "
                                             r"for frames .*so a segment could hold \d frames, fewer than the 17"):
-        run_job(restyle_job(media_dir, 200), pool, tight, planner=planner)
+        run_job(restyle_job(media_dir, 200), pool, tight, learned=planner)
     assert list(settings.job_work_dir.iterdir()) == []

@@ -1,4 +1,4 @@
-"""The model check (worker/model_weights.py), its fitness check under runpod, the extra model paths, and
+"""The model check (worker/templates/model_files.py), its fitness check under runpod, the extra model paths, and
 scripts/download_models.py against a local stand-in for Hugging Face."""
 
 from __future__ import annotations
@@ -16,8 +16,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from worker import model_weights as models
-from worker.model_weights import find_model, missing_message, missing_models, model_files, models_fitness_check
+from worker.templates import model_files as models
+from worker.templates.model_check import models_fitness_check
+from worker.templates.model_files import find_model, missing_message, missing_models, model_files
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DOWNLOAD = REPO_ROOT / "scripts" / "download_models.py"
@@ -157,7 +158,7 @@ def test_fitness_check_only_with_require_models(tmp_path, monkeypatch, manifest_
 FITNESS_SCRIPT = """
 import asyncio, runpod
 from runpod.serverless.modules.rp_fitness import run_fitness_checks
-from worker.model_weights import models_fitness_check
+from worker.templates.model_check import models_fitness_check
 runpod.serverless.register_fitness_check(models_fitness_check)
 asyncio.run(run_fitness_checks())
 print("SERVING")
@@ -170,9 +171,9 @@ def test_runpod_fitness_check_refuses_to_start_without_models(tmp_path, manifest
     env = dict(os.environ, MODELS_MANIFEST=str(manifest_file), COMFYUI_PATH=str(tmp_path / "ComfyUI"),
                REQUIRE_MODELS="1", RUNPOD_SKIP_AUTO_SYSTEM_CHECKS="true", RUNPOD_SKIP_GPU_CHECK="true",
                PYTHONPATH=str(REPO_ROOT))
-    script = FITNESS_SCRIPT.replace("from worker.model_weights import models_fitness_check",
-                                    f"import worker.model_weights as m; m.EXTRA_MODEL_PATHS = m.Path({str(empty_yaml)!r})\n"
-                                    "from worker.model_weights import models_fitness_check")
+    script = FITNESS_SCRIPT.replace("from worker.templates.model_check import models_fitness_check",
+                                    f"import worker.templates.model_files as m; m.EXTRA_MODEL_PATHS = m.Path({str(empty_yaml)!r})\n"
+                                    "from worker.templates.model_check import models_fitness_check")
     failed = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
     output = failed.stdout + failed.stderr
     assert failed.returncode == 1, output

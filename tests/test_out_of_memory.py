@@ -17,7 +17,7 @@ import pytest
 from comfy_manager.oom import MemoryCgroup, ProcessEnd, kernel_oom_kill, oom_line, out_of_memory
 from tests.media_factory import make_image, make_tone
 from tests.test_faults import slow_job, wait_pool_idle, wait_until
-from worker.errors import JobFailed
+from worker.request.errors import JobFailed
 from worker.job import run_job
 
 # A template that asks EmptyImage for 4096 frames of 16384 x 16384: the CPU allocator refuses at once.

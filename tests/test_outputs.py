@@ -17,11 +17,11 @@ import boto3
 import pytest
 import requests
 
-from worker import outputs
-from worker.config import WorkerSettings
-from worker.errors import JobFailed, JobInputError
-from worker.outputs import check_deliverable, deliver, estimate_mp4_bytes
-from worker.stitch import OutputFormat
+from worker.output import delivery as outputs
+from worker.request.settings import WorkerSettings
+from worker.request.errors import JobFailed, JobInputError
+from worker.output.delivery import check_deliverable, deliver, estimate_mp4_bytes
+from worker.output.stitch import OutputFormat
 
 ACCESS_KEY = "AKIATESTKEYID0000042"
 SECRET_KEY = "s3cr3t-Sup3rSecretValue/0123456789abcdefXYZ"

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from worker.planner import FrameGrid, plan_segments, segment_count, total_frames_for
+from worker.templates.frame_grid import FrameGrid
+from worker.planning.segment_plan import plan_segments, segment_count, total_frames_for
 
 
 def check_plan(plan, total, overlap):

@@ -23,7 +23,7 @@ from comfy_manager.pool import RestartBudget
 from tests.conftest import pool_settings, shifted_port
 from tests.media_factory import read_indices
 from tests.test_faults import running_instance, slow_job, wait_pool_idle, wait_until
-from worker.errors import JobCancelled, WorkerUnhealthy
+from worker.request.errors import JobCancelled, WorkerUnhealthy
 from worker.job import run_job
 
 

@@ -12,10 +12,11 @@ import requests
 from comfy_manager.client import PromptProgress
 from tests.media_factory import make_index_video, make_tone
 from tests.worker_api import WorkerApi
-from worker.job_planner import LearnedRates
-from worker.planner import FrameGrid, plan_segments
-from worker.progress import JobProgressTracker
-from worker.templates import available_templates
+from worker.planning.learned import LearnedRates
+from worker.templates.frame_grid import FrameGrid
+from worker.planning.segment_plan import plan_segments
+from worker.progress.tracker import JobProgressTracker
+from worker.templates.template import available_templates
 
 STAGES = ["preparing", "generating", "stitching", "delivering", "done"]
 
@@ -236,9 +237,9 @@ def test_infinitetalk_segments_report_their_sampling_windows_as_the_dry_run_coun
 
 
 def test_a_job_that_fails_is_reported_failed_though_it_stopped_its_own_segments():
-    """A segment that fails for good sets the job's cancel event to stop the others (worker/segments.py):
+    """A segment that fails for good sets the job's cancel event to stop the others (worker/render/segments.py):
     the job's end is still FAILED. Only a cancel asked for (the local API, RunPod) ends it CANCELLED."""
-    from worker.live_jobs import LiveJobs
+    from worker.api.live_jobs import LiveJobs
 
     jobs = LiveJobs()
     jobs.started("a").set()  # what run_segments does when a segment fails for good

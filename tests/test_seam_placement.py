@@ -1,4 +1,4 @@
-"""Seam placement (worker/seam_placement.py) on real speech: the loudness envelope measured with ffmpeg from
+"""Seam placement (worker/planning/seam_placement.py) on real speech: the loudness envelope measured with ffmpeg from
 espeak-ng's voice, pauses found independently by ffmpeg's silencedetect; and the budget's arithmetic."""
 
 from __future__ import annotations
@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 
 from tests.media_factory import make_speech, media_duration, silences
-from worker.loudness import SILENCE_DB, loudness_envelope
-from worker.planner import FrameGrid, plan_segments, total_frames_for
-from worker.seam_placement import SeamSearch, place_seams
+from worker.media.loudness import SILENCE_DB, loudness_envelope
+from worker.templates.frame_grid import FrameGrid
+from worker.planning.segment_plan import plan_segments, total_frames_for
+from worker.planning.seam_placement import SeamSearch, place_seams
 
 FPS = 25
 OVERLAP = 8

@@ -13,17 +13,17 @@ import pytest
 from tests.media_factory import (make_image, make_index_video, make_tone, media_duration, read_indices, silences,
                                  write_split_segment, yuv420p_frames)
 from tests.test_seam_placement import FPS, in_pause, speech_with_a_seam_after_its_pause
-from worker import inputs
-from worker.errors import JobInputError
+from worker.media import inputs
+from worker.request.errors import JobInputError
 from worker.job import run_job
-from worker.loudness import LoudnessEnvelope
-from worker.planner import plan_segments
-from worker.response import JobResponse
-from worker.seam_blend import BlendOptions, Span, blend_frame, choose_span
-from worker.segment_format import SegmentStats
-from worker.segment_video import SegmentVideo
-from worker.stitch import OutputFormat, Stitcher
-from worker.summary import format_summary
+from worker.media.loudness import LoudnessEnvelope
+from worker.planning.segment_plan import plan_segments
+from worker.output.response import JobResponse
+from worker.output.seam_blend import BlendOptions, Span, blend_frame, choose_span
+from worker.media.segment_format import SegmentStats
+from worker.render.segment_video import SegmentVideo
+from worker.output.stitch import OutputFormat, Stitcher
+from worker.output.summary import format_summary
 
 TEST_WORKFLOWS = Path(__file__).resolve().parent / "workflows"
 OUTPUT = OutputFormat(width=128, height=64, fps=FPS, crf=19, preset="veryfast", audio_bitrate_kbps=192)

@@ -12,7 +12,7 @@ from pydantic import ValidationError
 
 from comfy_manager import PoolSettings
 from comfy_manager.settings import REPO_ROOT
-from worker.config import MB, WorkerSettings
+from worker.request.settings import MB, WorkerSettings
 
 SETTINGS = (WorkerSettings, PoolSettings)
 SET_BY_RUNPOD = {"RUNPOD_WEBHOOK_POST_OUTPUT"}  # read, but no one configures it

@@ -20,7 +20,7 @@ from comfy_manager import ComfyClient
 from tests.media_factory import make_image, make_index_video, make_tone
 from tests.template_check import (MANIFEST_PATH, REQUESTS, SCHEMA_PATH, Models, bind_case, check_graph, core_nodes,
                                   custom_nodes, variants)
-from worker.templates import WORKFLOWS_DIR, TemplateSpec, load_template
+from worker.templates.template import WORKFLOWS_DIR, TemplateSpec, load_template
 
 TEMPLATE_NAMES = sorted(p.name[: -len(".bindings.json")] for p in WORKFLOWS_DIR.glob("*.bindings.json"))
 
@@ -65,7 +65,7 @@ def uploaded(instance, tmp_path_factory):
 
 @pytest.mark.parametrize("name", TEMPLATE_NAMES)
 def test_template_matches_node_definitions(name, nodes, models):
-    template = load_template(name)  # also runs worker.templates' own structural check
+    template = load_template(name)  # also runs worker.templates.template' own structural check
     problems = check_graph(name, template.graph, template.spec, nodes, models)
     assert not problems, f"workflow {name!r}:\n  " + "\n  ".join(problems)
 

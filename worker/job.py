@@ -15,36 +15,36 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from comfy_manager import CancelEvent, InstancePool, NoInstanceLeft
-from worker.config import WorkerSettings
-from worker.errors import WorkerUnhealthy
-from worker.inputs import cut_segment_inputs, fetch_inputs
-from worker.job_context import JobContext
-from worker.job_planner import JobPlanner
-from worker.loudness import loudness_envelope
-from worker.outputs import check_deliverable, deliver
-from worker.progress import JobProgressTracker, ProgressSink
-from worker.request import JobRequest, parse_request
-from worker.estimate import estimate
-from worker.response import Timings, build_dry_run, build_response
-from worker.seam_blend import BlendOptions
-from worker.segments import run_segments
-from worker.stitch import OutputFormat, Stitcher
-from worker.summary import format_summary
-from worker.templates import choose_template
+from worker.media.ffmpeg import Limits
+from worker.media.inputs import cut_segment_inputs, fetch_inputs
+from worker.media.loudness import loudness_envelope
+from worker.output.delivery import check_deliverable, deliver
+from worker.output.response import Timings, build_dry_run, build_response
+from worker.output.seam_blend import BlendOptions
+from worker.output.stitch import OutputFormat, Stitcher
+from worker.output.summary import format_summary
+from worker.planning.learned import Learned
+from worker.planning.plan import local_lanes, plan_job
+from worker.progress.tracker import JobProgressTracker, ProgressSink
+from worker.render.segments import RenderJob, run_segments
+from worker.request.errors import WorkerUnhealthy
+from worker.request.job_request import JobRequest, parse_request
+from worker.request.settings import WorkerSettings
+from worker.templates.template import choose_template
 
 log = logging.getLogger(__name__)
 
 
 def run_job(job_input: Any, pool: InstancePool, settings: WorkerSettings, job_id: str | None = None,
             on_progress: ProgressSink | None = None, cancel: threading.Event | None = None,
-            planner: JobPlanner | None = None) -> dict:
+            learned: Learned | None = None) -> dict:
     """Runs one job and returns the response as a dict; raises JobInputError, JobFailed or JobCancelled.
 
-    `on_progress` gets the job's progress (worker.progress.JobProgress) about once a second, from a thread
-    of its own. Setting `cancel` stops the job: its prompts are interrupted and dequeued, its files removed (a
-    comfy_manager.CancelEvent also wakes segments waiting for an instance at once). `planner`: the worker's,
-    which learns from each job how to size the next one's segments and how long jobs take (default: a fresh
-    one). WorkerUnhealthy (within seconds) when no ComfyUI instance is left in service.
+    `on_progress` gets the job's progress (worker.progress.tracker.JobProgress) about once a second, from a
+    thread of its own. Setting `cancel` stops the job: its prompts are interrupted and dequeued, its files
+    removed (a comfy_manager.CancelEvent also wakes segments waiting for an instance at once). `learned`: the
+    worker's, which learns from each job how to size the next one's segments and how long jobs take (default:
+    a fresh one). WorkerUnhealthy (within seconds) when no ComfyUI instance is left in service.
     """
     started = time.monotonic()
     try:
@@ -55,42 +55,42 @@ def run_job(job_input: Any, pool: InstancePool, settings: WorkerSettings, job_id
     template = choose_template(request, settings)
     for instance in pool.instances:  # a template with no settings for this worker's GPUs is refused now
         template.params_for(request.quality, instance.vram_gb, request.template_params)
-    planner = planner or JobPlanner(settings.stitch_lead)
+    learned = learned or Learned(settings.stitch_lead)
+    cancel = cancel or CancelEvent()
+    limits = Limits.of(settings, cancel)
     output = output_format(request)
     with job_folder(settings, job_id) as (job_id, work_dir), \
             JobProgressTracker(on_progress, started, job_id) as progress:
-        ctx = JobContext(request, template, pool, settings, job_id, work_dir, progress, cancel or CancelEvent(),
-                         started)
-        inputs = fetch_inputs(ctx)
+        inputs = fetch_inputs(request, settings, work_dir, limits)
         frames = inputs.total_frames(request.fps)
         check_deliverable(request.output.destination, output, frames, settings)  # before any GPU time
-        budgets = planner.memory_budgets(pool.serving_instances, settings.memory_reserve_bytes, settings.memory_budget_bytes)
-        balanced = planner.plan(request, template, pool.size, frames, budgets)
-        expected = estimate(request, template, planner.plans_by_gpu_count(request, template, pool.size, frames, budgets),
-                            planner.parallelism(request, pool.size), planner.learned_s_per_frame(request, template))
+        loudness = None if request.dry_run else loudness_envelope(inputs.final_audio, request.fps, frames, limits)
+        lanes = local_lanes(learned.memory_budgets(pool.serving_instances, settings.memory_reserve_bytes,
+                                                   settings.memory_budget_bytes))
+        planned = plan_job(request, template, frames, lanes, learned, None if loudness is None else loudness.levels_db,
+                           settings.seam_budget_percent)
         if request.dry_run:
             progress.finish()
-            return build_dry_run(ctx, balanced, expected).model_dump()
-        loudness = loudness_envelope(inputs.final_audio, request.fps, frames, settings.ffmpeg_limits(ctx.cancel))
-        placement = planner.place_seams(request, template, pool.size, balanced, loudness, settings.seam_budget_percent,
-                                        budgets)
-        plan = placement.plan
-        progress.planned(plan, template, planner.learned(request, template))
-        segment_inputs = cut_segment_inputs(ctx, plan, inputs)
+            return build_dry_run(request, template, planned, len(lanes)).model_dump()
+        plan = planned.segments
+        progress.planned(plan, template, planned.learned)
+        segment_inputs = cut_segment_inputs(request, plan, inputs, work_dir, limits)
         prepared = time.monotonic()
         progress.stage("generating")
         blend = BlendOptions(request.seams.blend == "focused", request.seams.blend_frames)
+        render = RenderJob.of(job_id, request, template, pool, work_dir, progress, cancel, settings)
         with Stitcher(plan, work_dir / "chunks", inputs.final_audio, output, blend=blend, loudness=loudness,
-                      limits=settings.ffmpeg_limits(ctx.cancel)) as stitcher:
-            results = run_segments(ctx, plan, segment_inputs, on_video=stitcher.add_segment)
+                      limits=limits) as stitcher:
+            results = run_segments(render, plan, segment_inputs, on_video=stitcher.add_segment)
             progress.stage("stitching")
             stitched = stitcher.finish(work_dir / "result.mp4")
         generated, finished = max(r.finished_at for r in results), time.monotonic()
         progress.stage("delivering")
         delivery = deliver(stitched.path, request.output.destination, job_id, settings)
         timings = Timings.between(started, prepared, generated, finished, time.monotonic())
-        planner.learn(request, template, results, stitched, timings)
-        response = build_response(ctx, placement, results, stitched, delivery, timings, loudness.median_db, expected)
+        learned.learn(request, template, results, stitched, timings)
+        response = build_response(request, template, planned, results, stitched, delivery, timings,
+                                  loudness.median_db, len(lanes), started)
         progress.finish()
     log.info("job %s done\n%s", job_id, format_summary(response))
     return response.model_dump()
