@@ -1,0 +1,235 @@
+"""One self-attention call of InfiniteTalk's DiT at its real shape, through each kernel that can run here.
+
+    python3 benchmarks/attention_bench.py --out $OUT/attention.json      # on the GPU machine, torch only
+    # fp8 candidates that travel as wheels (benchmarks/device/README: .whl, carried): nvidia-cudnn-frontend
+
+The shape: 832x480, 81 frames -> 21 latent frames x 30 x 52 patches = 32,760 tokens, 40 heads of 128, batch 1,
+bf16, laid out as the wrapper calls sdpa: q, k, v made [B, L, H, D] and passed as q.transpose(1, 2).
+Per kernel: the median of --reps timed calls (CUDA events) after warm-up, TFLOP/s (4 B H L^2 D), the CUDA kernels
+it launched (names, from torch.profiler: which backend sdpa really picked), and its error against an fp32
+reference on a slice (2 heads x 2,048 queries against all 32,760 keys): ||out - ref|| / ||ref||.
+fp8 kernels are timed without and with the quantization of q, k, v (per-tensor scale from the amax) that a
+model would have to add.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+import traceback
+
+import torch
+import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+B, L, H, D = 1, 32760, 40, 128
+FLOP = 4 * B * H * L * L * D
+REF_HEADS, REF_QUERIES = 2, 2048
+FP8_MAX = 448.0
+
+
+def timed(fn, reps: int) -> float:
+    for _ in range(3):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(reps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    times.sort()
+    return times[len(times) // 2] / 1000
+
+
+def kernels_of(fn) -> list[str]:
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    names: dict[str, float] = {}
+    for e in prof.events():
+        if e.device_type == torch.autograd.DeviceType.CUDA:
+            names[e.name] = names.get(e.name, 0.0) + e.device_time_total
+    return [f"{n[:140]} ({t / 1000:.2f} ms)" for n, t in sorted(names.items(), key=lambda kv: -kv[1])[:4]]
+
+
+def reference(q, k, v) -> torch.Tensor:
+    """fp32 attention of the first REF_HEADS heads and REF_QUERIES queries, [B, Lq, h, D]."""
+    qs = q[:, :REF_QUERIES, :REF_HEADS].float().transpose(1, 2)
+    ks = k[:, :, :REF_HEADS].float().transpose(1, 2)
+    vs = v[:, :, :REF_HEADS].float().transpose(1, 2)
+    with sdpa_kernel(SDPBackend.MATH):
+        return F.scaled_dot_product_attention(qs, ks, vs).transpose(1, 2)
+
+
+def rel_err(out_blhd: torch.Tensor, ref: torch.Tensor) -> float:
+    o = out_blhd[:, :REF_QUERIES, :REF_HEADS].float()
+    return float((o - ref).norm() / ref.norm())
+
+
+def quantize(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-tensor fp8 e4m3: x / scale with scale = amax / 448; returns (fp8 tensor, descale = scale as fp32)."""
+    scale = (x.abs().amax().float() / FP8_MAX).clamp(min=1e-12)
+    return (x / scale).to(torch.float8_e4m3fn), scale.reshape(1)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--reps", type=int, default=10)
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    dev = "cuda"
+    q = torch.randn(B, L, H, D, device=dev, dtype=torch.bfloat16)
+    k = torch.randn(B, L, H, D, device=dev, dtype=torch.bfloat16)
+    v = torch.randn(B, L, H, D, device=dev, dtype=torch.bfloat16)
+    ref = reference(q, k, v)
+    results = {"shape": {"B": B, "L": L, "H": H, "D": D}, "torch": torch.__version__,
+               "cudnn": torch.backends.cudnn.version(), "device": torch.cuda.get_device_name(), "kernels": []}
+
+    def record(name: str, fn, out_fn=None, note: str = "") -> None:
+        entry: dict = {"name": name, "note": note}
+        try:
+            out = (out_fn or fn)()
+            entry["rel_err"] = round(rel_err(out, ref), 5)
+            entry["s"] = round(timed(fn, args.reps), 5)
+            entry["tflops"] = round(FLOP / entry["s"] / 1e12, 1)
+            entry["cuda_kernels"] = kernels_of(fn)
+        except Exception as exc:
+            entry["failed"] = f"{type(exc).__name__}: {exc}"[:1500]
+            entry["trace"] = traceback.format_exc()[-1500:]
+        print(json.dumps({k2: v2 for k2, v2 in entry.items() if k2 != "trace"}), flush=True)
+        results["kernels"].append(entry)
+        with open(args.out, "w") as f:
+            json.dump(results, f, indent=1)
+
+    def wrapper_sdpa():  # exactly as the wrapper's attention(..., attention_mode="sdpa")
+        return F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)).transpose(1, 2)
+
+    record("sdpa, wrapper layout, default dispatch", wrapper_sdpa)
+    for backend in (SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION):
+        def forced(backend=backend):
+            with sdpa_kernel(backend):
+                return wrapper_sdpa()
+        record(f"sdpa forced {backend.name}", forced)
+
+    qc, kc, vc = (t.transpose(1, 2).contiguous() for t in (q, k, v))  # [B, H, L, D] contiguous
+
+    def bhld_sdpa():
+        return F.scaled_dot_product_attention(qc, kc, vc).transpose(1, 2)
+    record("sdpa, [B,H,L,D] contiguous, default dispatch", bhld_sdpa)
+
+    try:
+        from sageattention import sageattn
+
+        record("sageattn (SageAttention 1.0.6, Triton, int8 QK)", lambda: sageattn(q, k, v, tensor_layout="NHD"))
+    except ImportError as exc:
+        results["sageattn"] = f"not importable: {exc}"
+
+    # PyTorch's own fp8 attention (torch >= 2.11, experimental): FA3 (per-head descale) or cuDNN (per-tensor).
+    try:
+        from torch.nn.attention.experimental import _scaled_dot_product_attention_quantized as sdpq
+
+        results["torch_fp8_descale_types"] = [t.name for t in sdpq.DescaleType]
+        q8, dq = quantize(qc)
+        k8, dk = quantize(kc)
+        v8, dv = quantize(vc)
+        for type_name in results["torch_fp8_descale_types"]:
+            dtype_ = sdpq.DescaleType[type_name]
+            shape = (B, H) if type_name == "PER_HEAD" else (1, 1, 1, 1)
+            descales = [d.expand(shape).contiguous() if type_name == "PER_HEAD" else d.reshape(shape)
+                        for d in (dq, dk, dv)]
+
+            def fp8_call(dtype_=dtype_, descales=descales):
+                with sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.CUDNN_ATTENTION]):
+                    return sdpq._scaled_dot_product_attention_quantized(
+                        q8, k8, v8, q_descale=descales[0], k_descale=descales[1], v_descale=descales[2],
+                        q_descale_type=dtype_, k_descale_type=dtype_, v_descale_type=dtype_).transpose(1, 2)
+            record(f"torch fp8 sdpa quantized ({type_name})", fp8_call)
+    except Exception as exc:
+        results["torch_fp8"] = f"{type(exc).__name__}: {exc}"[:1500]
+        print("torch fp8:", results["torch_fp8"], flush=True)
+
+    cudnn_fp8(record, q, k, v, results)
+    with open(args.out, "w") as f:
+        json.dump(results, f, indent=1)
+    for e in results["kernels"]:
+        print(f"{e['name']:55s} {e.get('s', '-')!s:>9} s {e.get('tflops', '-')!s:>7} TFLOP/s err {e.get('rel_err', '-')}"
+              f" {e.get('failed', '')[:120]}")
+
+
+def cudnn_fp8(record, q, k, v, results: dict) -> None:
+    """cuDNN's fp8 forward SDPA through nvidia-cudnn-frontend's graph API (if carried): fp8 e4m3 q, k, v in the
+    wrapper's [B, L, H, D] memory (strides given to cuDNN), per-tensor descales, P quantized with scale 448,
+    output bf16."""
+    try:
+        import cudnn
+    except Exception as exc:
+        results["cudnn_frontend"] = f"not importable: {type(exc).__name__}: {exc}"[:1500]
+        print("cudnn frontend:", results["cudnn_frontend"], flush=True)
+        return
+    results["cudnn_frontend"] = {"version": getattr(cudnn, "__version__", "?"),
+                                 "backend": cudnn.backend_version()}
+    try:
+        q8, dq = quantize(q)
+        k8, dk = quantize(k)
+        v8, dv = quantize(v)
+        dims = [B, H, L, D]
+        strides = [L * H * D, D, H * D, 1]  # [B, L, H, D] memory seen as [B, H, L, D]
+        one = lambda x: torch.full((1, 1, 1, 1), x, device="cuda", dtype=torch.float32)  # noqa: E731
+        descale_s, scale_s, scale_o = one(1 / FP8_MAX), one(FP8_MAX), one(1.0)
+        dq4, dk4, dv4 = (d.reshape(1, 1, 1, 1) for d in (dq, dk, dv))
+        out = torch.empty(B, L, H, D, device="cuda", dtype=torch.bfloat16)
+        amax_s, amax_o = one(0.0), one(0.0)
+        handle = cudnn.create_handle()
+        graph = cudnn.pygraph(io_data_type=cudnn.data_type.FP8_E4M3, intermediate_data_type=cudnn.data_type.FLOAT,
+                              compute_data_type=cudnn.data_type.FLOAT, handle=handle)
+        t = lambda name, dt=cudnn.data_type.FP8_E4M3: graph.tensor(name=name, dim=dims, stride=strides, data_type=dt)  # noqa: E731
+        s = lambda name: graph.tensor(name=name, dim=[1, 1, 1, 1], stride=[1, 1, 1, 1], data_type=cudnn.data_type.FLOAT)  # noqa: E731
+        tq, tk, tv = t("q"), t("k"), t("v")
+        tdq, tdk, tdv, tds, tss, tso = s("dq"), s("dk"), s("dv"), s("ds"), s("ss"), s("so")
+        o, _stats, t_amax_s, t_amax_o = graph.sdpa_fp8(
+            q=tq, k=tk, v=tv, descale_q=tdq, descale_k=tdk, descale_v=tdv, descale_s=tds, scale_s=tss, scale_o=tso,
+            is_inference=True, attn_scale=1.0 / math.sqrt(D), use_causal_mask=False)
+        o.set_output(True).set_dim(dims).set_stride(strides).set_data_type(cudnn.data_type.BFLOAT16)
+        t_amax_s.set_output(True).set_dim([1, 1, 1, 1]).set_stride([1, 1, 1, 1]).set_data_type(cudnn.data_type.FLOAT)
+        t_amax_o.set_output(True).set_dim([1, 1, 1, 1]).set_stride([1, 1, 1, 1]).set_data_type(cudnn.data_type.FLOAT)
+        graph.validate()
+        graph.build_operation_graph()
+        graph.create_execution_plans([cudnn.heur_mode.A, cudnn.heur_mode.FALLBACK])
+        graph.check_support()
+        graph.build_plans()
+        workspace = torch.empty(graph.get_workspace_size(), device="cuda", dtype=torch.uint8)
+        pack = {tq: q8, tk: k8, tv: v8, tdq: dq4, tdk: dk4, tdv: dv4, tds: descale_s, tss: scale_s, tso: scale_o,
+                o: out, t_amax_s: amax_s, t_amax_o: amax_o}
+
+        def run():
+            graph.execute(pack, workspace, handle=handle)
+            return out
+
+        record("cuDNN fp8 sdpa (cudnn-frontend graph), kernel only", run)
+
+        def with_quant():
+            for src, dst, d in ((q, q8, dq), (k, k8, dk), (v, v8, dv)):
+                scale = (src.abs().amax().float() / FP8_MAX).clamp(min=1e-12)
+                dst.copy_((src / scale).to(torch.float8_e4m3fn))
+                d.copy_(scale.reshape(1))
+            return run()
+
+        record("cuDNN fp8 sdpa + per-tensor quantization of q, k, v", with_quant)
+    except Exception as exc:
+        results["cudnn_fp8_error"] = f"{type(exc).__name__}: {exc}"[:2000]
+        results["cudnn_fp8_trace"] = traceback.format_exc()[-2000:]
+        print("cudnn fp8:", results["cudnn_fp8_error"], flush=True)
+
+
+if __name__ == "__main__":
+    started = time.monotonic()
+    main()
+    print(f"total {time.monotonic() - started:.1f} s")

@@ -1,0 +1,257 @@
+"""Where a sampling step of InfiniteTalk goes on a GPU: torch.profiler over one warm DiT step of the real-size
+template, its CUDA time grouped by kind, and the per-window costs outside the sampler, for each setting asked.
+
+    source benchmarks/device/install_on_device.sh        # on the lent GPU machine (see benchmarks/device/)
+    python3 benchmarks/infinitetalk_profile.py --out $OUT/it_profile.json
+
+Every case is one 81-frame window (832x480, fast preset, seed 7) of `infinitetalk_image_single` through the
+worker's pool and run_job, with every model file made at the real 14B shapes with random values
+(scripts/make_random_weights.py --full-size), as benchmarks/infinitetalk_gpu.py runs it. ComfyUI loads the
+benchmark-only custom node package benchmarks/it_profile_hook, which times each DiT call and VAE encode/decode
+(CUDA-synchronized) and runs torch.profiler over the second DiT call (step 2 of 4) of each case marked `profile`.
+Kernels are grouped by name (benchmarks/it_profile_hook: attention, gemm, elementwise_norm_rope, casts_copies,
+convolution, other); kernels inside the audio cross-attention (SingleStreamAttention) are counted apart as
+`audio_cross_attn` when the model runs eagerly (under torch.compile its kernels are fused with the block's and
+fall into the other kinds).
+
+Per case: the DiT's seconds a step (each call timed), the profiled step's groups and top kernels, VAE encode and
+decode seconds inside the sampler, each node's seconds (CLIP vision, audio embeds, the save node), the output's
+mean absolute difference (8-bit) from the bf16 reference case, and the frame checks (the least per-frame
+standard deviation and the least mean difference between consecutive frames: a flat or frozen frame shows there).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+import numpy as np  # noqa: E402
+
+from benchmarks.infinitetalk_gpu import Bench, frames_of, make_weights  # noqa: E402
+from benchmarks.samplers import PeakVram  # noqa: E402
+from tests.media_factory import make_image  # noqa: E402
+from worker.request.settings import WorkerSettings  # noqa: E402
+from worker.job import run_job  # noqa: E402
+
+log = logging.getLogger("infinitetalk_profile")
+
+EAGER = {"compile": False}
+FP8_FAST = {"quantization": "fp8_e4m3fn_scaled_fast"}
+# name, template_params, profile this case's warm step. A "cold" case loads (or reloads) the models and compiles;
+# the case after it with the same params is the warm one.
+CASES = {
+    "eager_cold": (EAGER, False),
+    "eager": (EAGER, True),
+    "compile_cold": ({}, False),
+    "compile": ({}, True),
+    "fp8fast_compile_cold": (FP8_FAST, False),
+    "fp8fast_compile": (FP8_FAST, True),
+    "fp8fast_eager_cold": ({**EAGER, **FP8_FAST}, False),
+    "fp8fast_eager": ({**EAGER, **FP8_FAST}, True),
+    "sageattn_compiled_cold": ({"attention_mode": "sageattn_compiled"}, False),
+    "sageattn_compiled": ({"attention_mode": "sageattn_compiled"}, True),
+}
+REFERENCE = "eager"  # sdpa (bf16 attention), fp8-scaled weights computed in bf16, no compile: the template as written
+
+
+def frame_checks(frames: np.ndarray) -> dict:
+    """Flat frames have almost no spread; frozen ones almost no change from the frame before."""
+    f = frames.astype(np.float32)
+    std = f.reshape(len(f), -1).std(axis=1)
+    step = np.abs(np.diff(f, axis=0)).reshape(len(f) - 1, -1).mean(axis=1) if len(f) > 1 else np.zeros(0)
+    return {"frames": int(len(f)), "min_frame_std": round(float(std.min()), 2),
+            "mean_frame_std": round(float(std.mean()), 2),
+            "min_consecutive_diff": round(float(step.min()), 3) if len(step) else None,
+            "mean_consecutive_diff": round(float(step.mean()), 3) if len(step) else None,
+            "flat_frames": int((std < 2.0).sum()), "frozen_frames": int((step < 0.5).sum())}
+
+
+def timings_of(profile_dir: Path, label: str) -> dict:
+    path = profile_dir / "timings.jsonl"
+    lines = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+    mine = [t for t in lines if t["label"] == label]
+    dit = [t["s"] for t in mine if t["kind"] == "dit"]
+    return {"dit_step_s": [round(s, 3) for s in dit],
+            "dit_step_median_s": round(float(np.median(dit)), 3) if dit else None,
+            "dit_profiled_step_s": next((round(t["s"], 3) for t in mine if t["kind"] == "dit_profiled"), None),
+            "vae_encode_s": [round(t["s"], 3) for t in mine if t["kind"] == "vae_encode"],
+            "vae_decode_s": [round(t["s"], 3) for t in mine if t["kind"] == "vae_decode"]}
+
+
+def run_case(bench: Bench, pool, profile_dir: Path, name: str, params: dict, profile: bool, outputs: dict) -> None:
+    entry: dict = {"case": name, "template_params": params}
+    if bench.deadline - time.monotonic() < bench.args.min_case_s:
+        entry["skipped"] = f"{bench.deadline - time.monotonic():.0f} s left of the call"
+        bench.results.setdefault("cases", []).append(entry)
+        bench.save()
+        return
+    (profile_dir / "label").write_text(name)
+    if profile:
+        (profile_dir / "profile").write_text("1")
+    started = time.monotonic()
+    try:
+        with PeakVram([pool.instances[0].gpu] if pool.instances[0].gpu is not None else []) as vram:
+            out = run_job({**bench.job(81 / 25), "template_params": params}, pool, bench.settings, job_id=name)
+        segment = out["segments"][0]
+        entry.update({"wall_s": round(time.monotonic() - started, 2), "comfy_s": segment["comfy_seconds"],
+                      "device_settings": segment["device_settings"], "peak_vram_gb": vram.peaks_gb(),
+                      "node_seconds": segment["node_seconds"], **timings_of(profile_dir, name)})
+        width, height = (int(v) for v in bench.args.size.split("x"))
+        frames = frames_of(out["video_path"], width, height)
+        outputs[name] = frames
+        entry["frame_checks"] = frame_checks(frames)
+        reference = outputs.get(REFERENCE)
+        if reference is not None and name != REFERENCE:
+            entry["mean_abs_diff_8bit"] = round(float(np.abs(frames.astype(np.int16) - reference).mean()), 3)
+            entry["compared_with"] = REFERENCE
+        summary = profile_dir / f"{name}.profile.json"
+        if summary.exists():
+            entry["profile"] = json.loads(summary.read_text())
+    except Exception as exc:  # one failing setting must not cost the others their measurement
+        entry.update({"failed": f"{type(exc).__name__}: {exc}"[:3000], "wall_s": round(time.monotonic() - started, 2)})
+        log.exception("%s failed", name)
+    finally:
+        (profile_dir / "profile").unlink(missing_ok=True)
+    log.info("%s: %s", name, {k: v for k, v in entry.items() if k not in ("node_seconds", "profile")})
+    bench.results.setdefault("cases", []).append(entry)
+    bench.save()
+
+
+def regroup(results: dict) -> None:
+    """Re-classifies each profile's top kernels with the hook's current kind_of and moves their time between
+    groups (for a JSON written by an older classifier; kernels outside the top 40 keep their old kind)."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from it_profile_hook import kind_of
+
+    for case in results.get("cases", []):
+        p = case.get("profile")
+        if not p:
+            continue
+        groups = {k: dict(v) for k, v in p["groups"].items()}
+        moved = 0.0
+        for k in p["top_kernels"]:
+            if k["kind"] in ("audio_cross_attn", "ref_attn_map"):
+                continue
+            new = kind_of(k["name"])
+            if new != k["kind"]:
+                groups[k["kind"]]["ms"] -= k["ms"]
+                groups[k["kind"]]["kernels"] -= k["calls"]
+                g = groups.setdefault(new, {"ms": 0.0, "kernels": 0})
+                g["ms"] += k["ms"]
+                g["kernels"] += k["calls"]
+                k["kind"] = new
+                moved += k["ms"]
+        total = sum(g["ms"] for g in groups.values())
+        for g in groups.values():
+            g["ms"] = round(g["ms"], 2)
+            g["share"] = round(g["ms"] / total, 4)
+        p["groups_as_recorded"] = p["groups"]
+        p["groups"] = dict(sorted(groups.items(), key=lambda kv: -kv[1]["ms"]))
+        p["regrouped_ms"] = round(moved, 2)
+
+
+def table(results: dict) -> str:
+    rows = ["| case | s a step (median) | profiled step s | attention | gemm | elementwise/norm/RoPE | audio x-attn "
+            "| casts/copies | other | GPU busy of wall | VAE dec s | diff | flat/frozen |"]
+    for c in results.get("cases", []):
+        p = c.get("profile") or {}
+        g = p.get("groups", {})
+        ms = lambda k: f"{g[k]['ms']:.0f}" if k in g else "-"  # noqa: E731
+        other = sum(v["ms"] for k, v in g.items() if k not in (
+            "attention", "gemm", "elementwise_norm_rope", "audio_cross_attn", "casts_copies"))
+        fc = c.get("frame_checks", {})
+        busy = f"{p['gpu_busy_ms'] / 1000 / p['wall_s']:.0%}" if p else "-"
+        rows.append(f"| {c['case']} | {c.get('dit_step_median_s', '-')} | {p.get('wall_s', '-')} | {ms('attention')} "
+                    f"| {ms('gemm')} | {ms('elementwise_norm_rope')} | {ms('audio_cross_attn')} | {ms('casts_copies')} "
+                    f"| {other:.0f} | {busy} | {c.get('vae_decode_s', '-')} | {c.get('mean_abs_diff_8bit', '-')} "
+                    f"| {fc.get('flat_frames', '-')}/{fc.get('frozen_frames', '-')} |"
+                    + (f" FAILED {c['failed'][:200]}" if "failed" in c else "")
+                    + (f" skipped: {c['skipped']}" if "skipped" in c else ""))
+    return "\n".join(rows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--regroup", action="store_true",
+                        help="only re-classify the top kernels of --out (a JSON this script wrote) and print the table")
+    parser.add_argument("--cases", default="eager_cold,eager,compile_cold,compile,fp8fast_compile_cold,fp8fast_compile",
+                        help=f"comma-separated, in order; known: {', '.join(CASES)}")
+    parser.add_argument("--size", default="832x480")
+    parser.add_argument("--budget-s", type=float, default=540, help="start no case after this many seconds")
+    parser.add_argument("--min-case-s", type=float, default=40)
+    parser.add_argument("--models", default="/tmp/itw-models")
+    parser.add_argument("--workflow", default="infinitetalk_image_single")
+    parser.add_argument("--cpu", action="store_true", help="CPU instances with the small DiT (a check of this script)")
+    parser.add_argument("--small", action="store_true")
+    args = parser.parse_args()
+    args.only, args.lanes, args.vram_limits = [], "options", []
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    if args.regroup:
+        results = json.loads(Path(args.out).read_text())
+        regroup(results)
+        Path(args.out).write_text(json.dumps(results, indent=1) + "\n")
+        print(table(results))
+        return
+    started = time.monotonic()
+    root = Path(tempfile.mkdtemp(prefix="itp-bench-"))
+    profile_dir = root / "profile"
+    os.environ["IT_PROFILE_DIR"] = str(profile_dir)
+    comfy = Path(os.environ.get("COMFYUI_PATH", REPO / ".comfyui" / "ComfyUI"))
+    hook = comfy / "custom_nodes" / "it_profile_hook"
+    if not hook.exists():
+        hook.symlink_to(REPO / "benchmarks" / "it_profile_hook")
+    media = root / "media"
+    media.mkdir()
+    width, height = (int(v) for v in args.size.split("x"))
+    make_image(media / "face.png", width, height)
+    models = Path(args.models)
+    weights_s = make_weights(args, models)
+    settings = WorkerSettings(job_work_dir=root / "jobs", allowed_input_roots=(media.resolve(),),
+                              output_volume_dir=root / "volume", segment_timeout_s=3600)
+    device = ["cpu"] if args.cpu else subprocess.run(
+        ["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader"], capture_output=True,
+        text=True).stdout.strip().splitlines()
+    try:  # the device's python3 has torch; the dev machine's worker venv (a --cpu check) has not
+        import torch
+
+        versions = {"torch": torch.__version__, "cudnn": torch.backends.cudnn.version()}
+    except ImportError:
+        versions = {}
+    results = {"mode": "profile", "device": device, "size": args.size, **versions, "weights_s": round(weights_s, 1),
+               "reference": REFERENCE, "command": " ".join(sys.argv)}
+    bench = Bench(args, root, models, media, settings, started + args.budget_s, results)
+    bench.save()
+    pool = bench.pool("profile", (0,), 8188)
+    pool.start()
+    outputs: dict = {}
+    try:
+        for name in [n for n in args.cases.split(",") if n]:
+            params, profile = CASES[name]
+            if args.cpu:  # the plumbing check runs a CPU template that has none of these params
+                params = {}
+            run_case(bench, pool, profile_dir, name, params, profile, outputs)
+    finally:
+        pool.shutdown()
+        results["total_s"] = round(time.monotonic() - started, 1)
+        bench.save()
+        logs = Path(args.out).parent / "comfyui_profile.log"
+        for log_path in sorted(root.glob("instances-*/*/comfyui.log")):
+            logs.write_bytes(log_path.read_bytes()[-300_000:])
+        shutil.rmtree(root, ignore_errors=True)
+    print(table(results))
+
+
+if __name__ == "__main__":
+    main()
