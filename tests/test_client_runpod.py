@@ -1,6 +1,6 @@
 """The client's RunPod endpoint path, and the worker's progress updates on RunPod, end to end: the real
 worker in production mode (`python handler.py` under the real runpod SDK, real CPU ComfyUI instances)
-takes its jobs from tests/runpod_standin.py, a local server that speaks RunPod's protocol on both sides
+takes its jobs from tests/support/runpod_standin.py, a local server that speaks RunPod's protocol on both sides
 (/run, /status, /cancel for clients; job-take, job-done, job-stop for the SDK), and the real client talks
 to it as to https://api.runpod.ai/v2 (RUNPOD_ENDPOINT_BASE_URL)."""
 
@@ -14,11 +14,11 @@ import time
 
 import pytest
 
-from tests.client_run import RunningClient, client_env, run_client
+from tests.support.client_run import RunningClient, client_env, run_client
 from tests.conftest import shifted_port
 from tests.media_factory import frame_count, make_image, make_index_video, make_tone, media_duration
-from tests.runpod_standin import RunPodStandIn
-from tests.worker_api import REPO, WorkerApi
+from tests.support.runpod_standin import RunPodStandIn
+from tests.support.worker_api import REPO, WorkerApi
 
 
 class WorkerOnPlatform(WorkerApi):

@@ -17,7 +17,7 @@ import requests
 from comfy_manager import ComfyClient, InstancePool
 from tests.conftest import pool_settings, shifted_port
 from tests.media_factory import make_index_video, make_tone, read_indices
-from tests.fault_proxy import accept_forever, relay
+from tests.support.fault_proxy import accept_forever, relay
 from worker.request.errors import JobCancelled, JobFailed
 from worker.job import run_job
 from worker.templates.template import available_templates

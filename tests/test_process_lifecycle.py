@@ -17,7 +17,7 @@ import pytest
 
 from tests.conftest import shifted_port
 from tests.test_faults import wait_until
-from tests.worker_api import REPO, WorkerApi
+from tests.support.worker_api import REPO, WorkerApi
 
 
 def port_is_free(port: int) -> bool:

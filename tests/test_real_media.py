@@ -14,7 +14,7 @@ import pytest
 
 from tests import real_media
 from tests.media_factory import frame_count, make_tone, media_duration, read_indices
-from tests.worker_api import WorkerApi, save_video
+from tests.support.worker_api import WorkerApi, save_video
 
 FPS = 25
 

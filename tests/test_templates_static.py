@@ -18,7 +18,7 @@ import requests
 
 from comfy_manager import ComfyClient
 from tests.media_factory import make_image, make_index_video, make_tone
-from tests.template_check import (MANIFEST_PATH, REQUESTS, SCHEMA_PATH, Models, bind_case, check_graph, core_nodes,
+from tests.support.template_check import (MANIFEST_PATH, REQUESTS, SCHEMA_PATH, Models, bind_case, check_graph, core_nodes,
                                   custom_nodes, variants)
 from worker.templates.template import WORKFLOWS_DIR, TemplateSpec, load_template
 
