@@ -14,9 +14,9 @@ import time
 
 import pytest
 
+from media_samples.factory import frame_count, make_image, make_index_video, make_tone, media_duration
 from tests.support.client_run import RunningClient, client_env, run_client
 from tests.conftest import shifted_port
-from tests.media_factory import frame_count, make_image, make_index_video, make_tone, media_duration
 from tests.support.runpod_standin import RunPodStandIn
 from tests.support.worker_api import REPO, WorkerApi
 

@@ -7,7 +7,7 @@ import subprocess
 
 import numpy as np
 
-from tests.media_factory import (b64, frame_count, make_image, make_index_video, make_tone, media_duration,
+from media_samples.factory import (b64, frame_count, make_image, make_index_video, make_tone, media_duration,
                                  read_indices)
 from tests.support.worker_api import WorkerApi, save_video
 

@@ -15,8 +15,8 @@ import pytest
 import requests
 
 from comfy_manager import ComfyClient, InstancePool
+from media_samples.factory import make_index_video, make_tone, read_indices
 from tests.conftest import pool_settings, shifted_port
-from tests.media_factory import make_index_video, make_tone, read_indices
 from tests.support.fault_proxy import accept_forever, relay
 from worker.request.errors import JobCancelled, JobFailed
 from worker.job import run_job

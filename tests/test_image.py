@@ -38,8 +38,8 @@ import psutil
 import pytest
 import yaml
 
+from media_samples.factory import frame_count, media_duration
 from tests.conftest import shifted_port
-from tests.media_factory import frame_count, media_duration
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 IMAGE = "localhost/infinitetalk-worker:image-test"

@@ -20,8 +20,8 @@ import pytest
 
 from comfy_manager import CancelEvent, Health, InstancePool, NoInstanceLeft
 from comfy_manager.pool import RestartBudget
+from media_samples.factory import read_indices
 from tests.conftest import pool_settings, shifted_port
-from tests.media_factory import read_indices
 from tests.test_faults import running_instance, slow_job, wait_pool_idle, wait_until
 from worker.request.errors import JobCancelled, WorkerUnhealthy
 from worker.job import run_job

@@ -10,7 +10,7 @@ import pytest
 import requests
 
 from comfy_manager.client import PromptProgress
-from tests.media_factory import make_index_video, make_tone
+from media_samples.factory import make_index_video, make_tone
 from tests.support.worker_api import WorkerApi
 from worker.planning.learned import LearnedRates
 from worker.templates.frame_grid import FrameGrid
