@@ -167,6 +167,7 @@ def test_a_dropped_websocket_falls_back_to_history_polling(pool, media_dir):
         pool.release(instance)
 
 
+@pytest.mark.comfy  # a pool of its own
 def test_an_instance_that_cannot_boot_is_left_out_and_the_rest_serve(tmp_path, media_dir, settings):
     base_port = shifted_port(8350)
     blocker = socket.create_server(("127.0.0.1", base_port + 1))  # instance 1's port is taken
