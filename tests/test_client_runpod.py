@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import math
 import signal
-import subprocess
-import sys
 import time
 
 import pytest
@@ -18,21 +16,7 @@ from media_samples.factory import frame_count, make_image, make_index_video, mak
 from tests.support.client_run import RunningClient, client_env, run_client
 from tests.conftest import shifted_port
 from tests.support.runpod_standin import RunPodStandIn
-from tests.support.worker_api import REPO, WorkerApi
-
-
-class WorkerOnPlatform(WorkerApi):
-    """The worker as RunPod runs it: no local API; it polls the platform for jobs."""
-
-    def start(self, standin: RunPodStandIn, timeout_s: float = 240) -> "WorkerOnPlatform":
-        self.process = subprocess.Popen([sys.executable, "handler.py"], cwd=REPO, env=self.env,
-                                        stdout=open(self.log_path, "wb"), stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + timeout_s
-        while standin.takes == 0:
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"worker did not start polling for jobs:\n{self.log_tail()}")
-            time.sleep(0.5)
-        return self
+from tests.support.worker_api import WorkerOnPlatform
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 
-from tests.support.tiers import FAST_TIER, PROBE_ENV, ComfyUIWatch, heavy_process
+from tests.support.tiers import FAST_TIER, STAND_IN_ENV, ComfyUIWatch, heavy_process
 from tests.support.worker_api import REPO
 
 
@@ -31,12 +31,12 @@ def test_a_test_is_marked_by_the_fixtures_of_its_fixtures():
 
 
 def test_the_watch_names_a_comfyui_process_and_the_test_that_started_it():
-    watch = ComfyUIWatch(interval_s=0.05, count_probes=True).start()
+    watch = ComfyUIWatch(interval_s=0.05, count_stand_ins=True).start()
     watch.current = "tests/test_x.py::test_y"
-    # A stand-in with ComfyUI's command line shape (python main.py ... --port N); it only sleeps. PROBE_ENV keeps
+    # A stand-in with ComfyUI's command line shape (python main.py ... --port N); it only sleeps. STAND_IN_ENV keeps
     # the session's own watch (this test is in the fast tier) from counting it.
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3)", "main.py", "--port", "1"],
-                             env={**os.environ, PROBE_ENV: "1"})
+                             env={**os.environ, STAND_IN_ENV: "1"})
     try:
         deadline = time.monotonic() + 2
         while not watch.found and time.monotonic() < deadline:

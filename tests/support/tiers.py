@@ -21,7 +21,7 @@ import psutil
 TIERS = ("comfy", "image")
 FAST_TIER = "not comfy and not image"
 IMAGE_TOOLS = {"buildah", "podman", "docker", "mmdebstrap"}
-PROBE_ENV = "TIERS_WATCH_PROBE"  # set on test_tiers.py's stand-in ComfyUI, which only a watch of its own counts
+STAND_IN_ENV = "TIERS_STAND_IN"  # on a process with ComfyUI's command line that starts nothing heavy: not counted
 
 
 def heavy_process(cmdline: list[str]) -> str | None:
@@ -38,9 +38,9 @@ def heavy_process(cmdline: list[str]) -> str | None:
 class ComfyUIWatch:
     """Polls this process's descendants; `found` lists (test, what, command line) for each heavy one."""
 
-    def __init__(self, interval_s: float = 0.2, count_probes: bool = False):
+    def __init__(self, interval_s: float = 0.2, count_stand_ins: bool = False):
         self.interval_s = interval_s
-        self.count_probes = count_probes
+        self.count_stand_ins = count_stand_ins
         self.current = "(between tests)"
         self.found: list[tuple[str, str, str]] = []
         self._seen: set[int] = set()
@@ -68,7 +68,7 @@ class ComfyUIWatch:
             try:
                 cmdline = child.cmdline()
                 what = heavy_process(cmdline)
-                if what and not self.count_probes and PROBE_ENV in child.environ():
+                if what and not self.count_stand_ins and STAND_IN_ENV in child.environ():
                     continue
             except psutil.Error:
                 continue
