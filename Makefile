@@ -2,6 +2,7 @@
 #   make run    set up, then run the sample job (test_input.json) through the runpod SDK's local mode
 #   make test   set up, then run the whole test suite (tests/test_image.py builds and runs the container
 #               image where root, buildah and mmdebstrap are there: `make image-tools` installs them)
+#   make test-fast  the fast tier: every test that starts no ComfyUI and builds no image (under 3 minutes)
 #   make image  build the container image with docker, podman or buildah (BAKE_MODELS=0 unless given)
 PY := .venv/bin/python
 # Custom nodes come from GitHub at their pinned commits, or, where ../shared/custom_nodes holds their
@@ -13,7 +14,7 @@ export RUNPOD_DEBUG_LEVEL ?= INFO
 IMAGE ?= infinitetalk-worker:local
 BAKE_MODELS ?= 0
 
-.PHONY: setup run serve test test-image image image-tools bench clean
+.PHONY: setup run serve test test-fast test-image image image-tools bench clean
 
 setup:
 	bash scripts/install_system.sh
@@ -30,6 +31,10 @@ serve: setup
 
 test: setup
 	$(PY) -m pytest tests
+
+# The fast tier (tests/support/tiers.py): no ComfyUI process, no image build.
+test-fast: setup
+	$(PY) -m pytest tests -m "not comfy and not image"
 
 # Only the image test (builds the image from a local Debian base, runs the sample job in it).
 test-image: setup image-tools

@@ -12,17 +12,18 @@ import threading
 
 import runpod
 
-from comfy_manager import InstancePool, PoolSettings
-from worker.request.settings import WorkerSettings
+from comfy_manager import InstancePool
 from worker.request.errors import JobCancelled, JobFailed, JobInputError, WorkerUnhealthy
 from worker.job import run_job
 from worker.planning.learned import Learned
 from worker.api.live_jobs import LiveJobs
-from worker.templates.model_check import models_fitness_check
+from worker.api.startup import check_and_start, read_settings
 from worker.progress.tracker import JobProgress
 
-settings = WorkerSettings.from_env()
-pool = InstancePool(PoolSettings.from_env())
+# Never raises: a bad setting is one of the start-up problems every job is then answered with (worker/api/startup.py).
+startup = read_settings()
+settings = startup.settings
+pool = InstancePool(startup.pool_settings)
 learned = Learned(settings.stitch_lead)  # what each job teaches about sizing and timing the next ones
 live_jobs = LiveJobs()  # progress and cancel signals, for the local API's own routes
 logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -34,6 +35,9 @@ async def handler(job: dict) -> dict:
     # stays free. RunPod cancels a job by cancelling this task (the local API: POST /cancel/{id}); either
     # way the thread is told to stop.
     job_id = str(job.get("id", "job"))
+    if not startup.ok:
+        log.error("job %s answered with the start-up problems", job_id)
+        return startup.answer()
     cancel = live_jobs.started(job_id)
     result: dict = {"error": "the job was cancelled"}
     try:
@@ -92,11 +96,11 @@ def stop_instances_on_signals() -> None:
 
 
 if __name__ == "__main__":
-    # Refuses to take jobs while model files are missing (only where REQUIRE_MODELS=1, as in the image).
-    runpod.serverless.register_fitness_check(models_fitness_check)
     stop_instances_on_signals()
     atexit.register(pool.shutdown)
-    pool.start()
+    # Checks (models where REQUIRE_MODELS=1, the templates' device rows), then the instances. Whatever fails is
+    # logged, one line a cause, and answered to every job (with refresh_worker) instead of ending the worker.
+    check_and_start(startup, pool)
     config = {"handler": handler, "concurrency_modifier": lambda current: settings.max_concurrent_jobs}
     if "--rp_serve_api" in sys.argv:  # the SDK's local API, plus GET /progress/{id} and POST /cancel/{id}
         from worker.api.local_api import serve

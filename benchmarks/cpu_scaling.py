@@ -27,7 +27,7 @@ sys.path.insert(0, str(REPO))
 
 from benchmarks.local_worker import LocalWorker  # noqa: E402
 from benchmarks.samplers import PeakRss  # noqa: E402
-from tests.media_factory import (make_index_video, make_speech, make_tone, write_split_segment,  # noqa: E402
+from media_samples.factory import (make_index_video, make_speech, make_tone, write_split_segment,  # noqa: E402
                                  yuv420p_frames)
 from worker.media.inputs import cut_video  # noqa: E402
 from worker.job import run_job  # noqa: E402

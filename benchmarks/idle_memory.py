@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from benchmarks.local_worker import LocalWorker  # noqa: E402
-from tests.media_factory import make_index_video, make_tone  # noqa: E402
+from media_samples.factory import make_index_video, make_tone  # noqa: E402
 
 
 def idle_rss_mb(worker: LocalWorker, settle_s: float = 4.0) -> int:

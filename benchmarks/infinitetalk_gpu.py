@@ -44,7 +44,7 @@ import numpy as np  # noqa: E402
 
 from benchmarks.samplers import PeakRss, PeakVram  # noqa: E402
 from comfy_manager import InstancePool, PoolSettings  # noqa: E402
-from tests.media_factory import make_image, make_tone  # noqa: E402
+from media_samples.factory import make_image, make_tone  # noqa: E402
 from worker.request.settings import WorkerSettings  # noqa: E402
 from worker.job import run_job  # noqa: E402
 from worker.planning.learned import Learned  # noqa: E402

@@ -28,8 +28,8 @@ sys.path.insert(0, str(REPO))
 
 from benchmarks.local_worker import LocalWorker  # noqa: E402
 from benchmarks.samplers import PeakSampler  # noqa: E402
-from tests import real_media  # noqa: E402
-from tests.media_factory import make_index_video, make_tone, read_indices  # noqa: E402
+from media_samples import real_media  # noqa: E402
+from media_samples.factory import make_index_video, make_tone, read_indices  # noqa: E402
 
 MB = 2**20
 

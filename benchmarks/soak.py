@@ -33,7 +33,7 @@ sys.path.insert(0, str(REPO))
 
 from benchmarks.local_worker import LocalWorker  # noqa: E402
 from comfy_manager import Health, InstancePool  # noqa: E402
-from tests.media_factory import make_index_video, make_tone, read_indices  # noqa: E402
+from media_samples.factory import make_index_video, make_tone, read_indices  # noqa: E402
 from worker.request.settings import WorkerSettings  # noqa: E402
 
 

@@ -147,6 +147,7 @@ class ComfyInstance:
             env["OMP_NUM_THREADS"] = str(self.cpu_threads)
         with open(self.log_path, "ab") as log_file:
             log_file.write(f"{START_MARK}{' '.join(self.command())}\n".encode())
+            log_file.flush()  # before the process writes: the mark heads what this start logs
             self.process = spawn_tied(
                 self.command(), python=self.python, cwd=self.comfy_path, stdout=log_file, stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL, env=env, start_new_session=True,

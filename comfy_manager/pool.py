@@ -34,7 +34,7 @@ import requests
 from comfy_manager.cancel import CancelEvent
 from comfy_manager.client import InstanceFault
 from comfy_manager.gpus import GpuInfo, discover_gpus
-from comfy_manager.instance import ComfyInstance, InstanceDied, InstanceSpec
+from comfy_manager.instance import START_MARK, ComfyInstance, InstanceDied, InstanceSpec
 from comfy_manager.settings import PoolSettings
 
 log = logging.getLogger(__name__)
@@ -50,7 +50,22 @@ FATAL_GPU_TEXT = re.compile(
 
 
 class PoolStartError(RuntimeError):
-    """No ComfyUI instance could be started."""
+    """No ComfyUI instance could be started. `causes`: one line per reason (each failed instance: how it
+    ended and the last line of its log, with the log's path), for the worker's start-up report."""
+
+    def __init__(self, message: str, causes: list[str] | None = None):
+        super().__init__(message)
+        self.causes = causes or [message]
+
+
+def _start_failure_line(instance: ComfyInstance, error: str | None) -> str:
+    """One line: how the instance's start failed, and its log's last line (what ComfyUI said before it ended)."""
+    if error is None:
+        return f"ComfyUI {instance.name}: the pool was shut down"
+    last = next((line.strip() for line in reversed(instance.log_tail(40).splitlines())
+                 if line.strip() and not line.startswith(START_MARK.strip())), "")
+    said = f", its log ends {last[:200]!r}" if last and last != "(no log)" else ""
+    return f"{error.splitlines()[0].removesuffix('. Last log lines:')}{said} ({instance.log_path})"
 
 
 class NoInstanceLeft(RuntimeError):
@@ -201,6 +216,7 @@ class InstancePool:
         for instance in candidates:
             instance.start()
         failures: list[str] = []
+        causes: list[str] = []
         with ThreadPoolExecutor(max_workers=len(candidates)) as executor:
             results = list(executor.map(lambda inst: self._await_ready(inst, deadline), candidates))
         with self._lock:
@@ -212,6 +228,7 @@ class InstancePool:
                     self._free.append(slot)
                 else:
                     failures.append(error or f"ComfyUI {instance.name}: the pool was shut down")
+                    causes.append(_start_failure_line(instance, error))
             self._booting = []
             self._started = True
         for instance in candidates:
@@ -219,7 +236,7 @@ class InstancePool:
                 instance.stop()
         self.startup_s = time.monotonic() - started
         if not self._slots:
-            raise PoolStartError("no ComfyUI instance started:\n" + "\n\n".join(failures))
+            raise PoolStartError("no ComfyUI instance started:\n" + "\n\n".join(failures), causes)
         if failures:
             log.warning("serving with %d of %d instances; failed: %s",
                         len(self._slots), len(candidates), "\n".join(failures))

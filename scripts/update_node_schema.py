@@ -1,5 +1,5 @@
 """Regenerates workflows/custom_nodes_schema.json from a real ComfyUI's GET /object_info, so the static
-template check (tests/template_check.py) describes the custom nodes exactly as the pinned commits define them.
+template check (tests/support/template_check.py) describes the custom nodes exactly as the pinned commits define them.
 
     .venv/bin/python scripts/update_node_schema.py [--url http://127.0.0.1:8188] [--models DIR] [--check]
 

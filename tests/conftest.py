@@ -1,4 +1,6 @@
-"""Shared fixtures: a real pool of CPU ComfyUI instances, worker settings in a temp folder, media."""
+"""Shared fixtures: a real pool of CPU ComfyUI instances, worker settings in a temp folder, media; and the
+tiers (tests/support/tiers.py): a test that uses a fixture of HEAVY_FIXTURES, or a fixture that does, gets its
+marker, so `make test-fast` (-m "not comfy and not image") leaves it out."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from comfy_manager import InstancePool, PoolSettings
+from tests.support.tiers import TIERS, ComfyUIWatch
 from worker.request.settings import WorkerSettings
 
 # Tests start their own instances on ports of their own, away from a running worker (8188...).
@@ -19,6 +22,70 @@ PORT_OFFSET = int(os.environ.get("TEST_PORT_OFFSET", "0"))
 def shifted_port(port: int) -> int:
     """A port the tests use, shifted by 10 x TEST_PORT_OFFSET."""
     return port + 10 * PORT_OFFSET
+
+
+# The fixtures that start ComfyUI processes or build the image, by name, and the marker each gives a test.
+HEAVY_FIXTURES = {
+    "pool": "comfy",  # below: two CPU ComfyUI instances
+    "worker": "comfy",  # below: the real worker (handler.py --rp_serve_api), which starts its own instances
+    "local_api": "comfy",  # test_client.py: the same
+    "platform": "comfy",  # test_client_runpod.py: the real worker in RunPod's queue mode
+    "standin": "comfy",  # test_gpu_standin.py: ComfyUI with the tiny stand-in weights
+    "it_pool": "comfy",  # test_infinitetalk.py: ComfyUI with the InfiniteTalk wrapper and random weights
+    "image": "image",  # test_image.py: builds the container image (and runs ComfyUI inside it)
+}
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m deselects by markers
+def pytest_collection_modifyitems(items):
+    for item in items:
+        for name in item.fixturenames:  # every fixture the test needs, those of its fixtures included
+            if name in HEAVY_FIXTURES:
+                item.add_marker(HEAVY_FIXTURES[name])
+
+
+_watch: ComfyUIWatch | None = None
+
+
+def pytest_collection_finish(session):
+    """A run without any `comfy` or `image` test (the fast tier, or a light file on its own) watches that no
+    ComfyUI process or image build appears."""
+    global _watch
+    if (session.items and not session.config.option.collectonly
+            and not any(item.get_closest_marker(tier) for item in session.items for tier in TIERS)):
+        _watch = ComfyUIWatch().start()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    if _watch:
+        _watch.current = item.nodeid
+    try:
+        return (yield)
+    finally:
+        if _watch:
+            _watch.current = "(between tests)"
+
+
+@pytest.fixture(autouse=True)
+def _light_tests_start_no_comfyui(request):
+    yield
+    if _watch:
+        _watch.poll()
+        found = _watch.found_during(request.node.nodeid)
+        if found:
+            pytest.fail("a test without the `comfy` or `image` marker started " + "; ".join(found)
+                        + ": mark it (pytest.mark.comfy / pytest.mark.image) or use a fixture of HEAVY_FIXTURES "
+                        "(tests/conftest.py)", pytrace=False)
+
+
+def pytest_sessionfinish(session):
+    if _watch:
+        _watch.stop()
+        late = [f"{what} ({cmdline})" for test, what, cmdline in _watch.found if test == "(between tests)"]
+        if late:
+            print("\nstarted between tests, in a run that should start none: " + "; ".join(late))
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 TEST_BASE_PORT = int(os.environ.get("TEST_COMFY_BASE_PORT", str(shifted_port(8300))))
@@ -51,7 +118,7 @@ def worker(tmp_path_factory):
 
     Its limits are set low so the bad-input tests can reach them with small files.
     """
-    from tests.worker_api import WorkerApi
+    from tests.support.worker_api import WorkerApi
 
     api = WorkerApi(tmp_path_factory.mktemp("worker"), api_port=shifted_port(8031), comfy_port=shifted_port(8400),
                     env={"MAX_DURATION_S": "30", "MAX_INPUT_MB": "2"}).start()

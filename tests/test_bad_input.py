@@ -8,9 +8,9 @@ import subprocess
 
 import pytest
 
-from tests import real_media
-from tests.media_factory import b64, make_image, make_index_video, make_tone
-from tests.worker_api import WorkerApi
+from media_samples import real_media
+from media_samples.factory import b64, make_image, make_index_video, make_tone
+from tests.support.worker_api import WorkerApi
 from worker.request.errors import JobInputError
 from worker.request.job_request import parse_request
 

@@ -12,11 +12,11 @@ import boto3
 import pytest
 import requests
 
-from tests.client_run import RunningClient, client_env, run_client
+from media_samples.factory import frame_count, make_image, make_index_video, make_tone, media_duration, read_indices
+from tests.support.client_run import RunningClient, client_env, run_client
 from tests.conftest import shifted_port
-from tests.media_factory import frame_count, make_image, make_index_video, make_tone, media_duration, read_indices
 from tests.test_outputs import ACCESS_KEY, BUCKET, SECRET_KEY, make_mp4, s3_server  # noqa: F401 (a fixture)
-from tests.worker_api import WorkerApi
+from tests.support.worker_api import WorkerApi
 
 MB = 1024**2
 

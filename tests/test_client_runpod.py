@@ -1,6 +1,6 @@
 """The client's RunPod endpoint path, and the worker's progress updates on RunPod, end to end: the real
 worker in production mode (`python handler.py` under the real runpod SDK, real CPU ComfyUI instances)
-takes its jobs from tests/runpod_standin.py, a local server that speaks RunPod's protocol on both sides
+takes its jobs from tests/support/runpod_standin.py, a local server that speaks RunPod's protocol on both sides
 (/run, /status, /cancel for clients; job-take, job-done, job-stop for the SDK), and the real client talks
 to it as to https://api.runpod.ai/v2 (RUNPOD_ENDPOINT_BASE_URL)."""
 
@@ -8,31 +8,15 @@ from __future__ import annotations
 
 import math
 import signal
-import subprocess
-import sys
 import time
 
 import pytest
 
-from tests.client_run import RunningClient, client_env, run_client
+from media_samples.factory import frame_count, make_image, make_index_video, make_tone, media_duration
+from tests.support.client_run import RunningClient, client_env, run_client
 from tests.conftest import shifted_port
-from tests.media_factory import frame_count, make_image, make_index_video, make_tone, media_duration
-from tests.runpod_standin import RunPodStandIn
-from tests.worker_api import REPO, WorkerApi
-
-
-class WorkerOnPlatform(WorkerApi):
-    """The worker as RunPod runs it: no local API; it polls the platform for jobs."""
-
-    def start(self, standin: RunPodStandIn, timeout_s: float = 240) -> "WorkerOnPlatform":
-        self.process = subprocess.Popen([sys.executable, "handler.py"], cwd=REPO, env=self.env,
-                                        stdout=open(self.log_path, "wb"), stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + timeout_s
-        while standin.takes == 0:
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"worker did not start polling for jobs:\n{self.log_tail()}")
-            time.sleep(0.5)
-        return self
+from tests.support.runpod_standin import RunPodStandIn
+from tests.support.worker_api import WorkerOnPlatform
 
 
 @pytest.fixture(scope="module")

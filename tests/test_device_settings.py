@@ -75,7 +75,7 @@ def test_the_vram_limit_caps_what_instances_plan_for_and_reserves_the_rest():
 
 
 def test_a_worker_whose_gpus_fit_no_row_refuses_the_job_before_any_work(settings, media_dir):
-    from tests.media_factory import make_image, make_tone
+    from media_samples.factory import make_image, make_tone
     from worker.job import run_job
 
     class SmallGpuPool:  # the pool's public face, with one 16 GB GPU instance that is never used

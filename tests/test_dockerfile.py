@@ -12,6 +12,7 @@ import sys
 import tomllib
 from pathlib import Path
 
+import pytest
 import yaml
 
 from worker.media import probe
@@ -98,6 +99,7 @@ def locked(lock: str) -> dict[str, str]:
     return pins
 
 
+@pytest.mark.image  # the image's environments, resolved for its Python: pip reads ~1 GB of wheels (1-3 min)
 def test_locks_install_from_wheels_on_the_production_python(tmp_path):
     """The image test builds on Debian 12 (Python 3.11, as this suite); the production base (Ubuntu 24.04)
     has Python 3.12. Both environments must resolve there to wheels (no compiler needed) at exactly the

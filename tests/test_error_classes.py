@@ -15,8 +15,8 @@ from comfy_manager import (AcquireCancelled, ComfyClient, ComfyError, ComfyInsta
                            InstanceFault, NoInstanceLeft)
 from comfy_manager.client import PromptFailed
 from comfy_manager.instance import InstanceSpec
-from tests.fault_proxy import Fault, FaultProxy
-from tests.media_factory import read_indices
+from media_samples.factory import read_indices
+from tests.support.fault_proxy import Fault, FaultProxy
 from tests.test_faults import slow_job, wait_pool_idle
 from worker.render import segments
 from worker.request.errors import JobCancelled, JobFailed, JobInputError, WorkerUnhealthy

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from tests.media_factory import make_image, make_tone
+from media_samples.factory import make_image, make_tone
 from worker.planning.estimate import estimate, makespan, windows
 from worker.job import run_job
 from worker.planning.learned import Learned

@@ -15,9 +15,9 @@ import pytest
 import requests
 
 from comfy_manager import ComfyClient, InstancePool
+from media_samples.factory import make_index_video, make_tone, read_indices
 from tests.conftest import pool_settings, shifted_port
-from tests.media_factory import make_index_video, make_tone, read_indices
-from tests.fault_proxy import accept_forever, relay
+from tests.support.fault_proxy import accept_forever, relay
 from worker.request.errors import JobCancelled, JobFailed
 from worker.job import run_job
 from worker.templates.template import available_templates
@@ -167,6 +167,7 @@ def test_a_dropped_websocket_falls_back_to_history_polling(pool, media_dir):
         pool.release(instance)
 
 
+@pytest.mark.comfy  # a pool of its own
 def test_an_instance_that_cannot_boot_is_left_out_and_the_rest_serve(tmp_path, media_dir, settings):
     base_port = shifted_port(8350)
     blocker = socket.create_server(("127.0.0.1", base_port + 1))  # instance 1's port is taken

@@ -18,8 +18,8 @@ import pytest
 from comfy_manager import ComfyClient, ComfyInstance, PoolSettings
 from comfy_manager.client import PromptFailed
 from comfy_manager.instance import InstanceSpec
+from media_samples.factory import frame_count, make_image, make_index_video, read_indices
 from tests.conftest import shifted_port
-from tests.media_factory import frame_count, make_image, make_index_video, read_indices
 from worker.templates.template import load_template
 
 STANDIN_WORKFLOWS = Path(__file__).resolve().parent.parent / "benchmarks" / "gpu_standin" / "workflows"

@@ -31,6 +31,7 @@ import os
 import re
 import shutil
 import subprocess
+import threading
 import uuid
 from pathlib import Path
 
@@ -38,8 +39,9 @@ import psutil
 import pytest
 import yaml
 
+from media_samples.factory import frame_count, media_duration
 from tests.conftest import shifted_port
-from tests.media_factory import frame_count, media_duration
+from tests.support.runpod_standin import RunPodStandIn
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 IMAGE = "localhost/infinitetalk-worker:image-test"
@@ -230,27 +232,40 @@ def test_image_start_command_runs_the_sample_job_on_cpu(image, container, tmp_pa
         assert "IMPORT FAILED" not in imports, imports[:2000]
 
 
-def test_image_refuses_to_serve_without_models_by_default(image, container):
-    """As on RunPod (RUNPOD_WEBHOOK_GET_JOB set), with the image's REQUIRE_MODELS=1 and no models: the
-    runpod fitness check stops the worker before it takes a job, naming every missing file."""
+def test_image_answers_every_job_with_the_missing_models_by_default(image, container):
+    """As on RunPod, with the image's REQUIRE_MODELS=1 and no models: the worker takes its jobs from the platform
+    (tests/support/runpod_standin.py on this host: `buildah run --isolation chroot` shares its network) and
+    answers each with every missing file, where it looked and the fix, and refresh_worker (the SDK's stopPod),
+    instead of exiting into a restart loop (worker/api/startup.py)."""
     assert "REQUIRE_MODELS=1" in image_config(image)["Env"]
     from worker.templates.model_files import model_files
 
     required = model_files()
     assert required
-    env = dict(comfy_env(container, shifted_port(8660)), RUNPOD_WEBHOOK_GET_JOB="http://127.0.0.1:9/job",
-               RUNPOD_WEBHOOK_PING="http://127.0.0.1:9/ping", RUNPOD_SKIP_GPU_CHECK="true",
+    standin = RunPodStandIn()
+    env = dict(comfy_env(container, shifted_port(8660)), **standin.worker_env(), RUNPOD_SKIP_GPU_CHECK="true",
                RUNPOD_SKIP_AUTO_SYSTEM_CHECKS="true")
-    result = container.run(image_config(image)["Cmd"], env=env, timeout=600)
-    log = result.stdout + result.stderr
-    assert result.returncode == 1, log[-6000:]
-    assert f"{len(required)} required model file(s) missing:" in log, log[-6000:]
+    ran: dict[str, subprocess.CompletedProcess] = {}
+    worker = threading.Thread(target=lambda: ran.update(result=container.run(image_config(image)["Cmd"], env=env,
+                                                                               timeout=600)))
+    worker.start()
+    try:
+        job = standin.wait_final(standin.submit({"workflow": "infinitetalk_image_single"}).id, 300)
+    finally:
+        container.end_leftover_processes()  # the worker serves on: ended here
+        worker.join(timeout=120)
+        standin.close()
+    log = ran["result"].stdout + ran["result"].stderr if "result" in ran else ""
+    assert job.status == "FAILED" and job.stop_pod, (job.status, log[-6000:])
+    error = job.error
+    assert error.startswith(f"the worker cannot serve: {len(required)} required model file(s) missing: "), error
     for model in required:
-        assert f"{model.file} (folder {model.folder};" in log
+        assert f"{model.file} (folder {model.folder};" in error
         # where ComfyUI in the image looks: its own models/, the network volume, the baked /models
         assert (f"looked in {COMFY_HOME}/ComfyUI/models/{model.folder}, /runpod-volume/models/{model.folder}, "
-                f"/models/{model.folder})") in log
-    assert "Fix: run scripts/download_models.sh" in log
+                f"/models/{model.folder})") in error
+    assert "Fix: run scripts/download_models.sh" in error
+    assert "the worker cannot serve: " in log and "Traceback" not in log
 
 
 # ---------------------------------------------------------------------------------------------- contents

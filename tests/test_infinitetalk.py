@@ -27,8 +27,8 @@ import requests
 
 from comfy_manager import ComfyClient, InstancePool, PoolSettings
 from tests.conftest import shifted_port
-from tests.media_factory import frame_count, make_image, make_index_video, make_tone, media_duration
-from tests.template_check import REQUESTS, bind_case, variants
+from media_samples.factory import frame_count, make_image, make_index_video, make_tone, media_duration
+from tests.support.template_check import REQUESTS, bind_case, variants
 from worker.request.settings import WorkerSettings
 from worker.job import run_job
 from worker.templates.template import load_template

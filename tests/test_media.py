@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests import real_media
-from tests.media_factory import (frame_count, make_index_video, make_tone, media_duration, read_indices,
+from media_samples import real_media
+from media_samples.factory import (frame_count, make_index_video, make_tone, media_duration, read_indices,
                                  write_split_segment, yuv420p_frames)
 from worker.media import inputs, probe, sources as media_sources
 from worker.request.settings import MB
@@ -62,7 +62,7 @@ def test_loop_video_repeats_the_source(index_video, tmp_path):
 
 
 def camcorder_source(path: Path, kind: str) -> inputs.VideoSource:
-    """An index video of 100 frames as camcorders, MP4 edit lists and browsers have it (tests/real_media.py)."""
+    """An index video of 100 frames as camcorders, MP4 edit lists and browsers have it (media_samples/real_media.py)."""
     if kind in ("wrapping ts", "ts"):
         real_media.camcorder_ts(path, 100, wrap=kind == "wrapping ts")
     elif kind == "webm":

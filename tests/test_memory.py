@@ -14,7 +14,7 @@ from types import SimpleNamespace
 import psutil
 import pytest
 
-from tests.media_factory import make_index_video, make_tone, read_indices
+from media_samples.factory import make_index_video, make_tone, read_indices
 from worker.request.settings import MB
 from worker.request.errors import JobInputError
 from worker.job import run_job

@@ -15,7 +15,7 @@ from typing import Iterator
 import pytest
 
 from comfy_manager.oom import MemoryCgroup, ProcessEnd, kernel_oom_kill, oom_line, out_of_memory
-from tests.media_factory import make_image, make_tone
+from media_samples.factory import make_image, make_tone
 from tests.test_faults import slow_job, wait_pool_idle, wait_until
 from worker.request.errors import JobFailed
 from worker.job import run_job

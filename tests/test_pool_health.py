@@ -20,8 +20,8 @@ import pytest
 
 from comfy_manager import CancelEvent, Health, InstancePool, NoInstanceLeft
 from comfy_manager.pool import RestartBudget
+from media_samples.factory import read_indices
 from tests.conftest import pool_settings, shifted_port
-from tests.media_factory import read_indices
 from tests.test_faults import running_instance, slow_job, wait_pool_idle, wait_until
 from worker.request.errors import JobCancelled, WorkerUnhealthy
 from worker.job import run_job
@@ -133,6 +133,7 @@ def test_a_job_waiting_for_an_instance_stops_as_soon_as_it_is_cancelled(pool, se
     assert list(settings.job_work_dir.iterdir()) == []
 
 
+@pytest.mark.comfy  # a pool of its own
 def test_an_instance_whose_restarts_keep_failing_leaves_service_and_jobs_plan_for_the_rest(tmp_path, settings,
                                                                                              media_dir):
     base_port = shifted_port(8360)
@@ -165,6 +166,7 @@ def test_an_instance_whose_restarts_keep_failing_leaves_service_and_jobs_plan_fo
         fragile.shutdown()
 
 
+@pytest.mark.comfy  # a pool of its own
 def test_with_no_instance_left_jobs_fail_at_once_and_the_worker_asks_to_be_replaced(tmp_path, settings, media_dir,
                                                                                     monkeypatch):
     from runpod.serverless.modules import rp_job
@@ -239,6 +241,7 @@ def test_an_idle_instance_gives_back_what_its_last_job_held(pool, settings, medi
     assert freed - before < (kept - before) / 2, (before, kept, freed)
 
 
+@pytest.mark.comfy  # a pool of its own
 def test_another_comfyui_on_the_port_is_not_taken_for_ours(tmp_path):
     """Something that answers /system_stats like ComfyUI already holds the instance's port (a leftover
     ComfyUI of an earlier worker): the instance does not pass for ready on its answers. Ours cannot bind the

@@ -17,7 +17,9 @@ import pytest
 
 from tests.conftest import shifted_port
 from tests.test_faults import wait_until
-from tests.worker_api import REPO, WorkerApi
+from tests.support.worker_api import REPO, WorkerApi
+
+pytestmark = pytest.mark.comfy  # every test starts the worker or a pool
 
 
 def port_is_free(port: int) -> bool:

@@ -10,8 +10,8 @@ import pytest
 import requests
 
 from comfy_manager.client import PromptProgress
-from tests.media_factory import make_index_video, make_tone
-from tests.worker_api import WorkerApi
+from media_samples.factory import make_index_video, make_tone
+from tests.support.worker_api import WorkerApi
 from worker.planning.learned import LearnedRates
 from worker.templates.frame_grid import FrameGrid
 from worker.planning.segment_plan import plan_segments

@@ -12,9 +12,9 @@ import subprocess
 import numpy as np
 import pytest
 
-from tests import real_media
-from tests.media_factory import frame_count, make_tone, media_duration, read_indices
-from tests.worker_api import WorkerApi, save_video
+from media_samples import real_media
+from media_samples.factory import frame_count, make_tone, media_duration, read_indices
+from tests.support.worker_api import WorkerApi, save_video
 
 FPS = 25
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.media_factory import make_speech, media_duration, silences
+from media_samples.factory import make_speech, media_duration, silences
 from worker.media.loudness import SILENCE_DB, loudness_envelope
 from worker.templates.frame_grid import FrameGrid
 from worker.planning.segment_plan import plan_segments, total_frames_for

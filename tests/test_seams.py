@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.media_factory import (make_image, make_index_video, make_tone, media_duration, read_indices, silences,
+from media_samples.factory import (make_image, make_index_video, make_tone, media_duration, read_indices, silences,
                                  write_split_segment, yuv420p_frames)
 from tests.test_seam_placement import FPS, in_pause, speech_with_a_seam_after_its_pause
 from worker.media import inputs

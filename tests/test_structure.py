@@ -97,3 +97,25 @@ def test_the_checks_see_a_cycle_and_an_upward_import():
     finally:
         GRAPH.clear()
         GRAPH.update(saved)
+
+
+def top_level_imports(folder: Path) -> dict[str, set[str]]:
+    """Each file's imported top-level packages, every import counted (as above)."""
+    found: dict[str, set[str]] = {}
+    for path in sorted(folder.rglob("*.py")):
+        names: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names |= {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                names.add(node.module.split(".")[0])
+        found[str(path.relative_to(ROOT.parent))] = names
+    return found
+
+
+def test_benchmarks_and_sample_media_import_nothing_from_tests():
+    """The tests may use benchmarks' and media_samples' code, never the other way round (the media factories
+    live in media_samples/, shared by both)."""
+    offenders = [f"{path} imports tests" for folder in ("benchmarks", "media_samples")
+                 for path, names in top_level_imports(ROOT.parent / folder).items() if "tests" in names]
+    assert offenders == []

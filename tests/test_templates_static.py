@@ -17,8 +17,8 @@ import pytest
 import requests
 
 from comfy_manager import ComfyClient
-from tests.media_factory import make_image, make_index_video, make_tone
-from tests.template_check import (MANIFEST_PATH, REQUESTS, SCHEMA_PATH, Models, bind_case, check_graph, core_nodes,
+from media_samples.factory import make_image, make_index_video, make_tone
+from tests.support.template_check import (MANIFEST_PATH, REQUESTS, SCHEMA_PATH, Models, bind_case, check_graph, core_nodes,
                                   custom_nodes, variants)
 from worker.templates.template import WORKFLOWS_DIR, TemplateSpec, load_template
 

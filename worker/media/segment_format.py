@@ -2,7 +2,7 @@
 
 The one contract between the worker's ComfyUI node (comfy_nodes/, which runs inside ComfyUI's process
 and loads this file by its path), the reader of a segment's files (worker/render/segment_video.py), the
-stitcher (worker/output/stitch.py) and the tests (tests/media_factory.py). Standard library only.
+stitcher (worker/output/stitch.py) and the tests (media_samples/factory.py). Standard library only.
 
 Whole form: one H.264 mp4 with every frame of the segment (what any save node writes).
 Split form: the frames shared with the previous segment (head) and with the next (tail) as raw yuv420p

@@ -104,6 +104,14 @@ class WorkerSettings(EnvSettings):
     def _no_outer_slashes(cls, value: str) -> str:
         return value.strip("/")
 
+    @field_validator("log_level", mode="after")
+    @classmethod
+    def _a_level(cls, value: str) -> str:
+        levels = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+        if value.upper() not in levels:
+            raise ValueError(f"not a log level: one of {', '.join(levels)}")
+        return value.upper()
+
     @property
     def memory_reserve_bytes(self) -> int:
         return int(self.memory_reserve_mb * MB)

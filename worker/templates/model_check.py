@@ -1,5 +1,5 @@
-"""The worker's fitness check on its model files (handler.py registers it with runpod): with REQUIRE_MODELS=1,
-a worker that lacks a required model refuses to serve, naming each missing file and the fix."""
+"""The worker's check on its model files: with REQUIRE_MODELS=1, a worker that lacks a required model cannot
+serve, and says which files are missing, where it looked, and the fix (worker/api/startup.py reports it)."""
 
 from __future__ import annotations
 
@@ -7,11 +7,19 @@ from worker.request.settings import WorkerSettings
 from worker.templates.model_files import load_manifest, missing_message, missing_models
 
 
-def models_fitness_check() -> None:
-    """For runpod.serverless.register_fitness_check: with REQUIRE_MODELS=1, refuse to serve without models."""
-    settings = WorkerSettings()
+def missing_models_problem(settings: WorkerSettings) -> str | None:
+    """One line naming every missing required model file and the fix; None when REQUIRE_MODELS is off or
+    every file is there."""
     if not settings.require_models:
-        return
+        return None
     missing = missing_models(manifest=load_manifest(settings.models_manifest))
-    if missing:
-        raise RuntimeError(missing_message(missing))
+    return missing_message(missing, one_line=True) if missing else None
+
+
+def models_fitness_check() -> None:
+    """The same check as a runpod fitness check (runpod.serverless.register_fitness_check), which ends the
+    worker before it takes a job; handler.py reports it through worker/api/startup.py instead, so that jobs
+    are answered with the reason."""
+    problem = missing_models_problem(WorkerSettings())
+    if problem:
+        raise RuntimeError(problem)

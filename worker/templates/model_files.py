@@ -132,14 +132,16 @@ def missing_models(models_root: Path | Sequence[Path] | None = None, templates: 
     return [m for m in model_files(manifest, templates) if find_model(m, roots) is None]
 
 
-def missing_message(missing: Sequence[ModelFile], roots: Sequence[Path] | None = None) -> str:
-    lines = [f"{len(missing)} required model file(s) missing:"]
-    for model in missing:
-        where = ", ".join(str(d) for d in search_dirs(model.folder, roots))
-        lines.append(f"  - {model.file} (folder {model.folder}; from {model.repo}/{model.path}; "
-                     f"looked in {where})")
-    lines.append("Fix: run scripts/download_models.sh (downloads every required model to "
-                 f"{VOLUME_MODELS_ROOT}; MODELS_ROOT=dir for another place), or attach the network volume "
-                 f"that holds them under {VOLUME_MODELS_ROOT}/<folder>/<file>, or build the image with "
-                 "--build-arg BAKE_MODELS=1.")
-    return "\n".join(lines)
+def missing_message(missing: Sequence[ModelFile], roots: Sequence[Path] | None = None, one_line: bool = False) -> str:
+    """Each missing file, where it comes from and where ComfyUI looked, then the fix; one_line: the same on one
+    line (the worker's start-up report)."""
+    items = [f"{model.file} (folder {model.folder}; from {model.repo}/{model.path}; looked in "
+             f"{', '.join(str(d) for d in search_dirs(model.folder, roots))})" for model in missing]
+    head = f"{len(missing)} required model file(s) missing:"
+    fix = ("Fix: run scripts/download_models.sh (downloads every required model to "
+           f"{VOLUME_MODELS_ROOT}; MODELS_ROOT=dir for another place), or attach the network volume "
+           f"that holds them under {VOLUME_MODELS_ROOT}/<folder>/<file>, or build the image with "
+           "--build-arg BAKE_MODELS=1.")
+    if one_line:
+        return f"{head} {'; '.join(items)}. {fix}"
+    return "\n".join([head, *(f"  - {item}" for item in items), fix])

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tests.media_factory import make_index_video
+from media_samples.factory import make_index_video
 
 FFMPEG = ["ffmpeg", "-nostdin", "-loglevel", "error", "-y"]
 
@@ -148,7 +148,7 @@ def heic_photo(path: Path, size: int = 64) -> Path:
 # -- video -----------------------------------------------------------------------------------------------
 
 def camcorder_ts(path: Path, frames: int, fps: float = 25, wrap: bool = True) -> Path:
-    """An index video (tests/media_factory.py) as a camcorder writes MPEG-TS: H.264 with B-frames and short
+    """An index video (media_samples/factory.py) as a camcorder writes MPEG-TS: H.264 with B-frames and short
     GOPs, AC-3 sound, and timestamps that start a couple of seconds before the 33-bit wrap (so they wrap
     inside the file) or at 1.4 s like any TS."""
     source = make_index_video(path.with_suffix(".src.mp4"), frames, fps, with_audio_s=frames / fps)

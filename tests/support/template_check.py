@@ -16,7 +16,7 @@ from worker.request.job_request import JobRequest
 from worker.render.slot_values import segment_values
 from worker.templates.template import TemplateSpec, WorkflowTemplate
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 SCHEMA_PATH = REPO_ROOT / "workflows" / "custom_nodes_schema.json"
 MANIFEST_PATH = REPO_ROOT / "models" / "manifest.json"
 

@@ -1,4 +1,5 @@
-"""Starts the real worker (`python handler.py --rp_serve_api`) with its own CPU ComfyUI instances."""
+"""Starts the real worker: `python handler.py --rp_serve_api` (WorkerApi), or as RunPod runs it, polling a platform
+for jobs (WorkerOnPlatform); each with its own CPU ComfyUI instances."""
 
 from __future__ import annotations
 
@@ -9,11 +10,15 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import psutil
 import requests
 
-REPO = Path(__file__).resolve().parent.parent
+if TYPE_CHECKING:
+    from tests.support.runpod_standin import RunPodStandIn
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 class WorkerApi:
@@ -26,10 +31,11 @@ class WorkerApi:
         self.instances_dir = root / "instances"
         for folder in (self.media, self.jobs, self.volume):
             folder.mkdir(parents=True, exist_ok=True)
-        self.env = dict(os.environ, COMFY_BASE_PORT=str(comfy_port), COMFY_CPU_INSTANCES=str(instances),
-                        COMFY_FORCE_CPU="1", COMFY_INSTANCES_DIR=str(self.instances_dir),
-                        ALLOWED_INPUT_ROOTS=str(self.media), JOB_WORK_DIR=str(self.jobs),
-                        OUTPUT_VOLUME_DIR=str(self.volume), RUNPOD_DEBUG_LEVEL="INFO", **(env or {}))
+        self.env = {**os.environ, "COMFY_BASE_PORT": str(comfy_port), "COMFY_CPU_INSTANCES": str(instances),
+                    "COMFY_FORCE_CPU": "1", "COMFY_INSTANCES_DIR": str(self.instances_dir),
+                    "ALLOWED_INPUT_ROOTS": str(self.media), "JOB_WORK_DIR": str(self.jobs),
+                    "OUTPUT_VOLUME_DIR": str(self.volume), "RUNPOD_DEBUG_LEVEL": "INFO",
+                    **(env or {})}  # env: over these
         self.log_path = root / "worker.log"
         self.process: subprocess.Popen | None = None
 
@@ -81,6 +87,20 @@ class WorkerApi:
 
     def leftover_job_files(self) -> list[Path]:
         return list(self.jobs.rglob("*"))
+
+
+class WorkerOnPlatform(WorkerApi):
+    """The worker as RunPod runs it: no local API; it polls the platform for jobs."""
+
+    def start(self, standin: "RunPodStandIn", timeout_s: float = 240) -> "WorkerOnPlatform":
+        self.process = subprocess.Popen([sys.executable, "handler.py"], cwd=REPO, env=self.env,
+                                        stdout=open(self.log_path, "wb"), stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout_s
+        while standin.takes == 0:
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"worker did not start polling for jobs:\n{self.log_tail()}")
+            time.sleep(0.5)
+        return self
 
 
 def save_video(output: dict, dest: Path) -> Path:

@@ -1,4 +1,4 @@
-"""Test media: videos whose frames show their own index as a 16-cell bit pattern, and tones.
+"""Media for the tests and benchmarks: videos whose frames show their own index as a 16-cell bit pattern, and tones.
 
 A frame's index survives scaling, sharpening, h264 and cross-fades between identical frames, so a
 test can read back exactly which source frame ended up at each position of an output video.

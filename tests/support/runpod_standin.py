@@ -40,6 +40,7 @@ class StandInJob:
     error: str | None = None
     progress: object = None  # the latest progress update
     updates: list = field(default_factory=list)  # every progress update, in order
+    stop_pod: bool = False  # the result asked RunPod to replace the worker (the SDK's stopPod, from refresh_worker)
     created: float = field(default_factory=time.monotonic)
     started: float | None = None
     ended: float | None = None
@@ -129,8 +130,10 @@ class RunPodStandIn:
                 job.updates.append(body.get("output"))
             elif body.get("error") is not None:
                 job.status, job.error, job.ended = "FAILED", body["error"], time.monotonic()
+                job.stop_pod = bool(body.get("stopPod"))
             else:
                 job.status, job.output, job.ended = "COMPLETED", body.get("output"), time.monotonic()
+                job.stop_pod = bool(body.get("stopPod"))
             self.lock.notify_all()
 
     def stops(self) -> list[str]:
