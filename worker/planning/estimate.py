@@ -23,7 +23,8 @@ if TYPE_CHECKING:
 
 
 class GpuCountEstimate(BaseModel):
-    gpus: int
+    gpus: int  # lanes: this worker's instances, and other workers of the endpoint (workers of them)
+    workers: int = 0  # of those, other workers (each starting cold: remote_start_s)
     segments: int
     wall_s: float  # generation until the last segment is done, instances warm
     gpu_s: float  # GPU time summed over instances
@@ -76,8 +77,11 @@ def makespan(durations: list[float], instances: int) -> float:
 
 
 def estimate(request: JobRequest, template: WorkflowTemplate, plans: dict[int, SegmentPlan], gpus: int,
-             learned_s_per_frame: float | None = None) -> Estimate | None:
-    """The estimate for the plan of `gpus` instances, with the other GPU counts' plans beside it."""
+             learned_s_per_frame: float | None = None, local: int | None = None,
+             remote_start_s: float = 0.0) -> Estimate | None:
+    """The estimate for the plan of `gpus` lanes, with the other lane counts' plans beside it. Lanes past
+    `local` (default: all local) are other workers: the first segments go there, one each, and each starts
+    remote_start_s later (its GPU time counted too); the rest queue for the local instances."""
     speed = seconds_per_window(request, template, learned_s_per_frame)
     if speed is None:
         return None
@@ -85,8 +89,12 @@ def estimate(request: JobRequest, template: WorkflowTemplate, plans: dict[int, S
 
     def for_plan(count: int, plan: SegmentPlan) -> GpuCountEstimate:
         durations = [windows(template, s) * per_window for s in plan.segments]
-        return GpuCountEstimate(gpus=count, segments=len(plan.segments), wall_s=round(makespan(durations, count), 1),
-                                gpu_s=round(sum(durations), 1))
+        own = count if local is None else min(count, local)
+        away = min(count - own, max(0, len(durations) - own))
+        there = [remote_start_s + d for d in durations[:away]]
+        wall = max([makespan(durations[away:], own)] + there)
+        return GpuCountEstimate(gpus=count, workers=away, segments=len(plan.segments), wall_s=round(wall, 1),
+                                gpu_s=round(sum(durations) + remote_start_s * away, 1))
 
     options = [for_plan(count, plan) for count, plan in sorted(plans.items())]
     chosen = next(o for o in options if o.gpus == gpus)
