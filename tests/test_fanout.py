@@ -8,10 +8,7 @@ stand-in), where the other workers take them. A real S3 server (moto) carries wh
 from __future__ import annotations
 
 import base64
-import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -21,30 +18,10 @@ from tests.conftest import shifted_port
 from tests.media_factory import frame_count, make_index_video, make_tone, media_duration, read_indices
 from tests.runpod_standin import RunPodStandIn, StandInJob
 from tests.s3_server import S3Server
-from tests.worker_api import REPO, WorkerApi
+from tests.worker_api import PlatformWorker
 
 PODS = ("pod-a", "pod-b", "pod-c")
 BUCKET = "fanout-bucket"
-
-
-class PlatformWorker(WorkerApi):
-    """One worker of the endpoint as RunPod runs it: it polls the stand-in for jobs."""
-
-    pod: str = ""
-
-    def start_polling(self, standin: RunPodStandIn, timeout_s: float = 240) -> "PlatformWorker":
-        seen = standin.takes_by.get(self.pod, 0)
-        self.process = subprocess.Popen([sys.executable, "handler.py"], cwd=REPO, env=self.env,
-                                        stdout=open(self.log_path, "ab"), stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + timeout_s
-        while standin.takes_by.get(self.pod, 0) <= seen:
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"worker {self.pod} did not start polling for jobs:\n{self.log_tail()}")
-            time.sleep(0.3)
-        return self
-
-    def alive(self) -> bool:
-        return self.process is not None and self.process.poll() is None
 
 
 @pytest.fixture(scope="module")
@@ -60,9 +37,7 @@ def endpoint(tmp_path_factory):
                "RUNPOD_ENDPOINT_BASE_URL": standin.api_base, "FANOUT_MAX_WORKERS": "2",
                "FANOUT_QUEUE_DEADLINE_S": "20", "FANOUT_STALL_S": "15", "FANOUT_COLD_START_S": "0",
                "FANOUT_INLINE_MB": "1", "ALLOW_PRIVATE_URLS": "1", "MAX_DURATION_S": "120"}
-        worker = PlatformWorker(root / pod, api_port=0, comfy_port=shifted_port(8520 + 10 * number), instances=1,
-                                env=env)
-        worker.pod = pod
+        worker = PlatformWorker(root / pod, pod, comfy_port=shifted_port(8520 + 10 * number), env=env)
         worker.env.update(ALLOWED_INPUT_ROOTS=str(media), OUTPUT_VOLUME_DIR=str(volume))  # shared by the endpoint
         workers.append(worker.start_polling(standin))
     yield standin, workers, media, s3

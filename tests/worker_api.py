@@ -83,6 +83,30 @@ class WorkerApi:
         return list(self.jobs.rglob("*"))
 
 
+class PlatformWorker(WorkerApi):
+    """One worker of an endpoint as RunPod runs it (`python handler.py`, no local API): it polls the RunPod
+    stand-in (tests/runpod_standin.py) for jobs as worker `pod`."""
+
+    def __init__(self, root: Path, pod: str, comfy_port: int, instances: int = 1, env: dict | None = None):
+        super().__init__(root, api_port=0, comfy_port=comfy_port, instances=instances, env=env)
+        self.pod = pod
+
+    def start_polling(self, standin, timeout_s: float = 240) -> "PlatformWorker":
+        """Starts the worker (again, after a kill) and returns once it polls `standin` for jobs."""
+        seen = standin.takes_by.get(self.pod, 0)
+        self.process = subprocess.Popen([sys.executable, "handler.py"], cwd=REPO, env=self.env,
+                                        stdout=open(self.log_path, "ab"), stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout_s
+        while standin.takes_by.get(self.pod, 0) <= seen:
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"worker {self.pod} did not start polling for jobs:\n{self.log_tail()}")
+            time.sleep(0.3)
+        return self
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+
 def save_video(output: dict, dest: Path) -> Path:
     dest.write_bytes(base64.b64decode(output["video"]))
     return dest

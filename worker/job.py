@@ -81,7 +81,7 @@ def run_job(job_input: Any, pool: InstancePool, settings: WorkerSettings, job_id
         progress.stage("generating")
         blend = BlendOptions(request.seams.blend == "focused", request.seams.blend_frames)
         render = RenderJob.of(job_id, request, template, pool, work_dir, progress, cancel, settings)
-        others = RemoteSegments(render, plan, settings) if planned.remote else None
+        others = RemoteSegments(render, plan, settings, planned.workers) if planned.remote else None
         try:
             with Stitcher(plan, work_dir / "chunks", inputs.final_audio, output, blend=blend, loudness=loudness,
                           limits=limits) as stitcher:

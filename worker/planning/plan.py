@@ -26,7 +26,7 @@ from typing import Sequence
 
 import numpy as np
 
-from worker.planning.estimate import Estimate, estimate
+from worker.planning.estimate import Estimate, assign_lanes, estimate, windows
 from worker.planning.learned import Learned, LearnedRates
 from worker.planning.memory import FrameCost, InstanceBudget, MemoryLimit, describe_bytes, frames_that_fit, will_not_fit
 from worker.planning.seam_placement import SeamPlacement, SeamSearch, place_seams
@@ -69,7 +69,8 @@ class JobPlan:
     segments: SegmentPlan  # what runs: the balanced plan with its seams placed
     placement: SeamPlacement  # how the seams moved from the balanced plan (none moved without audio levels)
     parallelism: int  # lanes the segments run on at once, other workers included
-    remote: frozenset[int]  # the segments sent to other workers (the first ones: the shortest)
+    remote: frozenset[int]  # the segments sent to other workers (each to the lane free first)
+    workers: int  # other workers the job may use at once (segment jobs in flight)
     estimate: Estimate | None  # None: no speed known (the template declares none, the worker has run none)
     learned: LearnedRates | None  # what jobs of this kind took, for the progress ETA
     memory_cap: MemoryLimit | None  # the longest segment that fits every lane (None: no limit known)
@@ -117,7 +118,13 @@ def plan_job(request: JobRequest, template: WorkflowTemplate, total_frames: int,
         expected = estimate(request, template, by_lane_count, parallelism + workers, per_frame, local=parallelism,
                             remote_start_s=start_s)
     balanced = by_lane_count[parallelism + workers]
-    workers = min(workers, len(balanced.segments) - parallelism) if len(balanced.segments) > parallelism else 0
+    # Which segments the other workers take: each segment on the lane free first, by the speed where one is
+    # known (else by frames), the other workers starting start_s later.
+    pace = expected.seconds_per_window if expected is not None else None
+    durations = [windows(template, s) * pace if pace else float(s.frames) for s in balanced.segments]
+    away, _ = assign_lanes(durations, parallelism, workers, start_s if pace else 0.0)
+    remote = frozenset(i for i, there in enumerate(away) if there)
+    workers = min(workers, len(remote))
     if levels_db is None:
         placement = SeamPlacement(balanced, balanced, (0,) * (len(balanced.segments) - 1), 0.0, 0.0)
     else:
@@ -130,8 +137,8 @@ def plan_job(request: JobRequest, template: WorkflowTemplate, total_frames: int,
              f", memory allows {cap.frames} frames per segment" if cap is not None else "",
              f"; seams moved toward quiet audio by {list(placement.shifts)} frames (cost {placement.cost_frames:.1f} "
              f"of a budget of {placement.budget_frames:.1f})" if any(placement.shifts) else "")
-    return JobPlan(plan, placement, parallelism + workers, frozenset(range(workers)), expected,
-                   learned.rates(request, template), cap)
+    return JobPlan(plan, placement, parallelism + workers, remote, workers, expected, learned.rates(request, template),
+                   cap)
 
 
 def pays_off(expected: Estimate, local: int, most: int) -> int:

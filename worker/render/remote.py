@@ -43,6 +43,7 @@ class RemoteSegments:
     job: RenderJob
     plan: SegmentPlan
     settings: WorkerSettings
+    workers: int  # segment jobs in flight at once (the plan's other workers)
     errors: dict[int, str] = field(default_factory=dict)  # segment index -> why it was taken back
     _running: dict[int, str] = field(default_factory=dict)  # segment index -> segment job id
     _keys: list[str] = field(default_factory=list)  # bucket files of this job (media sent, videos received)
@@ -52,12 +53,23 @@ class RemoteSegments:
         import runpod  # the SDK's endpoint client (RUNPOD_ENDPOINT_BASE_URL moves its base URL)
 
         self.endpoint = runpod.Endpoint(self.settings.runpod_endpoint_id, api_key=self.settings.runpod_api_key)
+        self._slots = threading.Semaphore(max(1, self.workers))
 
     # -- one segment ---------------------------------------------------------------------------------
 
     def render(self, segment: Segment, files: dict[str, Path]) -> SegmentResult | None:
         """The segment rendered by another worker, or None where it must be rendered here (errors[index] says
-        why). JobCancelled when the job is cancelled meanwhile."""
+        why). JobCancelled when the job is cancelled meanwhile. At most `workers` segment jobs are out at once:
+        a segment waits here for the one before it on its lane."""
+        while not self._slots.acquire(timeout=POLL_S):
+            if self.job.cancel.is_set():
+                raise JobCancelled("the job was cancelled")
+        try:
+            return self._render(segment, files)
+        finally:
+            self._slots.release()
+
+    def _render(self, segment: Segment, files: dict[str, Path]) -> SegmentResult | None:
         started = time.monotonic()
         body = self._body(segment, files)
         if body is None:
