@@ -15,6 +15,8 @@ import runpod
 from comfy_manager import InstancePool
 from worker.request.errors import JobCancelled, JobFailed, JobInputError, WorkerUnhealthy
 from worker.job import run_job
+from worker.request.segment_job import SEGMENT_JOB_KEY
+from worker.segment_job import run_segment_job
 from worker.planning.learned import Learned
 from worker.api.live_jobs import LiveJobs
 from worker.api.startup import check_and_start, read_settings
@@ -62,8 +64,11 @@ def run_one(job: dict, cancel: threading.Event) -> dict:
         if settings.on_runpod and update.stage != "done":
             runpod.serverless.progress_update(job, update.model_dump(mode="json"))
 
+    job_input = job.get("input")
     try:
-        return run_job(job.get("input"), pool, settings, job_id=job_id, on_progress=progress, cancel=cancel,
+        if isinstance(job_input, dict) and SEGMENT_JOB_KEY in job_input:  # one segment of another worker's job
+            return run_segment_job(job_input, pool, settings, job_id=job_id, on_progress=progress, cancel=cancel)
+        return run_job(job_input, pool, settings, job_id=job_id, on_progress=progress, cancel=cancel,
                        learned=learned)
     except WorkerUnhealthy as exc:
         # The SDK turns refresh_worker into stopPod: RunPod replaces this worker after the job.

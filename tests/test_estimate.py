@@ -7,10 +7,10 @@ import time
 import pytest
 
 from media_samples.factory import make_image, make_tone
-from worker.planning.estimate import estimate, makespan, windows
+from worker.planning.estimate import assign_lanes, estimate, makespan, windows
 from worker.job import run_job
 from worker.planning.learned import Learned
-from worker.planning.plan import Lane, plan_job
+from worker.planning.plan import Lane, plan_job, remote_lanes
 from worker.planning.segment_plan import Segment
 from worker.request.job_request import JobRequest
 from worker.templates.template import available_templates
@@ -98,3 +98,35 @@ def test_dry_run_of_infinitetalk_needs_no_model(pool, settings, media_dir):
                    "dry_run": True, "output": {"destination": "volume"}}, pool, settings, learned=Learned(0.0))
     assert [s["windows"] for s in dry["segments"]] == [6, 6] and dry["quality"] == "fast"
     assert dry["estimate"]["per_gpu_count"][0]["gpu_s"] == dry["estimate"]["gpu_s"]
+
+
+def test_other_workers_are_used_where_they_pay_off_after_their_cold_start():
+    """842 frames of InfiniteTalk (12 windows) on one local GPU: two other workers at the template's speed
+    save more than their start; for 81 frames (one window) no other worker pays off."""
+    template = available_templates()[IT]
+    per_window = template.spec.speed.seconds_per_window["fast"]
+    others = remote_lanes(2, start_s=60.0)
+    long = plan_job(it_request(), template, 842, lanes(1) + others, Learned(0.0))
+    assert (len(long.segments.segments), long.remote, long.parallelism) == (3, frozenset({1, 2}), 3)  # 0: here
+    by_lanes = {o.gpus: o for o in long.estimate.per_gpu_count}
+    assert [o.workers for o in long.estimate.per_gpu_count] == [0, 1, 2]
+    counts = [windows(template, s) for s in long.segments.segments]
+    # the other workers' segments end after their start; the local one has none
+    assert by_lanes[3].wall_s == pytest.approx(max(counts[0] * per_window, 60.0 + counts[1] * per_window,
+                                                   60.0 + counts[2] * per_window), abs=0.2)
+    assert by_lanes[3].gpu_s == pytest.approx(sum(counts) * per_window + 2 * 60.0, abs=0.2)  # the starts cost GPU time
+    assert by_lanes[3].wall_s < by_lanes[1].wall_s
+    short = plan_job(it_request(), template, 81, lanes(1) + others, Learned(0.0))
+    assert short.remote == frozenset() and len(short.segments.segments) == 1
+    none = plan_job(it_request(workers=0), template, 842, lanes(1) + others, Learned(0.0))
+    assert none.remote == frozenset() and [o.gpus for o in none.estimate.per_gpu_count] == [1]
+
+
+def test_other_workers_take_segment_after_segment_like_instances():
+    """A job of more segments than lanes: each segment goes to the lane free first, other workers included,
+    not only one segment each."""
+    durations = [10.0] * 8
+    away, wall = assign_lanes(durations, local=1, remote=3, start_s=5.0)
+    assert sum(away) == 6 and away[0] is False  # the first segment here, at once; the others share out
+    assert wall == pytest.approx(25.0)  # lanes: 0-10-20 here; 5-15-25 on each of three others (two take two)
+    assert assign_lanes(durations, local=2) == ([False] * 8, pytest.approx(40.0))

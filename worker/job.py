@@ -24,8 +24,9 @@ from worker.output.seam_blend import BlendOptions
 from worker.output.stitch import OutputFormat, Stitcher
 from worker.output.summary import format_summary
 from worker.planning.learned import Learned
-from worker.planning.plan import local_lanes, plan_job
+from worker.planning.plan import local_lanes, plan_job, remote_lanes
 from worker.progress.tracker import JobProgressTracker, ProgressSink
+from worker.render.remote import RemoteSegments
 from worker.render.segments import RenderJob, run_segments
 from worker.request.errors import WorkerUnhealthy
 from worker.request.job_request import JobRequest, parse_request
@@ -67,6 +68,7 @@ def run_job(job_input: Any, pool: InstancePool, settings: WorkerSettings, job_id
         loudness = None if request.dry_run else loudness_envelope(inputs.final_audio, request.fps, frames, limits)
         lanes = local_lanes(learned.memory_budgets(pool.serving_instances, settings.memory_reserve_bytes,
                                                    settings.memory_budget_bytes))
+        lanes += remote_lanes(settings.fanout_workers, settings.fanout_cold_start_s + _load_s(template))
         planned = plan_job(request, template, frames, lanes, learned, None if loudness is None else loudness.levels_db,
                            settings.seam_budget_percent)
         if request.dry_run:
@@ -79,11 +81,17 @@ def run_job(job_input: Any, pool: InstancePool, settings: WorkerSettings, job_id
         progress.stage("generating")
         blend = BlendOptions(request.seams.blend == "focused", request.seams.blend_frames)
         render = RenderJob.of(job_id, request, template, pool, work_dir, progress, cancel, settings)
-        with Stitcher(plan, work_dir / "chunks", inputs.final_audio, output, blend=blend, loudness=loudness,
-                      limits=limits) as stitcher:
-            results = run_segments(render, plan, segment_inputs, on_video=stitcher.add_segment)
-            progress.stage("stitching")
-            stitched = stitcher.finish(work_dir / "result.mp4")
+        others = RemoteSegments(render, plan, settings, planned.workers) if planned.remote else None
+        try:
+            with Stitcher(plan, work_dir / "chunks", inputs.final_audio, output, blend=blend, loudness=loudness,
+                          limits=limits) as stitcher:
+                results = run_segments(render, plan, segment_inputs, stitcher.add_segment, others, planned.remote)
+                progress.stage("stitching")
+                stitched = stitcher.finish(work_dir / "result.mp4")
+        finally:
+            if others is not None:  # nothing of the job left running on other workers or in the bucket
+                others.cancel_all()
+                others.close()
         generated, finished = max(r.finished_at for r in results), time.monotonic()
         progress.stage("delivering")
         delivery = deliver(stitched.path, request.output.destination, job_id, settings)
@@ -94,6 +102,11 @@ def run_job(job_input: Any, pool: InstancePool, settings: WorkerSettings, job_id
         progress.finish()
     log.info("job %s done\n%s", job_id, format_summary(response))
     return response.model_dump()
+
+
+def _load_s(template) -> float:
+    """A cold instance's model loading, as the template declares it (0 where it does not)."""
+    return (template.spec.speed.load_s or 0.0) if template.spec.speed else 0.0
 
 
 def output_format(request: JobRequest) -> OutputFormat:

@@ -14,6 +14,11 @@ It speaks both sides of RunPod's queue, as the runpod SDK (1.12.0) and RunPod's 
 
 So a test runs the real worker under the real SDK, and the real client against it, end to end. Every
 progress update the worker sent is kept (`updates`), so a test can see what /status showed.
+
+Several workers may poll one stand-in, as the workers of one endpoint do: each job records which worker
+took it, and a cancel reaches that worker's stop channel only. A job's `policy` is kept as RunPod keeps it:
+`ttl` (ms) removes a job still queued after it (its /status then answers 404), `executionTimeout` (ms) ends
+one running longer (TIMED_OUT, and a stop to its worker).
 """
 
 from __future__ import annotations
@@ -44,6 +49,8 @@ class StandInJob:
     created: float = field(default_factory=time.monotonic)
     started: float | None = None
     ended: float | None = None
+    policy: dict = field(default_factory=dict)
+    worker: str | None = None  # the worker that took it
 
     def status_body(self) -> dict:
         body: dict = {"id": self.id, "status": self.status,
@@ -54,7 +61,7 @@ class StandInJob:
             body["output"] = self.progress
         elif self.status == "COMPLETED":
             body["output"] = self.output
-        elif self.status == "FAILED":
+        elif self.status in ("FAILED", "TIMED_OUT"):
             body["error"] = self.error
         return body
 
@@ -64,9 +71,12 @@ class RunPodStandIn:
         self.endpoint_id, self.api_key = endpoint_id, api_key
         self.jobs: dict[str, StandInJob] = {}
         self.queue: deque[str] = deque()
-        self.to_stop: list[str] = []
+        self.to_stop: dict[str, list[str]] = {}  # worker -> jobs to stop there
         self.stops_delivered: list[str] = []
         self.takes = 0  # job-take polls seen (the worker is up once there is one)
+        self.takes_by: dict[str, int] = {}  # the same, per worker
+        self.expired: list[str] = []  # jobs removed by their ttl
+        self.held: set[str] = set()  # workers given no job (busy, as far as the queue is concerned)
         self.lock = threading.Condition()
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
@@ -89,9 +99,9 @@ class RunPodStandIn:
 
     # -- the platform's side ------------------------------------------------------------------------
 
-    def submit(self, job_input: dict) -> StandInJob:
+    def submit(self, job_input: dict, policy: dict | None = None) -> StandInJob:
         with self.lock:
-            job = StandInJob(f"{uuid.uuid4()}-u1", job_input)
+            job = StandInJob(f"{uuid.uuid4()}-u1", job_input, policy=dict(policy or {}))
             self.jobs[job.id] = job
             self.queue.append(job.id)
             self.lock.notify_all()
@@ -103,22 +113,44 @@ class RunPodStandIn:
             if job.status == "IN_QUEUE":
                 self.queue.remove(job_id)
             elif job.status == "IN_PROGRESS":
-                self.to_stop.append(job_id)
+                self.to_stop.setdefault(job.worker, []).append(job_id)
             if job.status in ("IN_QUEUE", "IN_PROGRESS"):
                 job.status, job.ended = "CANCELLED", time.monotonic()
             self.lock.notify_all()
             return job
 
-    def take(self) -> StandInJob | None:
+    def take(self, worker: str = "standin-worker") -> StandInJob | None:
         with self.lock:
             self.takes += 1
-            if not self.queue:
+            self.takes_by[worker] = self.takes_by.get(worker, 0) + 1
+            self._expire()
+            if not self.queue or worker in self.held:
                 self.lock.wait(LONG_POLL_S)
-            if not self.queue:
+            self._expire()
+            if not self.queue or worker in self.held:
                 return None
             job = self.jobs[self.queue.popleft()]
-            job.status, job.started = "IN_PROGRESS", time.monotonic()
+            job.status, job.started, job.worker = "IN_PROGRESS", time.monotonic(), worker
             return job
+
+    def hold(self, workers) -> None:
+        """Gives these workers no job from now on (an empty list: every worker takes jobs again)."""
+        with self.lock:
+            self.held = set(workers)
+
+    def _expire(self) -> None:
+        """What RunPod does with a job's policy: ttl for a queued job, executionTimeout for a running one."""
+        now = time.monotonic()
+        for job in list(self.jobs.values()):
+            ttl, limit = job.policy.get("ttl"), job.policy.get("executionTimeout")
+            if job.status == "IN_QUEUE" and ttl and now - job.created > ttl / 1000:
+                self.queue.remove(job.id)
+                del self.jobs[job.id]
+                self.expired.append(job.id)
+            elif job.status == "IN_PROGRESS" and limit and now - job.started > limit / 1000:
+                job.status, job.error, job.ended = "TIMED_OUT", "execution timeout exceeded", now
+                self.to_stop.setdefault(job.worker, []).append(job.id)
+                self.lock.notify_all()
 
     def done(self, job_id: str, body: dict) -> None:
         with self.lock:
@@ -136,13 +168,20 @@ class RunPodStandIn:
                 job.stop_pod = bool(body.get("stopPod"))
             self.lock.notify_all()
 
-    def stops(self) -> list[str]:
+    def stops(self, worker: str = "standin-worker") -> list[str]:
         with self.lock:
-            if not self.to_stop:
+            self._expire()
+            if not self.to_stop.get(worker):
                 self.lock.wait(LONG_POLL_S)
-            stops, self.to_stop = self.to_stop, []
+            stops = self.to_stop.pop(worker, [])
             self.stops_delivered.extend(stops)
             return stops
+
+    def expire(self) -> bool:
+        """Applies the jobs' policies now (False: for use in a condition)."""
+        with self.lock:
+            self._expire()
+        return False
 
     def wait_final(self, job_id: str, timeout_s: float) -> StandInJob:
         deadline = time.monotonic() + timeout_s
@@ -184,11 +223,12 @@ class RunPodStandIn:
                         self._body()
                         self._send(413, {"error": f"request body of {size} bytes exceeds {limit} bytes"})
                         return
-                    job = standin.submit(json.loads(self._body())["input"])
+                    body = json.loads(self._body())
+                    job = standin.submit(body["input"], body.get("policy"))
                     if action == "runsync":
                         job = standin.wait_final(job.id, 90)
                     self._send(200, job.status_body() if action == "runsync" else {"id": job.id, "status": job.status})
-                elif job_id not in standin.jobs:
+                elif standin.expire() or job_id not in standin.jobs:
                     self._send(404, {"error": "request does not exist"})
                 elif method == "GET" and action == "status":
                     self._send(200, standin.jobs[job_id].status_body())
@@ -203,14 +243,14 @@ class RunPodStandIn:
                 if len(parts) >= 3 and parts[0] == "v2" and parts[1] == standin.endpoint_id:
                     self._public(method, parts[2:])
                 elif parts and parts[0] == "job-take" and method == "GET":
-                    job = standin.take()
+                    job = standin.take(parts[1] if len(parts) > 1 else "standin-worker")
                     self._send(204) if job is None else self._send(200, {"id": job.id, "input": job.input})
                 elif parts and parts[0] == "job-done" and method == "POST":
                     job_id = parse_qs(url.query)["id"][0]
                     standin.done(job_id, json.loads(self._body()))
                     self._send(200, {})
                 elif parts and parts[0] == "job-stop" and method == "GET":
-                    stops = standin.stops()
+                    stops = standin.stops(parts[1] if len(parts) > 1 else "standin-worker")
                     self._send(200, {"jobsToStop": stops}) if stops else self._send(204)
                 else:
                     self._send(404, {"error": f"no route {self.path}"})

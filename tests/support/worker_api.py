@@ -90,17 +90,27 @@ class WorkerApi:
 
 
 class WorkerOnPlatform(WorkerApi):
-    """The worker as RunPod runs it: no local API; it polls the platform for jobs."""
+    """One worker of an endpoint as RunPod runs it (`python handler.py`, no local API): it polls the RunPod
+    stand-in (tests/support/runpod_standin.py) for jobs as its RUNPOD_POD_ID (RunPodStandIn.worker_env)."""
+
+    @property
+    def pod(self) -> str:
+        return self.env.get("RUNPOD_POD_ID", "standin-worker")
 
     def start(self, standin: "RunPodStandIn", timeout_s: float = 240) -> "WorkerOnPlatform":
+        """Starts the worker (again, after a kill) and returns once it polls `standin` for jobs."""
+        seen = standin.takes_by.get(self.pod, 0)
         self.process = subprocess.Popen([sys.executable, "handler.py"], cwd=REPO, env=self.env,
-                                        stdout=open(self.log_path, "wb"), stderr=subprocess.STDOUT)
+                                        stdout=open(self.log_path, "ab"), stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout_s
-        while standin.takes == 0:
+        while standin.takes_by.get(self.pod, 0) <= seen:
             if self.process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"worker did not start polling for jobs:\n{self.log_tail()}")
-            time.sleep(0.5)
+                raise RuntimeError(f"worker {self.pod} did not start polling for jobs:\n{self.log_tail()}")
+            time.sleep(0.3)
         return self
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
 
 
 def save_video(output: dict, dest: Path) -> Path:

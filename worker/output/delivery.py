@@ -41,6 +41,7 @@ from urllib.parse import urlparse
 
 from worker.request.settings import WorkerSettings
 from worker.request.errors import JobFailed, JobInputError
+from worker.media.bucket import MAX_PRESIGN_EXPIRY_S, BucketTarget, _redact, _s3_client, bucket_target  # noqa: F401
 from worker.request.job_request import DESTINATION_NAMES
 
 if TYPE_CHECKING:
@@ -59,7 +60,6 @@ CONTAINER_OVERHEAD = 1.03
 # The fastest presets skip most of x264's analysis and spend more bits for the same quality.
 PRESET_FACTOR = {"ultrafast": 2.5, "superfast": 1.75}
 RESPONSE_OVERHEAD_BYTES = 64 * 1024  # the rest of the JSON response (timings, segment reports)
-MAX_PRESIGN_EXPIRY_S = 7 * 24 * 3600  # S3 signature v4 refuses longer
 
 
 @dataclass(frozen=True)
@@ -221,63 +221,6 @@ def write_to_volume(path: Path, job_id: str, settings: WorkerSettings) -> Path:
 
 
 # ---------------------------------------------------------------------------------------------- bucket
-
-
-@dataclass(frozen=True)
-class BucketTarget:
-    endpoint_url: str
-    bucket: str
-    key_prefix: str  # no leading or trailing slash; may be empty
-    region: str
-
-
-def bucket_target(settings: WorkerSettings) -> BucketTarget:
-    """Where uploads go, from the settings (see the module docstring for the rules)."""
-    url = urlparse(settings.bucket_endpoint_url or "")
-    if url.scheme not in ("http", "https") or not url.hostname:
-        raise JobInputError("output", "BUCKET_ENDPOINT_URL must be an http(s) URL such as "
-                                      "https://<account>.r2.cloudflarestorage.com/<bucket>")
-    host = url.hostname
-    netloc = host if url.port is None else f"{host}:{url.port}"
-    parts = [p for p in url.path.split("/") if p]
-    extra: list[str] = []
-    if settings.bucket_name:
-        bucket, endpoint = settings.bucket_name, f"{url.scheme}://{netloc}{url.path.rstrip('/')}"
-    elif parts:
-        bucket, extra, endpoint = parts[0], parts[1:], f"{url.scheme}://{netloc}"
-    elif ".s3." in host and not host.startswith("s3."):
-        bucket, service = host.split(".s3.", 1)
-        endpoint = f"{url.scheme}://s3.{service}" + (f":{url.port}" if url.port else "")
-    else:
-        raise JobInputError("output", "BUCKET_ENDPOINT_URL names no bucket: put it in the URL's path "
-                                      "(https://host/<bucket>) or set BUCKET_NAME")
-    region = settings.bucket_region
-    if not region and ".s3." in host:
-        region = host.split(".s3.", 1)[1].split(".")[0]
-    if not region or region == "amazonaws":
-        region = "us-east-1"
-    prefix = "/".join(extra + [p for p in settings.bucket_prefix.split("/") if p])
-    return BucketTarget(endpoint, bucket, prefix, region)
-
-
-def _redact(text: str, settings: WorkerSettings) -> str:
-    for secret in (settings.bucket_secret_access_key, settings.bucket_access_key_id,
-                   urlparse(settings.bucket_endpoint_url or "").password,
-                   urlparse(settings.bucket_endpoint_url or "").username):
-        if secret:
-            text = text.replace(secret, "***")
-    return text
-
-
-def _s3_client(settings: WorkerSettings, target: BucketTarget):
-    import boto3
-    from botocore.config import Config
-
-    return boto3.session.Session().client(
-        "s3", endpoint_url=target.endpoint_url, region_name=target.region,
-        aws_access_key_id=settings.bucket_access_key_id, aws_secret_access_key=settings.bucket_secret_access_key,
-        config=Config(signature_version="s3v4", retries={"max_attempts": 3, "mode": "standard"},
-                      s3={"addressing_style": "path"}, connect_timeout=20, read_timeout=120))
 
 
 def upload_to_bucket(path: Path, job_id: str, settings: WorkerSettings) -> str:

@@ -21,6 +21,7 @@ class SegmentReport(BaseModel):
     index: int
     instance: str  # e.g. gpu1:8189 or cpu0:8188
     gpu: int | None
+    worker: str | None = None  # the endpoint's other worker that rendered it (its RUNPOD_POD_ID); None: this one
     start_frame: int
     end_frame: int  # exclusive
     frames: int
@@ -157,7 +158,7 @@ def build_response(request: JobRequest, template: WorkflowTemplate, planned: Job
         video_url=delivery.video_url,
         video_path=delivery.video_path,
         video_bytes=stitched.path.stat().st_size,
-        gpu_count=len({r.instance.name for r in results}),
+        gpu_count=len({(r.worker, r.instance) for r in results}),
         instances_available=instances,
         segments_processed=len(results),
         frames=plan.total_frames,
@@ -165,7 +166,7 @@ def build_response(request: JobRequest, template: WorkflowTemplate, planned: Job
         duration_s=round(plan.total_frames / request.fps, 4),
         overlap_frames=plan.overlap,
         frames_copied=stitched.frames_copied,
-        segments=[SegmentReport(index=r.segment.index, instance=r.instance.name, gpu=r.instance.gpu,
+        segments=[SegmentReport(index=r.segment.index, instance=r.instance, gpu=r.gpu, worker=r.worker,
                                 start_frame=r.segment.start, end_frame=r.segment.end, frames=r.segment.frames,
                                 seconds=round(r.seconds, 3), comfy_seconds=round(r.comfy_seconds, 3),
                                 node_seconds=r.node_seconds, attempts=r.attempts,

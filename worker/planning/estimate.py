@@ -23,7 +23,8 @@ if TYPE_CHECKING:
 
 
 class GpuCountEstimate(BaseModel):
-    gpus: int
+    gpus: int  # lanes: this worker's instances, and other workers of the endpoint (workers of them)
+    workers: int = 0  # of those, other workers (each starting cold: remote_start_s)
     segments: int
     wall_s: float  # generation until the last segment is done, instances warm
     gpu_s: float  # GPU time summed over instances
@@ -67,6 +68,20 @@ def seconds_per_window(request: JobRequest, template: WorkflowTemplate,
     return seconds, f"measured on {speed.measured_on}, scaled to {request.width}x{request.height}"
 
 
+def assign_lanes(durations: list[float], local: int, remote: int = 0, start_s: float = 0.0) -> tuple[list[bool], float]:
+    """Each segment, in plan order, on the lane that is free first: `local` instances from time 0, `remote`
+    other workers from start_s (their cold start). Returns (per segment: on another worker?, when the last
+    one ends)."""
+    lanes = [(0.0, False)] * max(1, local) + [(start_s, True)] * remote
+    heapq.heapify(lanes)
+    away = []
+    for duration in durations:
+        free, is_remote = heapq.heappop(lanes)
+        away.append(is_remote)
+        heapq.heappush(lanes, (free + duration, is_remote))
+    return away, max(free for free, _ in lanes) if durations else 0.0
+
+
 def makespan(durations: list[float], instances: int) -> float:
     """When the last of the segments ends, each taken by the first free instance in plan order."""
     free = [0.0] * max(1, instances)
@@ -76,8 +91,11 @@ def makespan(durations: list[float], instances: int) -> float:
 
 
 def estimate(request: JobRequest, template: WorkflowTemplate, plans: dict[int, SegmentPlan], gpus: int,
-             learned_s_per_frame: float | None = None) -> Estimate | None:
-    """The estimate for the plan of `gpus` instances, with the other GPU counts' plans beside it."""
+             learned_s_per_frame: float | None = None, local: int | None = None,
+             remote_start_s: float = 0.0) -> Estimate | None:
+    """The estimate for the plan of `gpus` lanes, with the other lane counts' plans beside it. Lanes past
+    `local` (default: all local) are other workers, which start remote_start_s later (their GPU time counted
+    too); each segment goes to the lane free first (assign_lanes)."""
     speed = seconds_per_window(request, template, learned_s_per_frame)
     if speed is None:
         return None
@@ -85,8 +103,11 @@ def estimate(request: JobRequest, template: WorkflowTemplate, plans: dict[int, S
 
     def for_plan(count: int, plan: SegmentPlan) -> GpuCountEstimate:
         durations = [windows(template, s) * per_window for s in plan.segments]
-        return GpuCountEstimate(gpus=count, segments=len(plan.segments), wall_s=round(makespan(durations, count), 1),
-                                gpu_s=round(sum(durations), 1))
+        own = count if local is None else min(count, local)
+        remote, wall = assign_lanes(durations, own, count - own, remote_start_s)
+        workers = min(count - own, sum(remote))  # other workers that get a segment
+        return GpuCountEstimate(gpus=count, workers=workers, segments=len(plan.segments), wall_s=round(wall, 1),
+                                gpu_s=round(sum(durations) + remote_start_s * workers, 1))
 
     options = [for_plan(count, plan) for count, plan in sorted(plans.items())]
     chosen = next(o for o in options if o.gpus == gpus)

@@ -26,7 +26,7 @@ from typing import Sequence
 
 import numpy as np
 
-from worker.planning.estimate import Estimate, estimate
+from worker.planning.estimate import Estimate, assign_lanes, estimate, windows
 from worker.planning.learned import Learned, LearnedRates
 from worker.planning.memory import FrameCost, InstanceBudget, MemoryLimit, describe_bytes, frames_that_fit, will_not_fit
 from worker.planning.seam_placement import SeamPlacement, SeamSearch, place_seams
@@ -42,15 +42,24 @@ SEAM_SEARCH_S = 2.0  # how far (seconds of video) a seam may move either way tow
 @dataclass(frozen=True)
 class Lane:
     """One place where one segment runs at a time: a local ComfyUI instance, with its memory for a segment
-    (None: not known, nothing caps the segments it runs)."""
+    (None: not known, nothing caps the segments it runs), or another worker of the endpoint (remote: a
+    segment job there starts cold, start_s before its first window)."""
 
     name: str
     budget: InstanceBudget | None = None
+    remote: bool = False
+    start_s: float = 0.0
 
 
 def local_lanes(budgets: Sequence[InstanceBudget]) -> list[Lane]:
     """One lane per local instance in service, from its budget (Learned.memory_budgets)."""
     return [Lane(budget.name, budget) for budget in budgets]
+
+
+def remote_lanes(count: int, start_s: float) -> list[Lane]:
+    """`count` other workers of the endpoint, each starting in start_s (FANOUT_COLD_START_S plus the
+    template's model loading)."""
+    return [Lane(f"worker{i + 1}", remote=True, start_s=start_s) for i in range(count)]
 
 
 @dataclass(frozen=True)
@@ -59,7 +68,9 @@ class JobPlan:
 
     segments: SegmentPlan  # what runs: the balanced plan with its seams placed
     placement: SeamPlacement  # how the seams moved from the balanced plan (none moved without audio levels)
-    parallelism: int  # lanes the segments run on at once
+    parallelism: int  # lanes the segments run on at once, other workers included
+    remote: frozenset[int]  # the segments sent to other workers (each to the lane free first)
+    workers: int  # other workers the job may use at once (segment jobs in flight)
     estimate: Estimate | None  # None: no speed known (the template declares none, the worker has run none)
     learned: LearnedRates | None  # what jobs of this kind took, for the progress ETA
     memory_cap: MemoryLimit | None  # the longest segment that fits every lane (None: no limit known)
@@ -74,7 +85,10 @@ def plan_job(request: JobRequest, template: WorkflowTemplate, total_frames: int,
     """The whole plan of a job of `total_frames` frames on `lanes`; `levels_db`: the audio's level at every
     output frame (worker/media/loudness.py), which seam placement needs; JobInputError when the job cannot be
     split within the request's limits or the lanes' memory."""
-    parallelism = parallelism_of(request, len(lanes))
+    local = [lane for lane in lanes if not lane.remote]
+    others = [lane for lane in lanes if lane.remote][:len(lanes) if request.workers is None else request.workers]
+    others = others if request.use_multi_gpu else []  # single_gpu: one instance, no other worker
+    parallelism = parallelism_of(request, len(local))
     overlap = template.spec.overlap_frames if request.overlap_frames is None else request.overlap_frames
     longest = longest_segment(request, template)
     if longest <= 2 * overlap and total_frames > 2 * longest - overlap:
@@ -95,22 +109,47 @@ def plan_job(request: JobRequest, template: WorkflowTemplate, total_frames: int,
                                cost.source)
         return plan
 
-    balanced = split(parallelism)
+    start_s = max((lane.start_s for lane in others), default=0.0)
+    per_frame = learned.learned_s_per_frame(request, template)
+    by_lane_count = {count: split(count) for count in range(1, max(len(local), parallelism) + len(others) + 1)}
+    expected = estimate(request, template, by_lane_count, parallelism, per_frame, local=parallelism, remote_start_s=start_s)
+    workers = len(others) if expected is None else pays_off(expected, parallelism, len(others))
+    if workers:
+        expected = estimate(request, template, by_lane_count, parallelism + workers, per_frame, local=parallelism,
+                            remote_start_s=start_s)
+    balanced = by_lane_count[parallelism + workers]
+    # Which segments the other workers take: each segment on the lane free first, by the speed where one is
+    # known (else by frames), the other workers starting start_s later.
+    pace = expected.seconds_per_window if expected is not None else None
+    durations = [windows(template, s) * pace if pace else float(s.frames) for s in balanced.segments]
+    away, _ = assign_lanes(durations, parallelism, workers, start_s if pace else 0.0)
+    remote = frozenset(i for i, there in enumerate(away) if there)
+    workers = min(workers, len(remote))
     if levels_db is None:
         placement = SeamPlacement(balanced, balanced, (0,) * (len(balanced.segments) - 1), 0.0, 0.0)
     else:
         placement = place_seams(balanced, SeamSearch(
             levels_db, request.seams.span(balanced.overlap), seam_budget_percent / 100, parallelism, template.grid,
             max(template.spec.min_segment_frames, 2 * balanced.overlap), longest, radius=round(SEAM_SEARCH_S * request.fps)))
-    by_lane_count = {count: balanced if count == parallelism else split(count) for count in range(1, max(1, len(lanes)) + 1)}
-    expected = estimate(request, template, by_lane_count, parallelism, learned.learned_s_per_frame(request, template))
     plan = placement.plan
-    log.info("plan: %d frames in %d segment(s) on %d lane(s), overlap %d, stitch lead %.3f%s%s", total_frames,
-             len(plan.segments), parallelism, plan.overlap, lead,
+    log.info("plan: %d frames in %d segment(s) on %d instance(s)%s, overlap %d, stitch lead %.3f%s%s", total_frames,
+             len(plan.segments), parallelism, f" and {workers} other worker(s)" if workers else "", plan.overlap, lead,
              f", memory allows {cap.frames} frames per segment" if cap is not None else "",
              f"; seams moved toward quiet audio by {list(placement.shifts)} frames (cost {placement.cost_frames:.1f} "
              f"of a budget of {placement.budget_frames:.1f})" if any(placement.shifts) else "")
-    return JobPlan(plan, placement, parallelism, expected, learned.rates(request, template), cap)
+    return JobPlan(plan, placement, parallelism + workers, remote, workers, expected, learned.rates(request, template),
+                   cap)
+
+
+def pays_off(expected: Estimate, local: int, most: int) -> int:
+    """How many other workers (0..most) make the job end soonest, by the estimate for each lane count; of
+    counts within a second of the soonest, the fewest (each worker costs GPU time to start)."""
+    wall = {o.gpus: o.wall_s for o in expected.per_gpu_count}
+    options = [r for r in range(most + 1) if local + r in wall]
+    if not options:
+        return 0
+    best = min(wall[local + r] for r in options)
+    return min(r for r in options if wall[local + r] <= best + 1.0)
 
 
 def parallelism_of(request: JobRequest, lanes: int) -> int:

@@ -67,6 +67,7 @@ class JobProgress(BaseModel):
     message: str  # one line for people: "generating: 1/2 segments done, 63%, ETA 12 s"
     frames: int | None = None  # of the result, once planned
     segments: list[SegmentProgress] = []
+    worker: str | None = None  # a segment job's: the worker rendering it (RUNPOD_POD_ID)
 
 
 ProgressSink = Callable[[JobProgress], None]
@@ -88,9 +89,13 @@ class _Segment:
     node_started_at: float | None = None
     steps: tuple[float, float] | None = None
 
+    remote_fraction: float | None = None  # on another worker: the fraction its segment job reports
+
     def fraction(self) -> float:
         if self.state == "done":
             return 1.0
+        if self.remote_fraction is not None:
+            return self.remote_fraction if self.state == "running" else 0.0
         total = sum(self.weights.values())
         if self.state != "running" or total <= 0:
             return 0.0
@@ -141,8 +146,9 @@ class JobProgressTracker:
     every `interval_s`, and at once when the stage changes. Use as a context manager; finish() when done."""
 
     def __init__(self, sink: ProgressSink | None = None, started: float | None = None, job_id: str = "job",
-                 interval_s: float = 1.0, clock: Callable[[], float] = time.monotonic):
+                 interval_s: float = 1.0, clock: Callable[[], float] = time.monotonic, worker: str | None = None):
         self.sink = sink
+        self.worker = worker
         self.job_id = job_id
         self.interval_s = interval_s
         self.clock = clock
@@ -175,7 +181,7 @@ class JobProgressTracker:
     def segment_started(self, index: int, instance: str, gpu: int | None, graph: dict) -> None:
         """A try of segment `index` began on `instance`, running `graph` (ComfyUI's API format)."""
         with self._lock:
-            seg = self._segments[index]
+            seg = self._segment(index)
             names = {node: f"{node} {spec.get('class_type', '?')}" for node, spec in graph.items()}
             shares = self._learned.node_shares if self._learned else {}
             # Learned shares where the worker has them (a node absent from them took no time); else all alike.
@@ -183,13 +189,14 @@ class JobProgressTracker:
             if not any(weights.values()):
                 weights = dict.fromkeys(names, 1.0)
             seg.state, seg.instance, seg.gpu, seg.attempt = "running", instance, gpu, seg.attempt + 1
+            seg.remote_fraction = None
             seg.started_at, seg.weights, seg.names = self.clock(), weights, names
             seg.finished, seg.node, seg.node_started_at, seg.steps = set(), None, None, None
 
     def segment_event(self, index: int, event: PromptProgress) -> None:
         """A report from the segment's ComfyUI prompt (comfy_manager.client.PromptProgress)."""
         with self._lock:
-            seg = self._segments[index]
+            seg = self._segment(index)
             if seg.state != "running":
                 return
             if event.kind == "cached":
@@ -207,16 +214,38 @@ class JobProgressTracker:
                     seg.node, seg.node_started_at = event.node, self.clock()
                 seg.steps = (event.value, event.max)
 
+    def segment_remote(self, index: int, worker: str, report: dict | None) -> None:
+        """Segment `index` runs as a segment job on another worker; `report`: that job's latest progress
+        (its JobProgress as a dict, None while it is queued there)."""
+        with self._lock:
+            seg = self._segment(index)
+            if seg.state == "done":
+                return
+            theirs = (report or {}).get("segments") or [{}]
+            if seg.state != "running":
+                seg.state, seg.attempt, seg.started_at = "running", seg.attempt + 1, self.clock()
+                seg.weights, seg.names, seg.finished, seg.node, seg.steps = {}, {}, set(), None, None
+            seg.instance = f"{worker} {theirs[0].get('instance') or 'queued'}"
+            seg.gpu = theirs[0].get("gpu")
+            seg.remote_fraction = min(1.0, float((report or {}).get("percent") or 0.0) / 100)
+            node, steps = theirs[0].get("node"), theirs[0].get("node_steps")
+            seg.names = {node: node} if node else {}
+            seg.node, seg.steps = node, tuple(steps) if steps else None
+
     def segment_retrying(self, index: int) -> None:
         """The segment's try failed and it waits to run again (its percent starts over)."""
         with self._lock:
-            seg = self._segments[index]
+            seg = self._segment(index)
             seg.state, seg.started_at, seg.node, seg.steps, seg.finished = "waiting", None, None, None, set()
+            seg.remote_fraction = None
 
     def segment_done(self, index: int) -> None:
         with self._lock:
-            seg = self._segments[index]
+            seg = self._segment(index)
             seg.state, seg.node, seg.steps = "done", None, None
+
+    def _segment(self, index: int) -> _Segment:
+        return next(s for s in self._segments if s.segment.index == index)
 
     # -- the figure ----------------------------------------------------------------------------------
 
@@ -237,7 +266,8 @@ class JobProgressTracker:
             stage, frames, percent = self._stage, self._frames, round(self._percent, 1)
         eta = None if eta is None else round(eta, 1)
         return JobProgress(stage=stage, percent=percent, elapsed_s=round(elapsed, 1), eta_s=eta,
-                           message=_message(stage, percent, eta, segments), frames=frames, segments=segments)
+                           message=_message(stage, percent, eta, segments), frames=frames, segments=segments,
+                           worker=self.worker)
 
     def _eta(self, now: float) -> float | None:
         if self._stage == "done":

@@ -14,7 +14,7 @@ import uuid
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed, wait
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Protocol
 
 from comfy_manager import AcquireCancelled, ComfyClient, ComfyInstance, InstancePool, NoInstanceLeft
 from comfy_manager.client import (ComfyError, ComfyOutputFile, ConnectionLost, InstanceFault, PromptCancelled,
@@ -40,7 +40,8 @@ LOG_LINES = 15  # of a failed instance's log, in the error
 class SegmentResult:
     segment: Segment
     video: SegmentVideo
-    instance: ComfyInstance
+    instance: str  # the instance that made it, e.g. gpu0:8188
+    gpu: int | None
     seconds: float
     comfy_seconds: float
     finished_at: float  # time.monotonic() when the segment's video was on disk
@@ -50,6 +51,7 @@ class SegmentResult:
     started_at: float = 0.0  # time.monotonic() when the try that made the video began
     memory: SegmentMemory | None = None  # the instance's memory while the prompt ran (Learned learns from it)
     cold: bool = False  # the instance's first prompt: it loaded the models (its time and memory are theirs too)
+    worker: str | None = None  # another worker of the endpoint that rendered it as a segment job; None: this one
 
 
 @dataclass(frozen=True)
@@ -77,14 +79,35 @@ class RenderJob:
         return self.timeout_s + self.timeout_per_frame_s * segment.frames
 
 
+class OtherWorkers(Protocol):
+    """The endpoint's other workers (worker/render/remote.py: RemoteSegments)."""
+
+    errors: dict[int, str]  # segment index -> why it came back to be rendered here
+
+    def render(self, segment: Segment, files: dict[str, Path]) -> SegmentResult | None: ...
+
+
 def run_segments(job: RenderJob, plan: SegmentPlan, segment_inputs: list[dict[str, Path]],
-                 on_video: Callable[[int, SegmentVideo], None]) -> list[SegmentResult]:
-    """Runs every segment at once, each on a free instance; on_video(index, video) gets each segment's video
-    as soon as it is done (the stitcher starts on it while the others generate). The first failure stops
-    the other segments and is raised."""
+                 on_video: Callable[[int, SegmentVideo], None], others: OtherWorkers | None = None,
+                 remote: frozenset[int] = frozenset()) -> list[SegmentResult]:
+    """Runs every segment at once, each on a free instance, or those in `remote` on other workers (`others`),
+    rendered here after all where they come back; on_video(index, video) gets each segment's video as soon as
+    it is done (the stitcher starts on it while the others generate). The first failure stops the other
+    segments and is raised."""
 
     def run(segment: Segment) -> SegmentResult:
-        result = run_segment(job, plan, segment, segment_inputs[segment.index])
+        files = segment_inputs[segment.index]
+        result = others.render(segment, files) if others is not None and segment.index in remote else None
+        if result is None:
+            if segment.index in remote:
+                job.progress.segment_retrying(segment.index)
+            try:
+                result = run_segment(job, plan, segment, files)
+            except JobFailed as exc:
+                away = others.errors.get(segment.index) if others is not None else None
+                if away is None:
+                    raise
+                raise JobFailed(f"{exc}\n(before that, as a segment job on another worker: {away})") from None
         job.progress.segment_done(segment.index)
         return result
 
@@ -245,7 +268,7 @@ def attempt_segment(job: RenderJob, plan: SegmentPlan, segment: Segment, files: 
         slowest = ", ".join(f"{name} {s:.1f} s" for name, s in sorted(nodes.items(), key=lambda i: -i[1])[:3])
         log.info("%s: segment %d done in %.2f s (ComfyUI %.2f s; %s)", instance.name.upper(), segment.index,
                  seconds, result.seconds, slowest)
-        return SegmentResult(segment, video, instance, seconds, result.seconds, time.monotonic(),
+        return SegmentResult(segment, video, instance.name, instance.gpu, seconds, result.seconds, time.monotonic(),
                              node_seconds=nodes, device_settings=params.device, started_at=started,
                              memory=SegmentMemory.of(pid, memory), cold=cold)
     finally:

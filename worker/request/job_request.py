@@ -73,6 +73,9 @@ class JobRequest(BaseModel):
     fps: float = Field(default=25.0, ge=1.0, le=60.0)
     use_multi_gpu: bool = True
     gpu_count: int | None = Field(default=None, ge=1, le=64)
+    # Other workers of the endpoint this job may send segments to (at most FANOUT_MAX_WORKERS; 0: none).
+    # None: as many as pay off, up to that setting.
+    workers: int | None = Field(default=None, ge=0, le=64)
     overlap_frames: int | None = Field(default=None, ge=0, le=200)
     # Longest segment, in frames (at least the template's shortest): a longer job gets more segments than
     # instances, which queue for them. None: the template's limit.

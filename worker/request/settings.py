@@ -48,6 +48,22 @@ class WorkerSettings(EnvSettings):
     # (worker/planning/seam_placement.py); 0: seams stay where the balanced plan puts them.
     seam_budget_percent: float = env("SEAM_BUDGET_PERCENT", 3.0, ge=0.0, le=100.0)
     max_concurrent_jobs: int = env("MAX_CONCURRENT_JOBS", 1)  # their segments share the instances
+    # Fan-out (worker/render/remote.py): a job may send segments, as segment jobs, to at most
+    # fanout_max_workers other workers of the endpoint it runs on (RUNPOD_ENDPOINT_ID, set by RunPod), with an
+    # API key from a secret (RUNPOD_API_KEY). 0, or no key: every segment runs on this worker's instances.
+    runpod_api_key: str | None = env("RUNPOD_API_KEY", None, repr=False)
+    runpod_endpoint_id: str | None = env("RUNPOD_ENDPOINT_ID", None)
+    fanout_max_workers: int = env("FANOUT_MAX_WORKERS", 0, ge=0, le=64)
+    # A segment job still queued this long is cancelled and rendered here; one whose progress stops changing
+    # this long (its worker died) is taken back too.
+    fanout_queue_deadline_s: float = env("FANOUT_QUEUE_DEADLINE_S", 90.0, gt=0)
+    fanout_stall_s: float = env("FANOUT_STALL_S", 120.0, gt=0)
+    # What a cold worker costs before its first window, besides loading the template's models (its `speed`
+    # declares load_s): the planner uses another worker only where it pays off after this.
+    fanout_cold_start_s: float = env("FANOUT_COLD_START_S", 20.0, ge=0)
+    # A segment job's media go inline while its body stays under this (RunPod's /run takes about 10 MB), else
+    # through the bucket (BUCKET_*); without one, such a segment is rendered here.
+    fanout_inline_mb: float = env("FANOUT_INLINE_MB", 9.0, gt=0)
     # Delivery (worker/output/delivery.py). A response carries at most max_response_mb of base64 video.
     max_response_mb: float = env("MAX_RESPONSE_MB", 15.0)
     output_volume_dir: Path = env("OUTPUT_VOLUME_DIR", Path("/runpod-volume/outputs"))
@@ -131,6 +147,11 @@ class WorkerSettings(EnvSettings):
     @property
     def bucket_part_bytes(self) -> int:
         return max(5, int(self.bucket_part_mb)) * MB
+
+    @property
+    def fanout_workers(self) -> int:
+        """How many other workers a job may use: FANOUT_MAX_WORKERS where the endpoint and a key are known."""
+        return self.fanout_max_workers if self.runpod_api_key and self.runpod_endpoint_id else 0
 
     @property
     def bucket_configured(self) -> bool:

@@ -1,0 +1,203 @@
+"""One job rendered by several workers of one endpoint, end to end: three real workers (`python handler.py`
+under the real runpod SDK, one CPU ComfyUI instance each) take jobs from the RunPod stand-in's queue
+(tests/runpod_standin.py); the worker that takes a job renders one segment itself and sends the others as
+segment jobs through the same endpoint (the SDK's Endpoint client, RUNPOD_ENDPOINT_BASE_URL pointing at the
+stand-in), where the other workers take them. A real S3 server (moto) carries what does not fit a request.
+"""
+
+from __future__ import annotations
+
+import base64
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import shifted_port
+from media_samples.factory import frame_count, make_index_video, make_tone, media_duration, read_indices
+from tests.support.runpod_standin import RunPodStandIn, StandInJob
+from tests.support.s3_server import S3Server
+from tests.support.worker_api import WorkerOnPlatform
+
+pytestmark = pytest.mark.comfy  # three workers, each with its ComfyUI instance
+PODS = ("pod-a", "pod-b", "pod-c")
+BUCKET = "fanout-bucket"
+
+
+@pytest.fixture(scope="module")
+def endpoint(tmp_path_factory):
+    standin, s3 = RunPodStandIn(), S3Server(BUCKET)
+    root = tmp_path_factory.mktemp("endpoint")
+    media, volume = root / "media", root / "volume" / "outputs"
+    media.mkdir()
+    volume.mkdir(parents=True)
+    workers = []
+    for number, pod in enumerate(PODS):
+        env = {**standin.worker_env(pod), **s3.worker_env(), "RUNPOD_API_KEY": standin.api_key,
+               "RUNPOD_ENDPOINT_BASE_URL": standin.api_base, "FANOUT_MAX_WORKERS": "2",
+               "FANOUT_QUEUE_DEADLINE_S": "20", "FANOUT_STALL_S": "15", "FANOUT_COLD_START_S": "0",
+               "FANOUT_INLINE_MB": "1", "ALLOW_PRIVATE_URLS": "1", "MAX_DURATION_S": "120"}
+        worker = WorkerOnPlatform(root / pod, api_port=0, comfy_port=shifted_port(8520 + 10 * number), instances=1,
+                                  env=env)
+        worker.env.update(ALLOWED_INPUT_ROOTS=str(media), OUTPUT_VOLUME_DIR=str(volume))  # shared by the endpoint
+        workers.append(worker.start(standin))
+    yield standin, workers, media, s3
+    for worker in workers:
+        worker.stop()
+    standin.close()
+    s3.close()
+
+
+def restyle_job(media: Path, name: str, frames: int, audio_rate: int = 16000) -> dict:
+    video = make_index_video(media / f"{name}.mp4", frames, 25)
+    audio = make_tone(media / f"{name}.wav", frames / 25, rate=audio_rate)
+    return {"workflow": "restyle", "input_type": "video", "video": str(video), "audio": str(audio),
+            "width": 128, "height": 64, "output": {"destination": "base64"}}
+
+
+def segment_jobs(standin: RunPodStandIn, parent: StandInJob) -> list[StandInJob]:
+    return [j for j in list(standin.jobs.values())
+            if (j.input.get("segment_job") or {}).get("parent_job") == parent.id]
+
+
+def wait_for(condition, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.2)
+
+
+def finished(standin: RunPodStandIn, job: StandInJob, timeout_s: float = 300) -> dict:
+    job = standin.wait_final(job.id, timeout_s)
+    assert job.status == "COMPLETED", (job.status, job.error)
+    return job.output
+
+
+def save(output: dict, dest: Path) -> Path:
+    dest.write_bytes(base64.b64decode(output["video"]))
+    return dest
+
+
+def check_video(output: dict, dest: Path, frames: int) -> None:
+    video = save(output, dest)
+    assert output["frames"] == frames and frame_count(video) == frames
+    assert read_indices(video) == list(range(frames))  # every frame once, in order, across the workers
+    assert abs(media_duration(video, "a") - frames / 25) < 0.05
+
+
+def test_a_job_fans_out_over_three_workers_and_comes_back_frame_exact(endpoint, tmp_path):
+    standin, workers, media, s3 = endpoint
+    parent = standin.submit(restyle_job(media, "three", 300))
+    output = finished(standin, parent)
+    check_video(output, tmp_path / "three.mp4", 300)
+    rendered_by = [s["worker"] for s in output["segments"]]
+    assert len(output["segments"]) == 3 and rendered_by.count(None) == 1  # the parent rendered one itself
+    children = segment_jobs(standin, parent)
+    assert sorted(j.worker for j in children) == sorted(p for p in PODS if p != parent.worker)
+    assert sorted(w for w in rendered_by if w) == sorted(j.worker for j in children)
+    for child in children:
+        assert child.status == "COMPLETED"
+        assert child.policy["executionTimeout"] > 0 and child.policy["ttl"] > child.policy["executionTimeout"]
+        request = child.input["segment_job"]["request"]
+        assert request["audio"].startswith("data:audio/wav;base64,") and request["workers"] == 0  # inline
+    # the parent's progress showed the other workers' segments as they ran
+    remote = [s for update in parent.updates for s in update.get("segments", []) if (s.get("instance") or "").startswith("worker ")]
+    assert remote, "the parent's progress never showed a segment on another worker"
+    assert s3.keys() == []
+
+
+def test_media_over_the_request_limit_travel_through_the_bucket_and_are_removed(endpoint, tmp_path):
+    standin, workers, media, s3 = endpoint
+    # 48 kHz audio: each segment's slice is over FANOUT_INLINE_MB (1 MB) as base64
+    parent = standin.submit(restyle_job(media, "big", 900, audio_rate=48000))
+    output = finished(standin, parent)
+    check_video(output, tmp_path / "big.mp4", 900)
+    children = segment_jobs(standin, parent)
+    assert children and all(c.status == "COMPLETED" for c in children)
+    for child in children:
+        audio = child.input["segment_job"]["request"]["audio"]
+        assert audio.startswith(f"{s3.endpoint}/{BUCKET}/videos/segments/"), audio[:80]
+    assert {s["worker"] for s in output["segments"]} - {None}, "no segment was rendered by another worker"
+    assert s3.keys() == []  # nothing left in the bucket after the job
+
+
+def test_with_no_free_worker_the_parent_takes_its_segments_back(endpoint, tmp_path):
+    standin, workers, media, s3 = endpoint
+    parent = standin.submit(restyle_job(media, "alone", 200))
+    wait_for(lambda: parent.worker is not None, 60, "a worker to take the job")
+    others = [w.pod for w in workers if w.pod != parent.worker]
+    standin.hold(others)  # every other worker busy: segment jobs stay queued
+    try:
+        output = finished(standin, parent, 300)
+    finally:
+        standin.hold([])
+    check_video(output, tmp_path / "alone.mp4", 200)
+    assert [s["worker"] for s in output["segments"]] == [None] * len(output["segments"])
+    children = segment_jobs(standin, parent)
+    assert children and all(c.status == "CANCELLED" for c in children)
+
+
+def test_a_worker_killed_mid_segment_does_not_lose_the_segment(endpoint, tmp_path):
+    standin, workers, media, s3 = endpoint
+    parent = standin.submit(restyle_job(media, "killed", 300))
+    wait_for(lambda: any(c.status == "IN_PROGRESS" for c in segment_jobs(standin, parent)), 120,
+             "a segment job to be taken")
+    victim_pod = next(c.worker for c in segment_jobs(standin, parent) if c.status == "IN_PROGRESS")
+    victim = next(w for w in workers if w.pod == victim_pod)
+    victim.process.send_signal(signal.SIGKILL)
+    victim.process.wait(10)
+    try:
+        output = finished(standin, parent, 300)
+        check_video(output, tmp_path / "killed.mp4", 300)
+        assert victim_pod not in {s["worker"] for s in output["segments"]}
+    finally:
+        for proc in victim.comfy_processes():
+            proc.kill()
+        victim.start(standin)
+
+
+def test_cancelling_the_parent_cancels_every_segment_job_and_leaves_nothing(endpoint, tmp_path):
+    standin, workers, media, s3 = endpoint
+    parent = standin.submit(restyle_job(media, "cancelled", 1500))
+    wait_for(lambda: len([c for c in segment_jobs(standin, parent) if c.status == "IN_PROGRESS"]) == 2, 120,
+             "both segment jobs to run")
+    standin.cancel(parent.id)
+    wait_for(lambda: all(c.status == "CANCELLED" for c in segment_jobs(standin, parent)), 60,
+             "every segment job to be cancelled")
+    # each worker ends its part: no job folder, no file in its instances' input and output folders
+    wait_for(lambda: all(not w.leftover_job_files() for w in workers), 60, "the workers' job folders to empty")
+    for worker in workers:
+        leftovers = [p for p in worker.instances_dir.rglob("*") if p.is_file() and p.parent.name in ("input", "output")]
+        assert leftovers == [], leftovers
+        assert worker.alive()
+    assert s3.keys() == []
+    # and the endpoint serves the next job
+    output = finished(standin, standin.submit(restyle_job(media, "after", 100)))
+    check_video(output, tmp_path / "after.mp4", 100)
+
+
+@pytest.mark.parametrize("change, field, words", [
+    ({"request": {"audio": "/etc/passwd"}}, "segment_job.request.audio", "never as a path"),
+    ({"request": {"workers": 2}}, "segment_job.request.workers", "no fan-out"),
+    ({"request": {"workflow": None}}, "segment_job.request.workflow", "names its template"),
+    ({"index": 5}, "segment_job", "index: 5 is not a segment of the plan"),
+    ({"segments": [[0, 50], [60, 100]]}, "segment_job", "must start inside the previous one"),
+    ({"parent_job": "../../etc"}, "segment_job", "parent_job"),
+    ({"extra": 1}, "segment_job", "extra"),
+])
+def test_hostile_segment_jobs_are_refused_with_the_field_named(endpoint, change, field, words):
+    standin, workers, media, s3 = endpoint
+    request = {"workflow": "restyle", "input_type": "video", "video": "data:video/mp4;base64,AAAA",
+               "audio": "data:audio/wav;base64,AAAA", "width": 128, "height": 64, "workers": 0}
+    job = {"parent_job": "p1", "request": request, "segments": [[0, 50], [42, 100]], "index": 1}
+    for key, value in change.items():
+        if key == "request":
+            job["request"] = {**request, **value}
+        else:
+            job[key] = value
+    answer = standin.wait_final(standin.submit({"segment_job": job}).id, 60)
+    assert answer.status == "FAILED" and answer.error.startswith(f"{field}:"), answer.error
+    assert words in answer.error
+    assert all(w.alive() for w in workers)
