@@ -27,7 +27,7 @@ from .color_match import ColorMatcher, rgb_to_yuv_means
 def _load_segment_format():
     """worker/media/segment_format.py (file names, frame rate, x264 options: what the stitcher expects), loaded by
     its path: this runs in ComfyUI's process, which has none of the worker's packages."""
-    path = Path(__file__).resolve().parent.parent / "worker" / "segment_format.py"
+    path = Path(__file__).resolve().parent.parent / "worker" / "media" / "segment_format.py"
     spec = importlib.util.spec_from_file_location("runpod_worker_segment_format", path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
