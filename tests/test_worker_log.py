@@ -47,3 +47,14 @@ def test_the_local_apis_front_page_works_offline(worker):
         assert f"<code>{route}</code>" in page.text, route
     assert "<a href='/docs'>/docs</a> is the interactive page" in page.text
     assert requests.get(worker.url + "/docs", timeout=10).ok  # the SDK's Swagger UI, moved there
+
+
+def test_the_readmes_first_screen_says_what_the_sample_output_looks_like_on_a_cpu():
+    readme = (REPO / "README.md").read_text()
+    first_screen = "\n".join(readme.splitlines()[:40])
+    for words in ("a test pattern, not a talking head", "`restyle`", "`still`", "a frozen image",
+                  "InfiniteTalk templates, which need a GPU", "![A frame of the sample job's video"):
+        assert words in first_screen, words
+    picture = REPO / re.search(r"\]\((docs/[^)]+\.png)\)", first_screen).group(1)
+    data = picture.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and int.from_bytes(data[16:20], "big") == 256  # a 256-wide PNG frame
