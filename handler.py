@@ -74,12 +74,33 @@ def run_one(job: dict, cancel: threading.Event) -> dict:
         # The SDK turns refresh_worker into stopPod: RunPod replaces this worker after the job.
         log.error("job %s failed and the worker asks to be replaced: %s", job_id, exc)
         return {"error": str(exc), "refresh_worker": True}
-    except (JobInputError, JobFailed, JobCancelled) as exc:
+    except JobCancelled as exc:
+        log.info("job %s cancelled", job_id)  # worker/render/segments.py logged what each segment was doing
+        return {"error": str(exc)}
+    except (JobInputError, JobFailed) as exc:
         log.warning("job %s failed: %s", job.get("id"), exc)
         return {"error": str(exc)}
     except Exception as exc:  # a bug: the worker must go on serving
         log.exception("job %s crashed", job.get("id"))
         return {"error": f"internal error: {type(exc).__name__}: {exc}"}
+
+
+def set_sdk_log_level(serve_api: bool) -> None:
+    """The runpod SDK's own log level. The SDK logs every job's whole result: at DEBUG, its default level
+    ("Handler output: {...}"), and in the local test mode (`make run`) at INFO ("Job result: {...}"). The worker
+    logs each job's summary instead (client/report.py), so the SDK follows LOG_LEVEL (or RUNPOD_DEBUG_LEVEL, its
+    own variable, where set), and in the local test mode its INFO lines, the dump among them, show only when
+    DEBUG is asked for."""
+    from runpod.serverless.modules.rp_logger import RunPodLogger
+
+    asked = (os.environ.get("RUNPOD_LOG_LEVEL") or os.environ.get("RUNPOD_DEBUG_LEVEL") or settings.log_level).upper()
+    level = {"WARNING": "WARN", "CRITICAL": "ERROR"}.get(asked, asked)
+    if level not in ("DEBUG", "INFO", "WARN", "ERROR"):
+        level = "INFO"
+    local_test = not serve_api and ("--test_input" in sys.argv or not os.environ.get("RUNPOD_WEBHOOK_GET_JOB"))
+    if local_test and level == "INFO" and settings.log_level.upper() != "DEBUG":
+        level = "WARN"
+    RunPodLogger().level = level
 
 
 def stop_instances_on_signals() -> None:
@@ -101,6 +122,7 @@ def stop_instances_on_signals() -> None:
 
 
 if __name__ == "__main__":
+    set_sdk_log_level("--rp_serve_api" in sys.argv)
     stop_instances_on_signals()
     atexit.register(pool.shutdown)
     # Checks (models where REQUIRE_MODELS=1, the templates' device rows), then the instances. Whatever fails is

@@ -11,13 +11,15 @@ from pathlib import Path
 
 from client.api import ApiError, JobState, LocalApi, RunPodEndpoint, WorkerApi
 from client.bucket import Bucket, BucketError
-from client.display import ProgressLine, format_estimate, format_progress, format_summary
+from client.display import ProgressLine, format_progress
 from client.media import MediaError, place_media
+from client.report import estimate_report, job_summary
 from client.results import ResultError, save_video
 from client.timeline import benchmark_run_as_response, timeline_svg
 
 EXIT_FAILED, EXIT_USAGE, EXIT_CANCELLED = 1, 2, 130
 CANCEL_WAIT_S = 60  # after Ctrl-C: how long to wait for the worker to confirm the job stopped
+UNCONFIRMED = "cancel sent, not confirmed"
 
 
 class ClientError(RuntimeError):
@@ -34,29 +36,40 @@ def _target_arguments(parser: argparse.ArgumentParser) -> None:
     where.add_argument("--url", help="the worker's local API, e.g. http://localhost:8000")
 
 
+# The request's bounds as the worker checks them (worker/request/job_request.py; tests/test_client_package.py
+# keeps the two in step): the client cannot import the worker, so it states them here.
+EXAMPLES = """examples:
+  python -m client submit --url http://localhost:8000 --image face.png --audio speech.wav -o out.mp4
+  python -m client submit --endpoint 3kq9x2abcd1234 --image face.png --audio speech.wav \\
+      --width 832 --height 480 --set quality=fast --prompt "a woman talking" -o out.mp4"""
+
+
 def _request_arguments(parser: argparse.ArgumentParser) -> None:
     media = parser.add_argument_group("media (a local file or an http(s) URL)")
-    media.add_argument("--image", help="reference image (input_type image)")
+    media.add_argument("--image", help="reference image (input_type image); this or --video is required")
     media.add_argument("--video", help="source video (input_type video)")
-    media.add_argument("--audio", help="speech; the video lasts as long as it")
+    media.add_argument("--audio", help="speech, required: the video lasts as long as it")
     media.add_argument("--audio-2", dest="audio_2", help="second speaker (person_count multi)")
     fields = parser.add_argument_group("request fields (README: Request); left out: the worker's defaults")
-    fields.add_argument("--workflow")
+    fields.add_argument("--workflow", help="the template (workflows/NAME.bindings.json); default: by input type "
+                                           "(the worker's DEFAULT_WORKFLOWS)")
     fields.add_argument("--input-type", choices=["image", "video"], help="default: video if --video is given")
     fields.add_argument("--person-count", choices=["single", "multi"], help="default: multi if --audio-2 is given")
-    fields.add_argument("--prompt")
-    fields.add_argument("--negative-prompt")
-    fields.add_argument("--seed", type=int)
-    fields.add_argument("--steps", type=int)
-    fields.add_argument("--width", type=int)
-    fields.add_argument("--height", type=int)
-    fields.add_argument("--fps", type=float)
-    fields.add_argument("--gpu-count", type=int)
+    fields.add_argument("--prompt", help="what the video shows, up to 10000 characters; default: the template's")
+    fields.add_argument("--negative-prompt", help="what it should not show, up to 10000 characters")
+    fields.add_argument("--seed", type=int, help="0-9007199254740992 (default 42)")
+    fields.add_argument("--steps", type=int, help="sampling steps: 1-200 (default: the template's preset)")
+    fields.add_argument("--width", type=int, help="pixels: 64-2048, a multiple of 16 (default 512)")
+    fields.add_argument("--height", type=int, help="pixels: 64-2048, a multiple of 16 (default 512)")
+    fields.add_argument("--fps", type=float, help="frames a second: 1-60 (default 25)")
+    fields.add_argument("--gpu-count", type=int, help="instances (GPUs) to use at most: 1-64 (default: all)")
     fields.add_argument("--single-gpu", action="store_true", help="use_multi_gpu false: one segment")
-    fields.add_argument("--overlap-frames", type=int)
-    fields.add_argument("--crf", type=int, help="output.crf")
-    fields.add_argument("--preset", help="output.preset (x264)")
-    fields.add_argument("--audio-bitrate-kbps", type=int, help="output.audio_bitrate_kbps")
+    fields.add_argument("--overlap-frames", type=int, help="frames neighbouring segments share: 0-200 "
+                                                           "(default: the template's)")
+    fields.add_argument("--crf", type=int, help="output.crf, x264 quality: 0-51, lower is better (default 19)")
+    fields.add_argument("--preset", choices=["ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow",
+                                             "slower"], help="output.preset, x264 speed (default veryfast)")
+    fields.add_argument("--audio-bitrate-kbps", type=int, help="output.audio_bitrate_kbps: 32-512 (default 192)")
     fields.add_argument("--destination", choices=["auto", "base64", "bucket", "volume"], help="output.destination")
     fields.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                         help="any other request field; VALUE is JSON where it parses (--set quality=\"fast\", "
@@ -70,7 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m client", description="Turns files into a video with the worker.")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    submit = commands.add_parser("submit", help="run a job, show its progress, save its video")
+    submit = commands.add_parser("submit", help="run a job, show its progress, save its video", epilog=EXAMPLES,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     _target_arguments(submit)
     _request_arguments(submit)
     submit.add_argument("-o", "--output", type=Path, help="where to write the video (default: <job id>.mp4)")
@@ -90,7 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
     _target_arguments(cancel)
     cancel.add_argument("job_id")
 
-    estimate = commands.add_parser("estimate", help="the worker's plan and estimate for a request (dry run)")
+    estimate = commands.add_parser("estimate", help="the worker's plan and estimate for a request (dry run)",
+                                   epilog=EXAMPLES.replace(" submit ", " estimate ").replace(" -o out.mp4", ""),
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
     _target_arguments(estimate)
     _request_arguments(estimate)
 
@@ -114,6 +130,12 @@ def _set_field(job_input: dict, name: str, value) -> None:
 def build_input(args: argparse.Namespace) -> tuple[dict, dict[str, str]]:
     """(the request's fields without its media, the media arguments by field)."""
     media = {f: getattr(args, f) for f in ("image", "video", "audio", "audio_2") if getattr(args, f)}
+    given = media.keys() | {item.partition("=")[0].strip() for item in args.set}
+    if "audio" not in given:
+        raise ClientError("--audio: required (the speech; the video lasts as long as it): a local file or an "
+                          "http(s) URL")
+    if not given & {"image", "video"}:
+        raise ClientError("--image or --video: required (the reference picture, or the video to restyle)")
     job_input: dict = {}
     plain = {"workflow": args.workflow, "prompt": args.prompt, "negative_prompt": args.negative_prompt,
              "seed": args.seed, "steps": args.steps, "width": args.width, "height": args.height, "fps": args.fps,
@@ -179,18 +201,15 @@ def follow(api: WorkerApi, job_id: str, poll_s: float, line: ProgressLine | None
     except KeyboardInterrupt:
         if line:
             line.end()
-        print(f"cancelling job {job_id} ...", file=sys.stderr)
+        print(f"cancelling job {job_id} (Ctrl-C again to leave without waiting) ...", file=sys.stderr)
         api.cancel(job_id)
         deadline = time.monotonic() + CANCEL_WAIT_S
         while time.monotonic() < deadline:
             state = api.state(job_id)
             if state.final:
-                print(f"job {job_id}: {state.status}" + (f" ({state.error})" if state.error else ""),
-                      file=sys.stderr)
-                return JobState(job_id, "CANCELLED", error=state.error)
+                return JobState(job_id, "CANCELLED", error=state.error)  # finish() says so, once
             time.sleep(0.5)
-        print(f"job {job_id}: cancel sent; the worker has not confirmed it yet", file=sys.stderr)
-        return JobState(job_id, "CANCELLED")
+        return JobState(job_id, "CANCELLED", error=UNCONFIRMED)
     finally:
         if line:
             line.end()
@@ -199,14 +218,18 @@ def follow(api: WorkerApi, job_id: str, poll_s: float, line: ProgressLine | None
 def finish(state: JobState, output_path: Path | None, args: argparse.Namespace) -> int:
     """Reports a job's end: the error verbatim, or the summary and the video written where asked."""
     if state.status == "CANCELLED":
-        print(f"job {state.id} was cancelled", file=sys.stderr)
+        if state.error == UNCONFIRMED:
+            print(f"job {state.id}: cancel sent; the worker has not confirmed it within {CANCEL_WAIT_S} s",
+                  file=sys.stderr)
+        else:
+            print(f"job {state.id} cancelled", file=sys.stderr)
         return EXIT_CANCELLED
     if state.status != "COMPLETED":
         print(f"job {state.id} {state.status}:", file=sys.stderr)
         print(state.error or "(the worker gave no error message)", file=sys.stderr)
         return EXIT_FAILED
     output = state.output or {}
-    print(format_summary(output))
+    print(job_summary(output, video=False))
     if getattr(args, "response", None):
         args.response.write_text(json.dumps({k: v for k, v in output.items() if k != "video"}, indent=1))
     if getattr(args, "timeline", None):
@@ -262,7 +285,7 @@ def cmd_estimate(args: argparse.Namespace) -> int:
         if state.error and "dry_run" in state.error:
             print("(this worker may predate the dry_run request field)", file=sys.stderr)
         return EXIT_FAILED
-    print(format_estimate(state.output or {}))
+    print(estimate_report(state.output or {}))
     return 0
 
 

@@ -1,5 +1,5 @@
-"""What the client prints: a live progress line (rewritten in place with \\r on a terminal, one line per
-change elsewhere) and the job summary."""
+"""What the client prints while a job runs: a live progress line (rewritten in place with \\r on a terminal,
+one line per change elsewhere). The result's summary and the estimate are client/report.py's."""
 
 from __future__ import annotations
 
@@ -21,16 +21,20 @@ def format_seconds(seconds: float | None) -> str:
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
 
 
-def format_segment(segment: dict) -> str:
-    """`gpu0:8188 seg 0 62% [9 WanVideoSampler 12/24]`, `seg 1 waiting`, `seg 2 done`."""
+def format_segment(segment: dict, detail: int = 2) -> str:
+    """`gpu0:8188 seg 0 62% [9 WanVideoSampler 12/24]`, `seg 1 waiting`, `seg 2 done`. `detail`: 2 all of it,
+    1 without the node, 0 without the instance too (a narrow terminal)."""
     label = f"seg {segment.get('index')}"
-    if segment.get("state") == "waiting":
+    state = segment.get("state")
+    if state == "waiting":
         attempt = segment.get("attempt") or 0
         return f"{label} {'retrying' if attempt else 'waiting'}"
-    where = f"{segment.get('instance')} " if segment.get("instance") else ""
-    if segment.get("state") == "done":
-        return f"{where}{label} done"
+    where = f"{segment.get('instance')} " if segment.get("instance") and detail >= 1 else ""
+    if state in ("done", "cancelled"):
+        return f"{where}{label} {state}"
     text = f"{where}{label} {segment.get('percent', 0):.0f}%"
+    if detail < 2:
+        return text
     if segment.get("windows", 1) not in (1, segment.get("frames")):  # a template without a grid counts frames
         text += f" ({segment['windows']} windows)"
     node, steps = segment.get("node"), segment.get("node_steps")
@@ -41,18 +45,33 @@ def format_segment(segment: dict) -> str:
 
 
 def format_progress(status: str, progress: dict | None, width: int = 160) -> str:
-    """One line: bar, percent, stage, elapsed and ETA, then each segment."""
+    """One line that fits `width`: bar, percent, stage, elapsed and ETA, then each segment, with less detail
+    per segment (then a count of those done) where the line would be too long; the percent and the ETA
+    always stay."""
     if not progress:
-        return f"[{' ' * BAR_WIDTH}]  {status.lower().replace('_', ' ')}"[:width]
+        return status.lower().replace("_", " ")[:width]
     percent = float(progress.get("percent") or 0)
-    filled = int(BAR_WIDTH * percent / 100)
-    bar = "#" * filled + "-" * (BAR_WIDTH - filled)
-    line = (f"[{bar}] {percent:5.1f}%  {progress.get('stage', '?'):<10} "
-            f"{format_seconds(progress.get('elapsed_s'))} elapsed, ETA {format_seconds(progress.get('eta_s'))}")
+    eta = f"ETA {format_seconds(progress.get('eta_s'))}"
+    stage = f"{progress.get('stage', '?'):<10}"
+    elapsed = f"{format_seconds(progress.get('elapsed_s'))} elapsed"
     segments = progress.get("segments") or []
+    tails = [" | ".join(format_segment(s, detail) for s in segments) for detail in (2, 1, 0)] if segments else []
     if segments:
-        line += "  | " + " | ".join(format_segment(s) for s in segments)
-    return line if len(line) <= width else line[:width - 1] + "…"
+        tails.append(f"{sum(s.get('state') == 'done' for s in segments)}/{len(segments)} segments done")
+
+    def head(bar_width: int) -> str:
+        filled = int(bar_width * percent / 100)
+        bar = f"[{'#' * filled}{'-' * (bar_width - filled)}] " if bar_width else ""
+        return f"{bar}{percent:5.1f}%  {stage} {elapsed}, {eta}"
+
+    for tail in tails:  # the segments with less and less detail, before a shorter bar
+        for bar_width in (BAR_WIDTH, 10):
+            if len(head(bar_width)) + 4 + len(tail) <= width:
+                return f"{head(bar_width)}  | {tail}"
+    for bar_width in (BAR_WIDTH, 10, 0):
+        if len(head(bar_width)) <= width:
+            return head(bar_width)
+    return f"{percent:.1f}% {eta}"[:width]
 
 
 class ProgressLine:
@@ -66,17 +85,18 @@ class ProgressLine:
         self._shown = False
 
     def update(self, status: str, progress: dict | None) -> None:
+        if not progress:
+            return  # nothing to draw before the job has started (a request refused at once shows no bar)
         if self.live:
             width = shutil.get_terminal_size((160, 20)).columns - 1
             self.stream.write("\r" + format_progress(status, progress, width).ljust(width))
             self._shown = True
         else:
-            key = (status, progress.get("stage") if progress else None,
-                   int(progress.get("percent") or 0) if progress else None)
+            key = (status, progress.get("stage"), int(progress.get("percent") or 0))
             if key == self._last_key:
                 return
             self._last_key = key
-            self.stream.write(format_progress(status, progress, 10_000) + "\n")
+            self.stream.write(format_progress(status, progress, shutil.get_terminal_size((10_000, 20)).columns) + "\n")
         self.stream.flush()
 
     def end(self) -> None:
@@ -85,51 +105,3 @@ class ProgressLine:
             self.stream.write("\n")
             self.stream.flush()
             self._shown = False
-
-
-def format_summary(output: dict) -> str:
-    """The worker's response in a few lines: segments, timings, seams (if the worker reports them)."""
-    lines = [f"workflow {output.get('workflow')}: {output.get('frames')} frames at {output.get('fps')} fps "
-             f"({output.get('duration_s')} s), {output.get('segments_processed')} segment(s) on "
-             f"{output.get('gpu_count')} of {output.get('instances_available')} instance(s), "
-             f"overlap {output.get('overlap_frames')}"]
-    for s in output.get("segments") or []:
-        times = f", ran {s['started_s']:.2f}-{s['finished_s']:.2f} s into the job" if "started_s" in s else ""
-        retried = f", {s['attempts']} attempts" if s.get("attempts", 1) > 1 else ""
-        lines.append(f"  segment {s.get('index')} on {s.get('instance', '?'):<12} frames {s.get('start_frame'):>6}-"
-                     f"{s.get('end_frame'):<6} {s.get('seconds', 0):8.2f} s (ComfyUI {s.get('comfy_seconds', 0):.2f} s"
-                     f"{retried}{times})")
-    seams = output.get("seams")
-    if seams:
-        lines.append("  seams:")
-        for seam in seams if isinstance(seams, list) else [seams]:
-            lines.append("    " + (", ".join(f"{k} {v}" for k, v in seam.items()) if isinstance(seam, dict) else str(seam)))
-    t = output.get("timings") or {}
-    if t:
-        lines.append("  timings: " + ", ".join(f"{name} {seconds:.2f} s" for name, seconds in t.items()))
-    return "\n".join(lines)
-
-
-def format_estimate(output: dict) -> str:
-    """A dry run's answer (`dry_run: true`): the plan's segments, then the estimate as the worker gave it.
-    Takes the plan at the top level or under `plan`."""
-    plan = output.get("plan") if isinstance(output.get("plan"), dict) else output
-    lines = [f"workflow {plan.get('workflow', output.get('workflow'))}: {plan.get('frames')} frames at "
-             f"{plan.get('fps')} fps ({plan.get('duration_s')} s), {len(plan.get('segments') or [])} segment(s), "
-             f"overlap {plan.get('overlap_frames')}, {plan.get('instances_available', '?')} instance(s) available"]
-    for s in plan.get("segments") or []:
-        windows = f", {s['windows']} window(s)" if "windows" in s else ""
-        lines.append(f"  segment {s.get('index')}: frames {s.get('start_frame')}-{s.get('end_frame')} "
-                     f"({s.get('frames')} frames{windows})")
-    estimate = output.get("estimate")
-    if estimate is None:
-        lines.append("estimate: none (the template declares no speed and the worker has run no such job yet)")
-    else:
-        lines.append("estimate:")
-        for key, value in (estimate.items() if isinstance(estimate, dict) else [("value", estimate)]):
-            if isinstance(value, list) and all(isinstance(v, dict) for v in value):  # e.g. per GPU count
-                lines.append(f"  {key}:")
-                lines += ["    " + ", ".join(f"{k} {v}" for k, v in item.items()) for item in value]
-            else:
-                lines.append(f"  {key}: {value}")
-    return "\n".join(lines)

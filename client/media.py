@@ -54,7 +54,7 @@ def place_media(job_input: dict, media: dict[str, str], body_limit_bytes: int,
             continue
         path = Path(value).expanduser()
         if not path.is_file():
-            raise MediaError(f"{field}: no file at {value} (give a local file or an http(s) URL)")
+            raise MediaError(f"--{field.replace('_', '-')}: no file at {value} (give a local file or an http(s) URL)")
         files[field] = path
     # What the body holds without the local files: the budget for inlining them.
     used = len(json.dumps({"input": job_input}).encode())

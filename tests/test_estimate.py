@@ -80,11 +80,14 @@ def test_dry_run_plans_without_running_and_a_real_job_reports_its_estimate(pool,
     dry = run_job({**job, "dry_run": True}, pool, settings, learned=planner)
     assert dry["dry_run"] is True and dry["frames"] == 150 and dry["instances_available"] == 2
     assert [(s["start_frame"], s["end_frame"]) for s in dry["segments"]][-1][1] == 150
-    assert dry["estimate"] is None  # `still` declares no speed and the worker has run nothing yet
+    # The worker has run nothing yet: the speed `still` declares (measured on two CPU cores), scaled to the size
+    declared = dry["estimate"]
+    assert declared["basis"] == "measured on two CPU cores, two instances at once, scaled to 128x96"
+    assert declared["seconds_per_window"] == round(0.09 * 128 * 96 / (512 * 512), 3) and declared["load_s"] is None
     assert time.monotonic() - started < 10 and not list(settings.output_volume_dir.glob("*.mp4"))
 
     real = run_job(job, pool, settings, learned=planner)
-    assert real["estimate"] is None and real["frames"] == 150
+    assert real["estimate"] == declared and real["frames"] == 150
     again = run_job({**job, "dry_run": True}, pool, settings, learned=planner)
     learned = again["estimate"]
     assert learned["basis"] == "learned from this worker's jobs" and learned["seconds_per_window"] > 0

@@ -51,8 +51,19 @@ def test_a_node_is_unpacked_from_its_archive_and_its_requirements_installed_unde
     call = (tmp_path / "pip.log").read_text().split()
     assert f"{dest}/requirements.txt" in call and call[call.index("-c") + 1] == "requirements/comfyui.lock"
 
+    assert first.stdout.splitlines() == [f"unpacking {archive} into {dest}",
+                                         f"installing NodePack's requirements into {tmp_path / 'python'}",
+                                         f"1 custom node(s) ready in {dest.parent}"]
+
+    # Nothing changed: nothing is installed again, and nothing is said.
     again = run_installer(tmp_path, archive.parent)
-    assert again.returncode == 0 and f"NodePack already at {COMMIT}" in again.stdout
+    assert again.returncode == 0 and again.stdout == "" and again.stderr == ""
+    assert len((tmp_path / "pip.log").read_text().splitlines()) == 1
+    # A changed requirements file is installed again.
+    (dest / "requirements.txt").write_text("pyloudnorm\nnumpy\n")
+    third = run_installer(tmp_path, archive.parent)
+    assert third.stdout.startswith("installing NodePack's requirements")
+    assert len((tmp_path / "pip.log").read_text().splitlines()) == 2
 
 
 def test_dry_run_names_the_archive(tmp_path):

@@ -23,7 +23,7 @@ from worker.output.seam_blend import BlendOptions, Span, blend_frame, choose_spa
 from worker.media.segment_format import SegmentStats
 from worker.render.segment_video import SegmentVideo
 from worker.output.stitch import OutputFormat, Stitcher
-from worker.output.summary import format_summary
+from client.report import job_summary
 
 TEST_WORKFLOWS = Path(__file__).resolve().parent / "workflows"
 OUTPUT = OutputFormat(width=128, height=64, fps=FPS, crf=19, preset="veryfast", audio_bitrate_kbps=192)
@@ -184,7 +184,7 @@ def test_restyle_reports_seams_whose_sides_agree(pool, settings, media_dir):
     assert summary["blend"] == "focused" and summary["color_matched"] is False  # restyle's default: off
     assert summary["change_median"] > 0 and seam["change_at_seam"] > 0  # index frames change at every frame
     assert summary["cost_frames"] <= summary["budget_frames"]
-    lines = format_summary(JobResponse.model_validate(output))
+    lines = job_summary(JobResponse.model_validate(output).model_dump())  # the response as sent
     assert "seams: focused blend of 8 frames" in lines and "seam 0: frames" in lines
     # A source full of detail and motion: the segments' cuts of it are lossless, so their versions still agree.
     busy = media_dir / "testsrc2.mp4"
@@ -269,6 +269,6 @@ def test_colour_matching_needs_a_template_that_links_a_reference(pool, settings,
            "audio": str(make_tone(media_dir / "a.wav", 1.0)), "seams": {"color_match": True}}
     with pytest.raises(JobInputError, match=r"^seams.color_match: workflow 'still' has no colour reference"):
         run_job(job, pool, settings)
-    with pytest.raises(JobInputError, match=r"seams.blend_frames: Input should be greater than or equal to 1"):
+    with pytest.raises(JobInputError, match=r"seams.blend_frames: 1-200 \(got 0\)"):
         run_job({**job, "seams": {"blend_frames": 0}}, pool, settings)
     assert list(settings.job_work_dir.glob("*")) == []

@@ -14,6 +14,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Iterator
 
+from client.report import estimate_report, job_summary
 from comfy_manager import CancelEvent, InstancePool, NoInstanceLeft
 from worker.media.ffmpeg import Limits
 from worker.media.inputs import cut_segment_inputs, fetch_inputs
@@ -22,7 +23,6 @@ from worker.output.delivery import check_deliverable, deliver
 from worker.output.response import Timings, build_dry_run, build_response
 from worker.output.seam_blend import BlendOptions
 from worker.output.stitch import OutputFormat, Stitcher
-from worker.output.summary import format_summary
 from worker.planning.learned import Learned
 from worker.planning.plan import local_lanes, plan_job, remote_lanes
 from worker.progress.tracker import JobProgressTracker, ProgressSink
@@ -73,9 +73,11 @@ def run_job(job_input: Any, pool: InstancePool, settings: WorkerSettings, job_id
                            settings.seam_budget_percent)
         if request.dry_run:
             progress.finish()
-            return build_dry_run(request, template, planned, len(lanes)).model_dump()
+            dry = build_dry_run(request, template, planned, len(lanes), [lane.name for lane in lanes]).model_dump()
+            log.info("job %s dry run\n%s", job_id, estimate_report(dry))
+            return dry
         plan = planned.segments
-        progress.planned(plan, template, planned.learned)
+        progress.planned(plan, template, planned.learned, planned.estimate, request.width * request.height)
         segment_inputs = cut_segment_inputs(request, plan, inputs, work_dir, limits)
         prepared = time.monotonic()
         progress.stage("generating")
@@ -100,8 +102,9 @@ def run_job(job_input: Any, pool: InstancePool, settings: WorkerSettings, job_id
         response = build_response(request, template, planned, results, stitched, delivery, timings,
                                   loudness.median_db, len(lanes), started)
         progress.finish()
-    log.info("job %s done\n%s", job_id, format_summary(response))
-    return response.model_dump()
+    result = response.model_dump()
+    log.info("job %s done\n%s", job_id, job_summary(result))  # client/report.py: what the client prints too
+    return result
 
 
 def _load_s(template) -> float:

@@ -58,6 +58,8 @@ class LiveJobs:
             job = self._jobs.setdefault(job_id, _LiveJob())
             job.error = error
             job.status = "COMPLETED" if error is None else "CANCELLED" if job.cancel_requested else "FAILED"
+            if job.status == "CANCELLED" and job.progress is not None:
+                job.progress = _cancelled(job.progress)
             self._jobs.move_to_end(job_id)
             finished = [i for i, j in self._jobs.items() if j.status in ("COMPLETED", "FAILED", "CANCELLED")]
             for old in finished[:-KEEP_FINISHED]:
@@ -88,3 +90,13 @@ class LiveJobs:
         with self._lock:
             ids = list(self._jobs)
         return [r for r in (self.report(i) for i in ids) if r is not None]
+
+
+def _cancelled(progress: JobProgress) -> JobProgress:
+    """The job's last progress once it was cancelled: every segment not done is `cancelled`, with no node
+    running and no ETA."""
+    segments = [s if s.state == "done" else s.model_copy(update={"state": "cancelled", "node": None, "node_steps": None})
+                for s in progress.segments]
+    done = sum(s.state == "done" for s in segments)
+    return progress.model_copy(update={"segments": segments, "eta_s": None,
+                                       "message": f"cancelled: {done}/{len(segments)} segments done"})

@@ -8,16 +8,21 @@ worker's own, because the SDK's local /status cannot show progress or cancel:
 - `POST /cancel/{id}` stops a running job as RunPod's /cancel does (the /status or /runsync request that
   runs it answers FAILED with "the job was cancelled"; the worker goes on serving).
 
+Its page at `/` is a plain list of the routes that needs nothing from the internet (the SDK's Swagger UI,
+which loads its scripts from a CDN and is blank offline, moves to `/docs`).
+
 On RunPod none of this runs: progress goes out with runpod.serverless.progress_update and RunPod's own
 /status and /cancel serve it.
 """
 
 from __future__ import annotations
 
+import html
 from typing import Any
 
 from fastapi import FastAPI
-from fastapi.responses import JSONResponse
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse
 
 from worker.api.live_jobs import LiveJobReport, LiveJobs
 
@@ -60,6 +65,36 @@ def add_progress_routes(app: FastAPI, jobs: LiveJobs) -> None:
         return report
 
 
+def routes_page(app: FastAPI) -> str:
+    """The local API's front page: every route with its method and summary, as plain HTML (no scripts)."""
+    rows = []
+    for path, methods in app.openapi().get("paths", {}).items():
+        for method, spec in methods.items():
+            rows.append(f"<tr><td><code>{method.upper()}</code></td><td><code>{html.escape(path)}</code></td>"
+                        f"<td>{html.escape(spec.get('summary', ''))}</td></tr>")
+    return ("<!DOCTYPE html><html><head><meta charset='utf-8'><title>Worker API (local)</title></head><body>"
+            f"<h1>{html.escape(app.title)}: the worker's local API</h1>"
+            "<p>Send a job with <code>POST /run</code> (then <code>POST /status/{id}</code> runs it) or "
+            "<code>POST /runsync</code>; follow it with <code>GET /progress/{id}</code>; stop it with "
+            "<code>POST /cancel/{id}</code>. The schema is at <a href='/openapi.json'>/openapi.json</a>; "
+            "<a href='/docs'>/docs</a> is the interactive page (its scripts come from a CDN, so it needs the "
+            "internet).</p><table border='1' cellpadding='4'><tr><th>method</th><th>route</th><th>what</th></tr>"
+            + "".join(rows) + "</table></body></html>")
+
+
+def replace_docs_page(app: FastAPI) -> None:
+    """`/` becomes routes_page (works offline); the Swagger UI that the SDK put there moves to `/docs`."""
+    app.router.routes = [r for r in app.router.routes if getattr(r, "path", None) != app.docs_url]
+
+    @app.get("/", include_in_schema=False)
+    def front_page() -> HTMLResponse:
+        return HTMLResponse(routes_page(app))
+
+    @app.get("/docs", include_in_schema=False)
+    def swagger() -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url=app.openapi_url or "/openapi.json", title=f"{app.title} - Swagger UI")
+
+
 def serve(config: dict, jobs: LiveJobs) -> None:
     """Runs the SDK's local API with the worker's routes added (what runpod.serverless.start does for
     --rp_serve_api, with the app in hand)."""
@@ -70,4 +105,5 @@ def serve(config: dict, jobs: LiveJobs) -> None:
     config["rp_args"] = vars(args)
     api = rp_fastapi.WorkerAPI(config)
     add_progress_routes(api.rp_app, jobs)
+    replace_docs_page(api.rp_app)
     api.start_uvicorn(api_host=args.rp_api_host, api_port=args.rp_api_port, api_concurrency=args.rp_api_concurrency)

@@ -127,18 +127,22 @@ class DryRunResponse(BaseModel):
     fps: float
     duration_s: float
     instances_available: int
+    instance_names: list[str] = []  # e.g. cpu:8188, gpu0:8188: what the plan's lanes are
     overlap_frames: int
     segments: list[PlannedSegment]
     estimate: Estimate | None  # None: the template declares no speed and this worker has run no such job
 
 
-def build_dry_run(request: JobRequest, template: WorkflowTemplate, planned: JobPlan, instances: int) -> DryRunResponse:
-    """The dry run's answer: the balanced plan (seams are placed only with the audio's levels) and its estimate."""
+def build_dry_run(request: JobRequest, template: WorkflowTemplate, planned: JobPlan, instances: int,
+                  names: list[str] | None = None) -> DryRunResponse:
+    """The dry run's answer: the balanced plan (seams are placed only with the audio's levels) and its estimate;
+    `names`: the lanes' (instances') names."""
     plan = planned.balanced
     return DryRunResponse(
         workflow=template.name, quality=request.quality or template.spec.default_preset,
         frames=plan.total_frames, fps=request.fps, duration_s=round(plan.total_frames / request.fps, 4),
-        instances_available=instances, overlap_frames=plan.overlap, estimate=planned.estimate,
+        instances_available=instances, instance_names=names or [], overlap_frames=plan.overlap,
+        estimate=planned.estimate,
         segments=[PlannedSegment(index=s.index, start_frame=s.start, end_frame=s.end, frames=s.frames,
                                  windows=windows(template, s)) for s in plan.segments])
 

@@ -25,7 +25,7 @@ from typing import Callable, Literal
 from pydantic import BaseModel
 
 from comfy_manager.client import PromptProgress
-from worker.planning.estimate import windows
+from worker.planning.estimate import Estimate, windows
 from worker.planning.learned import LearnedRates
 from worker.planning.segment_plan import Segment, SegmentPlan
 from worker.templates.template import WorkflowTemplate
@@ -33,11 +33,15 @@ from worker.templates.template import WorkflowTemplate
 log = logging.getLogger(__name__)
 
 Stage = Literal["preparing", "generating", "stitching", "delivering", "done"]
-SegmentState = Literal["waiting", "running", "done"]
+# cancelled: the job was cancelled before the segment was done (set by the local API once the job has stopped)
+SegmentState = Literal["waiting", "running", "done", "cancelled"]
 # Percent by stage where no ETA can be made yet: generation spans COARSE_GENERATING.
 COARSE = {"preparing": 0.0, "stitching": 92.0, "delivering": 97.0}
 COARSE_GENERATING = (2.0, 90.0)
 MIN_FRACTION = 0.02  # below this, a segment's own pace says too little to extrapolate from
+# The stitch's tail per pixel of the output's frames before the worker has learned it (ffmpeg encoding what
+# is left once the last segment is done: about 0.009 s a 256x256 frame on two CPU cores): rough, a start.
+ROUGH_TAIL_S_PER_PIXEL = 1.3e-7
 LOG_EVERY_S = 10.0  # INFO lines: at each stage and this often in between (every update at DEBUG)
 
 
@@ -47,7 +51,7 @@ class SegmentProgress(BaseModel):
     end_frame: int  # exclusive
     frames: int
     windows: int  # what the template samples it in, as the dry run counts them (worker/planning/estimate.py: windows)
-    state: SegmentState  # waiting for an instance (or for a retry), running, done
+    state: SegmentState  # waiting for an instance (or for a retry), running, done, cancelled
     instance: str | None = None  # e.g. gpu1:8189, once it runs
     gpu: int | None = None
     attempt: int = 0  # 1 on the first try
@@ -88,6 +92,7 @@ class _Segment:
     node: str | None = None
     node_started_at: float | None = None
     steps: tuple[float, float] | None = None
+    declared_s: float | None = None  # what the template's declared speed says it takes (the first job of a kind)
 
     remote_fraction: float | None = None  # on another worker: the fraction its segment job reports
 
@@ -108,7 +113,7 @@ class _Segment:
         """Seconds until this segment is done, if anything allows a guess (waiting: once it has an instance)."""
         if self.state == "done":
             return 0.0
-        expected = learned.generate_s_per_frame * self.segment.frames if learned else None
+        expected = learned.generate_s_per_frame * self.segment.frames if learned else self.declared_s
         if self.state == "waiting" or self.started_at is None:
             return expected
         elapsed = now - self.started_at
@@ -159,6 +164,7 @@ class JobProgressTracker:
         self._segments: list[_Segment] = []
         self._frames: int | None = None
         self._learned: LearnedRates | None = None
+        self._pixels = 0
         self._percent = 0.0
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -167,11 +173,19 @@ class JobProgressTracker:
 
     # -- what the job's steps report -----------------------------------------------------------------
 
-    def planned(self, plan: SegmentPlan, template: WorkflowTemplate, learned: LearnedRates | None) -> None:
+    def planned(self, plan: SegmentPlan, template: WorkflowTemplate, learned: LearnedRates | None,
+                estimate: Estimate | None = None, pixels: int = 0) -> None:
+        """The plan is made. Before the worker has learned the kind (`learned` None), `estimate` (the template's
+        declared speed) gives each segment's expected time, and the stitch's tail a rough guess by `pixels` a
+        frame, so that the first job of a kind has an ETA too."""
         with self._lock:
             self._frames = plan.total_frames
             self._learned = learned
+            self._pixels = pixels
+            per_window = estimate.seconds_per_window if estimate is not None and learned is None else None
             self._segments = [_Segment(s, windows(template, s)) for s in plan.segments]
+            for seg in self._segments:
+                seg.declared_s = per_window * seg.windows if per_window is not None else None
 
     def stage(self, stage: Stage) -> None:
         with self._lock:
@@ -239,6 +253,17 @@ class JobProgressTracker:
             seg.state, seg.started_at, seg.node, seg.steps, seg.finished = "waiting", None, None, None, set()
             seg.remote_fraction = None
 
+    def where(self, index: int) -> str:
+        """Where segment `index` is, for the log: `in node 6 SaveSegmentVideo (step 64 of 133), 53% done`,
+        `while waiting for an instance`."""
+        with self._lock:
+            seg = self._segments[index]
+            if seg.state != "running":
+                return "while waiting for an instance" if seg.state == "waiting" else f"({seg.state})"
+            node = seg.names.get(seg.node) if seg.node else None
+            steps = f" (step {seg.steps[0]:.0f} of {seg.steps[1]:.0f})" if node and seg.steps else ""
+            return (f"in node {node}{steps}, " if node else "") + f"{100 * seg.fraction():.0f}% done"
+
     def segment_done(self, index: int) -> None:
         with self._lock:
             seg = self._segment(index)
@@ -275,13 +300,14 @@ class JobProgressTracker:
         if not self._segments:
             return None  # not planned yet
         learned, frames = self._learned, self._frames or 0
-        tail = learned.tail_s_per_frame * frames if learned else 0.0  # unknown before the first job: left out
+        # Before the first job of the kind: a rough guess of the stitch's tail by the frames' pixels.
+        tail = learned.tail_s_per_frame * frames if learned else ROUGH_TAIL_S_PER_PIXEL * self._pixels * frames
         deliver = learned.deliver_s_per_frame * frames if learned else 0.0
         in_stage = now - self._stage_started
         if self._stage == "delivering":
-            return max(0.0, deliver - in_stage) if learned else None
+            return max(0.0, deliver - in_stage)
         if self._stage == "stitching":
-            return max(0.0, tail - in_stage) + deliver if learned else None
+            return max(0.0, tail - in_stage) + deliver
         running = [s.remaining(now, learned) for s in self._segments if s.state == "running"]
         if any(r is None for r in running):
             return None

@@ -140,7 +140,7 @@ def run_segment(job: RenderJob, plan: SegmentPlan, segment: Segment, files: dict
     attempts = job.retries + 1
     failures: list[str] = []
     for attempt in range(1, attempts + 1):
-        instance = _acquire(job)
+        instance = _acquire(job, segment)
         try:
             result = attempt_segment(job, plan, segment, files, instance)
         except BaseException as exc:
@@ -152,7 +152,7 @@ def run_segment(job: RenderJob, plan: SegmentPlan, segment: Segment, files: dict
             if final is not None:
                 raise final from None
             failures.append(f"attempt {attempt} on {instance.name}: {exc}")
-            log.warning("%s: segment %d attempt %d/%d failed: %s", instance.name.upper(), segment.index,
+            log.warning("%s: segment %d attempt %d/%d failed: %s", instance.name, segment.index,
                         attempt, attempts, exc)
             job.progress.segment_retrying(segment.index)
             continue
@@ -164,10 +164,12 @@ def run_segment(job: RenderJob, plan: SegmentPlan, segment: Segment, files: dict
                     f"\nlast log lines of {last_instance.name}:\n{last_tail}")
 
 
-def _acquire(job: RenderJob) -> ComfyInstance:
+def _acquire(job: RenderJob, segment: Segment) -> ComfyInstance:
     try:
         return job.pool.acquire(cancel=job.cancel)
     except AcquireCancelled:
+        log.info("job %s: segment %d (frames %d-%d) cancelled while waiting for an instance", job.job_id,
+                 segment.index, segment.start, segment.end)
         raise JobCancelled("the job was cancelled") from None
     except NoInstanceLeft as exc:
         raise WorkerUnhealthy(str(exc)) from None
@@ -182,6 +184,8 @@ def _final_error(job: RenderJob, segment: Segment, instance: ComfyInstance, exc:
     if isinstance(exc, (JobFailed, JobCancelled)):
         return exc
     if isinstance(exc, PromptCancelled):
+        log.info("job %s: segment %d (frames %d-%d) on %s interrupted %s; ComfyUI %s", job.job_id, segment.index,
+                 segment.start, segment.end, instance.name, job.progress.where(segment.index), exc)
         return JobCancelled("the job was cancelled")
     if isinstance(exc, PromptRejected):
         return JobFailed(f"workflow {job.template.name!r} was rejected by ComfyUI: {exc}")
@@ -240,7 +244,7 @@ def attempt_segment(job: RenderJob, plan: SegmentPlan, segment: Segment, files: 
             if template.binds(slot):
                 uploaded[slot] = client.upload(path, upload_name(tag, slot, path))
         params = template.params_for(job.request.quality, instance.vram_gb, job.request.template_params)
-        log.info("%s: segment %d, %s%s", instance.name.upper(), segment.index, segment.describe(),
+        log.info("%s: segment %d, %s%s", instance.name, segment.index, segment.describe(),
                  "".join(f", {k} {v}" for k, v in (("preset", params.preset), ("settings", params.device)) if v))
         values = segment_values(job.request, template, plan, segment, f"{tag}/out", uploaded, params)
         graph = template.bind(values, params)
@@ -266,7 +270,7 @@ def attempt_segment(job: RenderJob, plan: SegmentPlan, segment: Segment, files: 
         seconds = time.monotonic() - started
         nodes = {f"{node} {graph.get(node, {}).get('class_type', '?')}": s for node, s in result.node_seconds.items()}
         slowest = ", ".join(f"{name} {s:.1f} s" for name, s in sorted(nodes.items(), key=lambda i: -i[1])[:3])
-        log.info("%s: segment %d done in %.2f s (ComfyUI %.2f s; %s)", instance.name.upper(), segment.index,
+        log.info("%s: segment %d done in %.2f s (ComfyUI %.2f s; %s)", instance.name, segment.index,
                  seconds, result.seconds, slowest)
         return SegmentResult(segment, video, instance.name, instance.gpu, seconds, result.seconds, time.monotonic(),
                              node_seconds=nodes, device_settings=params.device, started_at=started,

@@ -107,4 +107,5 @@ def parse_request(job_input: Any) -> JobRequest:
     try:
         return JobRequest.model_validate(job_input)
     except ValidationError as exc:
-        raise JobInputError("input", describe_validation_error(exc, list(JobRequest.model_fields))) from None
+        field, _, message = describe_validation_error(exc, JobRequest).partition(": ")  # the first field at fault
+        raise JobInputError(field, message) from None
