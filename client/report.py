@@ -78,7 +78,8 @@ def job_summary(output: dict, video: bool = True) -> str:
         retried = f", {attempts} attempts" if isinstance(attempts, int) and attempts > 1 else ""
         ran = (f", ran {s['started_s']:.2f}-{s['finished_s']:.2f} s into the job"
                if isinstance(s.get("started_s"), (int, float)) and s.get("finished_s") else "")
-        lines.append(f"  segment {s.get('index')} on {s.get('instance') or '?':<10} frames "
+        where = f"{s['instance']} of worker {s['worker']}" if s.get("worker") else (s.get("instance") or "?")
+        lines.append(f"  segment {s.get('index')} on {where:<10} frames "
                      f"{s.get('start_frame'):>5}-{s.get('end_frame'):<5} ({s.get('frames'):>4} frames) "
                      f"{_number(s.get('seconds'), '7.2f')} s (ComfyUI {_number(s.get('comfy_seconds'))} s{retried}){ran}")
     lines += seam_lines(output)
@@ -161,8 +162,9 @@ def estimate_lines(estimate: dict | None, noun: str = "instance", per_frame: boo
     if not options:
         options = [{"gpus": None, "wall_s": estimate.get("wall_s"), "gpu_s": estimate.get("gpu_s")}]
     for option in options:
-        count = option.get("gpus")
-        where = "this plan" if count is None else f"on {plural(count, noun)}"
+        count, others = option.get("gpus"), option.get("workers") or 0
+        where = "this plan" if count is None else f"on {plural(count - others, noun)}" + (
+            f" and {plural(others, 'other worker')} (started cold)" if others else "")
         mark = " (this plan)" if option is chosen else ""
         lines.append(f"  {where}{mark}: generation {duration(option.get('wall_s'))}, "
                      f"{duration(option.get('gpu_s'))} of {noun} time")

@@ -143,13 +143,13 @@ def plan_job(request: JobRequest, template: WorkflowTemplate, total_frames: int,
 
 def pays_off(expected: Estimate, local: int, most: int) -> int:
     """How many other workers (0..most) make the job end soonest, by the estimate for each lane count; of
-    counts within a second of the soonest, the fewest (each worker costs GPU time to start)."""
+    counts within 5% of the soonest, the fewest (each worker costs GPU time to start)."""
     wall = {o.gpus: o.wall_s for o in expected.per_gpu_count}
     options = [r for r in range(most + 1) if local + r in wall]
     if not options:
         return 0
     best = min(wall[local + r] for r in options)
-    return min(r for r in options if wall[local + r] <= best + 1.0)
+    return min(r for r in options if wall[local + r] <= best * 1.05)
 
 
 def parallelism_of(request: JobRequest, lanes: int) -> int:
