@@ -24,24 +24,37 @@ def shifted_port(port: int) -> int:
     return port + 10 * PORT_OFFSET
 
 
-# The fixtures that start ComfyUI processes or build the image, by name, and the marker each gives a test.
+# The fixtures that start ComfyUI processes or build the image, by the module that defines them and their name
+# (a light fixture of the same name elsewhere does not count), and the marker each gives a test.
 HEAVY_FIXTURES = {
-    "pool": "comfy",  # below: two CPU ComfyUI instances
-    "worker": "comfy",  # below: the real worker (handler.py --rp_serve_api), which starts its own instances
-    "local_api": "comfy",  # test_client.py: the same
-    "platform": "comfy",  # test_client_runpod.py: the real worker in RunPod's queue mode
-    "standin": "comfy",  # test_gpu_standin.py: ComfyUI with the tiny stand-in weights
-    "it_pool": "comfy",  # test_infinitetalk.py: ComfyUI with the InfiniteTalk wrapper and random weights
-    "image": "image",  # test_image.py: builds the container image (and runs ComfyUI inside it)
+    ("conftest", "pool"): "comfy",  # below: two CPU ComfyUI instances
+    ("conftest", "worker"): "comfy",  # below: the real worker (handler.py --rp_serve_api), with its own instances
+    ("test_client", "local_api"): "comfy",  # the same
+    ("test_client_runpod", "platform"): "comfy",  # the real worker in RunPod's queue mode
+    ("test_gpu_standin", "standin"): "comfy",  # ComfyUI with the tiny stand-in weights
+    ("test_infinitetalk", "it_pool"): "comfy",  # ComfyUI with the InfiniteTalk wrapper and random weights
+    ("test_image", "image"): "image",  # builds the container image (and runs ComfyUI inside it)
 }
+
+
+def heavy_markers(item) -> set[str]:
+    """The markers of HEAVY_FIXTURES that the fixtures a test needs give it (fixtures of its fixtures included:
+    fixturenames is the whole closure; the definition that applies to the test is the last one)."""
+    markers = set()
+    for name in item.fixturenames:
+        definitions = item._fixtureinfo.name2fixturedefs.get(name)
+        if definitions:
+            module = definitions[-1].func.__module__.rsplit(".", 1)[-1]
+            if (module, name) in HEAVY_FIXTURES:
+                markers.add(HEAVY_FIXTURES[module, name])
+    return markers
 
 
 @pytest.hookimpl(tryfirst=True)  # before -m deselects by markers
 def pytest_collection_modifyitems(items):
     for item in items:
-        for name in item.fixturenames:  # every fixture the test needs, those of its fixtures included
-            if name in HEAVY_FIXTURES:
-                item.add_marker(HEAVY_FIXTURES[name])
+        for marker in sorted(heavy_markers(item)):
+            item.add_marker(marker)
 
 
 _watch: ComfyUIWatch | None = None

@@ -56,3 +56,11 @@ def test_what_counts_as_heavy():
     assert heavy_process(["python", "-m", "pytest", "main.py"]) is None  # no server
     assert heavy_process(["ffmpeg", "-i", "x.mp4"]) is None
     assert heavy_process([]) is None
+
+
+def test_a_light_fixture_named_like_a_heavy_one_gives_no_marker():
+    """test_startup.py's `platform` is only the RunPod stand-in; test_client_runpod.py's also starts the worker
+    with its ComfyUI instances. Only the latter's tests are comfy."""
+    fast = collected("tests/test_startup.py", "tests/test_client_runpod.py", "-m", FAST_TIER)
+    assert "test_bad_settings_are_answered_to_every_job_on_runpod" in fast
+    assert "test_a_wrong_api_key_is_named" not in fast
