@@ -40,7 +40,7 @@ import numpy as np  # noqa: E402
 
 from benchmarks.infinitetalk_gpu import Bench, frames_of, make_weights  # noqa: E402
 from benchmarks.samplers import PeakVram  # noqa: E402
-from tests.media_factory import make_image  # noqa: E402
+from media_samples.factory import make_image  # noqa: E402
 from worker.request.settings import WorkerSettings  # noqa: E402
 from worker.job import run_job  # noqa: E402
 

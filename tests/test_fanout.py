@@ -1,6 +1,6 @@
 """One job rendered by several workers of one endpoint, end to end: three real workers (`python handler.py`
 under the real runpod SDK, one CPU ComfyUI instance each) take jobs from the RunPod stand-in's queue
-(tests/runpod_standin.py); the worker that takes a job renders one segment itself and sends the others as
+(tests/support/runpod_standin.py); the worker that takes a job renders one segment itself and sends the others as
 segment jobs through the same endpoint (the SDK's Endpoint client, RUNPOD_ENDPOINT_BASE_URL pointing at the
 stand-in), where the other workers take them. A real S3 server (moto) carries what does not fit a request.
 """

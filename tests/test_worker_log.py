@@ -13,7 +13,7 @@ from pathlib import Path
 import requests
 
 from tests.conftest import shifted_port
-from tests.media_factory import make_image, make_tone
+from media_samples.factory import make_image, make_tone
 
 REPO = Path(__file__).resolve().parent.parent
 
