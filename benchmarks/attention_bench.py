@@ -114,7 +114,8 @@ def main() -> None:
         return F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)).transpose(1, 2)
 
     record("sdpa, wrapper layout, default dispatch", wrapper_sdpa)
-    for backend in () if args.only_fp8 else (SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION):
+    forced = (SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION)
+    for backend in () if args.only_fp8 else forced:
         def forced(backend=backend):
             with sdpa_kernel(backend):
                 return wrapper_sdpa()
@@ -162,7 +163,8 @@ def main() -> None:
     with open(args.out, "w") as f:
         json.dump(results, f, indent=1)
     for e in results["kernels"]:
-        print(f"{e['name']:55s} {e.get('s', '-')!s:>9} s {e.get('tflops', '-')!s:>7} TFLOP/s err {e.get('rel_err', '-')}"
+        print(f"{e['name']:55s} {e.get('s', '-')!s:>9} s {e.get('tflops', '-')!s:>7} TFLOP/s "
+              f"err {e.get('rel_err', '-')}"
               f" {e.get('failed', '')[:120]}")
 
 
@@ -181,7 +183,8 @@ def _cudnn_fp8_graph(cudnn, handle, out_type: str, q8, k8, v8, dq, dk, dv, v):
     graph = cudnn.pygraph(io_data_type=cudnn.data_type.FP8_E4M3, intermediate_data_type=cudnn.data_type.FLOAT,
                           compute_data_type=cudnn.data_type.FLOAT, handle=handle)
     t = lambda name: graph.tensor(name=name, dim=dims, stride=strides, data_type=cudnn.data_type.FP8_E4M3)  # noqa: E731
-    s = lambda name: graph.tensor(name=name, dim=[1, 1, 1, 1], stride=[1, 1, 1, 1], data_type=cudnn.data_type.FLOAT)  # noqa: E731
+    s = lambda name: graph.tensor(  # noqa: E731
+        name=name, dim=[1, 1, 1, 1], stride=[1, 1, 1, 1], data_type=cudnn.data_type.FLOAT)
     tq, tk, tv = t("q"), t("k"), t("v")
     tdq, tdk, tdv, tds, tss, tso = s("dq"), s("dk"), s("dv"), s("ds"), s("ss"), s("so")
     o, _stats, t_amax_s, t_amax_o = graph.sdpa_fp8(

@@ -287,7 +287,8 @@ def main() -> None:
     parser.add_argument("--gpus", type=int, choices=[1, 2], default=2,
                         help="scaling: 2 compares 1 GPU with 2; 1 times the job on one GPU (a machine with one)")
     parser.add_argument("--template-params", type=json.loads, default=None,
-                        help='scaling: the job\'s template_params, JSON (e.g. \'{"quantization": "fp8_e4m3fn_scaled_fast"}\')')
+                        help="scaling: the job's template_params, JSON "
+                             "(e.g. '{\"quantization\": \"fp8_e4m3fn_scaled_fast\"}')")
     parser.add_argument("--lanes", choices=["both", "options", "vram"], default="both",
                         help="windows: both lanes at once on GPUs 0 and 1, or one lane on GPU 0")
     parser.add_argument("--vram-limits", default="24,32,48", help="windows: GiB ceilings for lane 1 ('' for none)")
