@@ -234,12 +234,14 @@ def scaling(bench: Bench) -> None:
         started = time.monotonic()
         # One 81-frame segment per instance: every instance loads its models before the timed runs.
         warmup = bench.job(122 / 25, max_segment_frames=81, gpu_count=2) if args.gpus == 2 else bench.job(81 / 25)
+        if args.template_params:  # the warm-up loads (and compiles) the models the timed job will use
+            warmup["template_params"] = args.template_params
         warm = run_job(warmup, pool, bench.settings, job_id="warmup", learned=planner)
         bench.results["warmup"] = {"wall_s": round(time.monotonic() - started, 1),
                                    "instances": sorted({s["instance"] for s in warm["segments"]}),
                                    "node_seconds": [s["node_seconds"] for s in warm["segments"]]}
         bench.save()
-        job = bench.job(args.frames / 25)
+        job = bench.job(args.frames / 25, **({"template_params": args.template_params} if args.template_params else {}))
         for count in counts:
             with PeakRss() as rss, PeakVram(list(range(args.gpus)) if not args.cpu else []) as vram:
                 out = run_job({**job, "gpu_count": count}, pool, bench.settings, job_id=f"run{count}",
@@ -284,6 +286,9 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=842, help="scaling: the job's length")
     parser.add_argument("--gpus", type=int, choices=[1, 2], default=2,
                         help="scaling: 2 compares 1 GPU with 2; 1 times the job on one GPU (a machine with one)")
+    parser.add_argument("--template-params", type=json.loads, default=None,
+                        help="scaling: the job's template_params, JSON "
+                             "(e.g. '{\"quantization\": \"fp8_e4m3fn_scaled_fast\"}')")
     parser.add_argument("--lanes", choices=["both", "options", "vram"], default="both",
                         help="windows: both lanes at once on GPUs 0 and 1, or one lane on GPU 0")
     parser.add_argument("--vram-limits", default="24,32,48", help="windows: GiB ceilings for lane 1 ('' for none)")
@@ -313,7 +318,8 @@ def main() -> None:
     device = ["cpu"] if args.cpu else subprocess.run(
         ["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader"], capture_output=True,
         text=True).stdout.strip().splitlines()
-    results = {"mode": args.mode, "device": device, "size": args.size, "weights": "small" if args.small else "full",
+    results = {"mode": args.mode, "command": " ".join(sys.argv), "template_params": args.template_params,
+               "device": device, "size": args.size, "weights": "small" if args.small else "full",
                "weights_s": round(weights_s, 1)}
     bench = Bench(args, root, models, media, settings, started + args.budget_s, results)
     bench.save()

@@ -23,6 +23,7 @@ standard deviation and the least mean difference between consecutive frames: a f
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import os
@@ -46,21 +47,23 @@ from worker.job import run_job  # noqa: E402
 
 log = logging.getLogger("infinitetalk_profile")
 
-EAGER = {"compile": False}
-FP8_FAST = {"quantization": "fp8_e4m3fn_scaled_fast"}
-# name, template_params, profile this case's warm step. A "cold" case loads (or reloads) the models and compiles;
-# the case after it with the same params is the warm one.
+BF16_MM = {"quantization": "fp8_e4m3fn_scaled"}  # fp8 weights, bf16 matmuls: the template's own setting
+FP8_MM = {"quantization": "fp8_e4m3fn_scaled_fast"}  # fp8 matmuls (the >= 38 GiB row's default since issue 25)
+EAGER, COMPILE = {"compile": False}, {"compile": True}
+# name: (template_params, profile this case's warm step). A "cold" case loads (or reloads) the models and
+# compiles; the case after it with the same params is the warm one. Every case names both settings, so that
+# a change of the device row's defaults does not change what a case measures.
 CASES = {
-    "eager_cold": (EAGER, False),
-    "eager": (EAGER, True),
-    "compile_cold": ({}, False),
-    "compile": ({}, True),
-    "fp8fast_compile_cold": (FP8_FAST, False),
-    "fp8fast_compile": (FP8_FAST, True),
-    "fp8fast_eager_cold": ({**EAGER, **FP8_FAST}, False),
-    "fp8fast_eager": ({**EAGER, **FP8_FAST}, True),
-    "sageattn_compiled_cold": ({"attention_mode": "sageattn_compiled"}, False),
-    "sageattn_compiled": ({"attention_mode": "sageattn_compiled"}, True),
+    "eager_cold": ({**EAGER, **BF16_MM}, False),
+    "eager": ({**EAGER, **BF16_MM}, True),
+    "compile_cold": ({**COMPILE, **BF16_MM}, False),
+    "compile": ({**COMPILE, **BF16_MM}, True),
+    "fp8fast_compile_cold": ({**COMPILE, **FP8_MM}, False),
+    "fp8fast_compile": ({**COMPILE, **FP8_MM}, True),
+    "fp8fast_eager_cold": ({**EAGER, **FP8_MM}, False),
+    "fp8fast_eager": ({**EAGER, **FP8_MM}, True),
+    "sageattn_compiled_cold": ({**COMPILE, **FP8_MM, "attention_mode": "sageattn_compiled"}, False),
+    "sageattn_compiled": ({**COMPILE, **FP8_MM, "attention_mode": "sageattn_compiled"}, True),
 }
 REFERENCE = "eager"  # sdpa (bf16 attention), fp8-scaled weights computed in bf16, no compile: the template as written
 
@@ -110,6 +113,7 @@ def run_case(bench: Bench, pool, profile_dir: Path, name: str, params: dict, pro
         width, height = (int(v) for v in bench.args.size.split("x"))
         frames = frames_of(out["video_path"], width, height)
         outputs[name] = frames
+        entry["frames_md5"] = hashlib.md5(frames.tobytes()).hexdigest()
         entry["frame_checks"] = frame_checks(frames)
         reference = outputs.get(REFERENCE)
         if reference is not None and name != REFERENCE:
@@ -188,6 +192,9 @@ def main() -> None:
                         help="only re-classify the top kernels of --out (a JSON this script wrote) and print the table")
     parser.add_argument("--cases", default="eager_cold,eager,compile_cold,compile,fp8fast_compile_cold,fp8fast_compile",
                         help=f"comma-separated, in order; known: {', '.join(CASES)}")
+    parser.add_argument("--unpatched-cases", default="",
+                        help="then these cases again on a second instance with WORKER_WAN_PATCHES=0 (comfy_nodes/"
+                             "wan_patches.py off), named <case>_unpatched: an A/B of the patches")
     parser.add_argument("--size", default="832x480")
     parser.add_argument("--budget-s", type=float, default=540, help="start no case after this many seconds")
     parser.add_argument("--min-case-s", type=float, default=40)
@@ -233,22 +240,29 @@ def main() -> None:
                "reference": REFERENCE, "command": " ".join(sys.argv)}
     bench = Bench(args, root, models, media, settings, started + args.budget_s, results)
     bench.save()
-    pool = bench.pool("profile", (0,), 8188)
-    pool.start()
     outputs: dict = {}
+    lanes = [("profile", [n for n in args.cases.split(",") if n], "", "1")]
+    if args.unpatched_cases:
+        lanes.append(("unpatched", [n for n in args.unpatched_cases.split(",") if n], "_unpatched", "0"))
     try:
-        for name in [n for n in args.cases.split(",") if n]:
-            params, profile = CASES[name]
-            if args.cpu:  # the plumbing check runs a CPU template that has none of these params
-                params = {}
-            run_case(bench, pool, profile_dir, name, params, profile, outputs)
+        for index, (lane, names, suffix, patches) in enumerate(lanes):
+            os.environ["WORKER_WAN_PATCHES"] = patches  # read by comfy_nodes/wan_patches.py in ComfyUI
+            pool = bench.pool(lane, (0,), 8188 + 10 * index)
+            pool.start()
+            try:
+                for name in names:
+                    params, profile = CASES[name]
+                    if args.cpu:  # the plumbing check runs a CPU template that has none of these params
+                        params = {}
+                    run_case(bench, pool, profile_dir, name + suffix, params, profile, outputs)
+            finally:
+                pool.shutdown()
     finally:
-        pool.shutdown()
         results["total_s"] = round(time.monotonic() - started, 1)
         bench.save()
-        logs = Path(args.out).parent / "comfyui_profile.log"
-        for log_path in sorted(root.glob("instances-*/*/comfyui.log")):
-            logs.write_bytes(log_path.read_bytes()[-300_000:])
+        with open(Path(args.out).parent / "comfyui_profile.log", "wb") as out:
+            for log_path in sorted(root.glob("instances-*/*/comfyui.log")):
+                out.write(f"===== {log_path}\n".encode() + log_path.read_bytes()[-300_000:])
         shutil.rmtree(root, ignore_errors=True)
     print(table(results))
 

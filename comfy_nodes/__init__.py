@@ -5,6 +5,9 @@ SaveSegmentVideo  IMAGE batch -> a segment's video in the output folder, every f
                   final video (the stitcher then copies it instead of encoding it again); given a colour
                   reference, every frame matched to it first (color_match.py); beside it, what it
                   measured of the frames, for the worker's seam report.
+
+wan_patches.py    two patches of ComfyUI-WanVideoWrapper (InfiniteTalk's audio projection stays on the GPU;
+                  fp8 fast matmuls fall back to bf16 ones on GPUs older than compute capability 8.9).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import comfy.model_management
 import comfy.utils
 import folder_paths
 
+from . import wan_patches
 from .color_match import ColorMatcher, rgb_to_yuv_means
 
 
@@ -53,6 +57,21 @@ def _cap_vram() -> None:
 
 
 _cap_vram()
+
+
+def _register_wan_patches() -> None:
+    """wan_patches.py: applied when ComfyUI takes its first prompt, once every custom node package is loaded."""
+    try:
+        from server import PromptServer
+    except ImportError:
+        return
+    server = getattr(PromptServer, "instance", None)
+    if server is not None:
+        server.add_on_prompt_handler(wan_patches.on_prompt)
+
+
+_register_wan_patches()
+
 X264_PRESETS = ["ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow"]
 BATCH_FRAMES = 16  # frames converted on the GPU and moved to the CPU at a time: bounded extra memory
 KEYFRAME_SECONDS = 1  # the worker's stitcher seeks into a whole-segment file; it decodes from the key frame before

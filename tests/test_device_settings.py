@@ -17,11 +17,12 @@ IT = "infinitetalk_image_single"
 
 
 @pytest.mark.parametrize("vram_gb, row, expected", [
-    (139.8, "gpu>=38GB", {"compile": True, "block_swap": False, "load_device": "main_device"}),
+    (139.8, "gpu>=38GB", {"compile": True, "block_swap": False, "load_device": "main_device",
+                          "quantization": "fp8_e4m3fn_scaled_fast"}),
     (47.99, "gpu>=38GB", {"compile": True, "block_swap": False}),
     (39.6, "gpu>=38GB", {"block_swap": False}),  # an A100 40 GB as NVML counts it
     (31.8, "gpu>=28GB", {"block_swap": True, "blocks_to_swap": 15, "load_device": "offload_device",
-                         "t5_quantization": "fp8_e4m3fn", "compile": False}),
+                         "t5_quantization": "fp8_e4m3fn", "compile": False, "quantization": "fp8_e4m3fn_scaled"}),
     (23.99, "gpu>=20GB", {"block_swap": True, "blocks_to_swap": 25, "tiled_vae": True,
                           "load_device": "offload_device"}),
     (None, "cpu", {"base_precision": "bf16", "vae_precision": "fp32", "compile": False}),

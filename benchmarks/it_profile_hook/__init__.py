@@ -183,8 +183,9 @@ def _patch_dit(module) -> None:
         want = _read("profile")
         if want is not None and call == int(want or 1):
             result = _profile_call(lambda: original(self, *args, **kwargs))
-            _log("dit_profiled", json.load(open(os.path.join(DIR, f"{STATE.label or 'unlabelled'}.profile.json")))["wall_s"],
-                 call=call)
+            summary = os.path.join(DIR, f"{STATE.label or 'unlabelled'}.profile.json")
+            with open(summary) as f:
+                _log("dit_profiled", json.load(f)["wall_s"], call=call)
             return result
         _sync()
         started = time.perf_counter()
