@@ -35,7 +35,7 @@ def test_the_local_test_mode_logs_the_summary_once_and_no_result_dump(tmp_path):
     assert f"  video: {video} ({video.stat().st_size / 1e6:.2f} MB, on the worker's volume)\n" in log
     assert "Job result" not in log and "{'output'" not in log and "'video_path'" not in log  # no dump at INFO
     assert len(re.findall(r"\bplan: ", log)) == 1, log
-    assert re.search(r"plan: 75 frames in 2 segment\(s\) on 2 lane\(s\)", log)
+    assert re.search(r"plan: 75 frames in 2 segment\(s\) on 2 instance\(s\)", log)
     names = set(re.findall(r"\b(cpu:\d+|CPU:\d+)", log))
     assert names and all(name.startswith("cpu:") for name in names), names  # one spelling: ComfyInstance.name
 

@@ -53,7 +53,7 @@ def parse_segment_job(job_input: dict) -> tuple[SegmentJob, JobRequest]:
     try:
         job = SegmentJob.model_validate(job_input.get(SEGMENT_JOB_KEY))
     except ValidationError as exc:
-        raise JobInputError(SEGMENT_JOB_KEY, describe_validation_error(exc, list(SegmentJob.model_fields))) from None
+        raise JobInputError(SEGMENT_JOB_KEY, describe_validation_error(exc, SegmentJob)) from None
     request = parse_request(job.request)
     where = f"{SEGMENT_JOB_KEY}.request"
     if not request.workflow:
