@@ -257,7 +257,7 @@ class JobProgressTracker:
         """Where segment `index` is, for the log: `in node 6 SaveSegmentVideo (step 64 of 133), 53% done`,
         `while waiting for an instance`."""
         with self._lock:
-            seg = self._segments[index]
+            seg = self._segment(index)
             if seg.state != "running":
                 return "while waiting for an instance" if seg.state == "waiting" else f"({seg.state})"
             node = seg.names.get(seg.node) if seg.node else None

@@ -144,9 +144,11 @@ def run_segment(job: RenderJob, plan: SegmentPlan, segment: Segment, files: dict
         try:
             result = attempt_segment(job, plan, segment, files, instance)
         except BaseException as exc:
-            final = _final_error(job, segment, instance, exc)  # judged before a restart replaces the process
-            last_instance, last_tail = instance, instance.log_tail(LOG_LINES)
-            job.pool.release(instance, failure=exc)
+            try:  # judged before a restart replaces the process; the instance goes back whatever happens here
+                final = _final_error(job, segment, instance, exc)
+                last_instance, last_tail = instance, instance.log_tail(LOG_LINES)
+            finally:
+                job.pool.release(instance, failure=exc)
             if final is exc:
                 raise
             if final is not None:
