@@ -26,8 +26,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from media_samples.factory import make_index_video, make_tone, read_indices  # noqa: E402
-from tests.support.runpod_standin import RunPodStandIn  # noqa: E402
-from tests.support.worker_api import WorkerOnPlatform  # noqa: E402
+from local_platform.runpod_standin import RunPodStandIn  # noqa: E402
+from local_platform.workers import WorkerOnPlatform  # noqa: E402
 
 CONFIGS = {  # name -> (workers, instances per worker, FANOUT_MAX_WORKERS)
     "1 worker, 1 instance": (1, 1, 0),

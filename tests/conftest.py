@@ -131,7 +131,7 @@ def worker(tmp_path_factory):
 
     Its limits are set low so the bad-input tests can reach them with small files.
     """
-    from tests.support.worker_api import WorkerApi
+    from local_platform.workers import WorkerApi
 
     api = WorkerApi(tmp_path_factory.mktemp("worker"), api_port=shifted_port(8031), comfy_port=shifted_port(8400),
                     env={"MAX_DURATION_S": "30", "MAX_INPUT_MB": "2"}).start()

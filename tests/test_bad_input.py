@@ -10,7 +10,7 @@ import pytest
 
 from media_samples import real_media
 from media_samples.factory import b64, make_image, make_index_video, make_tone
-from tests.support.worker_api import WorkerApi
+from local_platform.workers import WorkerApi
 from worker.request.errors import JobInputError
 from worker.request.job_request import parse_request
 

@@ -17,7 +17,7 @@ from media_samples.factory import frame_count, make_image, make_index_video, mak
 from tests.support.client_run import RunningClient, client_env, run_client
 from tests.conftest import shifted_port
 from tests.test_outputs import ACCESS_KEY, BUCKET, SECRET_KEY, make_mp4, s3_server  # noqa: F401 (a fixture)
-from tests.support.worker_api import WorkerApi
+from local_platform.workers import WorkerApi
 
 MB = 1024**2
 

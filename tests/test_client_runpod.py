@@ -1,6 +1,6 @@
 """The client's RunPod endpoint path, and the worker's progress updates on RunPod, end to end: the real
 worker in production mode (`python handler.py` under the real runpod SDK, real CPU ComfyUI instances)
-takes its jobs from tests/support/runpod_standin.py, a local server that speaks RunPod's protocol on both sides
+takes its jobs from local_platform/runpod_standin.py, a local server that speaks RunPod's protocol on both sides
 (/run, /status, /cancel for clients; job-take, job-done, job-stop for the SDK), and the real client talks
 to it as to https://api.runpod.ai/v2 (RUNPOD_ENDPOINT_BASE_URL)."""
 
@@ -15,8 +15,8 @@ import pytest
 from media_samples.factory import frame_count, make_image, make_index_video, make_tone, media_duration
 from tests.support.client_run import RunningClient, client_env, run_client
 from tests.conftest import shifted_port
-from tests.support.runpod_standin import RunPodStandIn
-from tests.support.worker_api import WorkerOnPlatform
+from local_platform.runpod_standin import RunPodStandIn
+from local_platform.workers import WorkerOnPlatform
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import numpy as np
 
 from media_samples.factory import (b64, frame_count, make_image, make_index_video, make_tone, media_duration,
                                  read_indices)
-from tests.support.worker_api import WorkerApi, save_video
+from local_platform.workers import WorkerApi, save_video
 
 def video_job(worker: WorkerApi, frames: int, audio_s: float, **extra) -> dict:
     video = make_index_video(worker.media / f"index_{frames}.mp4", frames, 25)

@@ -1,6 +1,6 @@
 """One job rendered by several workers of one endpoint, end to end: three real workers (`python handler.py`
 under the real runpod SDK, one CPU ComfyUI instance each) take jobs from the RunPod stand-in's queue
-(tests/support/runpod_standin.py); the worker that takes a job renders one segment itself and sends the others as
+(local_platform/runpod_standin.py); the worker that takes a job renders one segment itself and sends the others as
 segment jobs through the same endpoint (the SDK's Endpoint client, RUNPOD_ENDPOINT_BASE_URL pointing at the
 stand-in), where the other workers take them. A real S3 server (moto) carries what does not fit a request.
 """
@@ -16,9 +16,9 @@ import pytest
 
 from tests.conftest import shifted_port
 from media_samples.factory import frame_count, make_index_video, make_tone, media_duration, read_indices
-from tests.support.runpod_standin import RunPodStandIn, StandInJob
-from tests.support.s3_server import S3Server
-from tests.support.worker_api import WorkerOnPlatform
+from local_platform.runpod_standin import RunPodStandIn, StandInJob
+from local_platform.s3_server import S3Server
+from local_platform.workers import WorkerOnPlatform
 
 pytestmark = pytest.mark.comfy  # three workers, each with its ComfyUI instance
 PODS = ("pod-a", "pod-b", "pod-c")

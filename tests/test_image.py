@@ -41,7 +41,7 @@ import yaml
 
 from media_samples.factory import frame_count, media_duration
 from tests.conftest import shifted_port
-from tests.support.runpod_standin import RunPodStandIn
+from local_platform.runpod_standin import RunPodStandIn
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 IMAGE = "localhost/infinitetalk-worker:image-test"
@@ -235,7 +235,7 @@ def test_image_start_command_runs_the_sample_job_on_cpu(image, container, tmp_pa
 
 def test_image_answers_every_job_with_the_missing_models_by_default(image, container):
     """As on RunPod, with the image's REQUIRE_MODELS=1 and no models: the worker takes its jobs from the platform
-    (tests/support/runpod_standin.py on this host: `buildah run --isolation chroot` shares its network) and
+    (local_platform/runpod_standin.py on this host: `buildah run --isolation chroot` shares its network) and
     answers each with every missing file, where it looked and the fix, and refresh_worker (the SDK's stopPod),
     instead of exiting into a restart loop (worker/api/startup.py)."""
     assert "REQUIRE_MODELS=1" in image_config(image)["Env"]

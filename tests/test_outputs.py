@@ -7,16 +7,14 @@ import base64
 import errno
 import logging
 import shutil
-import socket
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import boto3
 import pytest
 import requests
 
+from local_platform.s3_server import S3Server
 from worker.output import delivery as outputs
 from worker.request.settings import WorkerSettings
 from worker.request.errors import JobFailed, JobInputError
@@ -29,35 +27,12 @@ BUCKET = "results"
 MB = 1024**2
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def s3_server():
     """moto's S3 server as a real process on a free local port; yields its endpoint URL."""
-    port = _free_port()
-    process = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    endpoint = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            requests.get(f"{endpoint}/moto-api/", timeout=2)
-            break
-        except requests.ConnectionError:
-            if process.poll() is not None or time.monotonic() > deadline:
-                process.kill()
-                pytest.fail("moto server did not start")
-            time.sleep(0.2)
-    client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
-                          aws_access_key_id=ACCESS_KEY, aws_secret_access_key=SECRET_KEY)
-    client.create_bucket(Bucket=BUCKET)
-    yield endpoint
-    process.terminate()
-    process.wait(10)
+    server = S3Server(BUCKET, ACCESS_KEY, SECRET_KEY)
+    yield server.endpoint
+    server.close()
 
 
 def s3_client(endpoint: str):

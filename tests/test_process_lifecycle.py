@@ -17,7 +17,7 @@ import pytest
 
 from tests.conftest import shifted_port
 from tests.test_faults import wait_until
-from tests.support.worker_api import REPO, WorkerApi
+from local_platform.workers import REPO, WorkerApi
 
 pytestmark = pytest.mark.comfy  # every test starts the worker or a pool
 

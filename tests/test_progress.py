@@ -11,7 +11,7 @@ import requests
 
 from comfy_manager.client import PromptProgress
 from media_samples.factory import make_index_video, make_tone
-from tests.support.worker_api import WorkerApi
+from local_platform.workers import WorkerApi
 from worker.planning.learned import LearnedRates
 from worker.templates.frame_grid import FrameGrid
 from worker.planning.segment_plan import plan_segments

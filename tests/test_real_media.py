@@ -14,7 +14,7 @@ import pytest
 
 from media_samples import real_media
 from media_samples.factory import frame_count, make_tone, media_duration, read_indices
-from tests.support.worker_api import WorkerApi, save_video
+from local_platform.workers import WorkerApi, save_video
 
 FPS = 25
 

@@ -1,7 +1,7 @@
 """A worker that cannot start says why (worker/api/startup.py), against the real handler process: a bad setting, a
 template that does not exist, a required model missing (REQUIRE_MODELS=1), too little VRAM for every device row
 of the templates it serves, no ComfyUI coming up. Each cause is one log line naming the setting or file and the
-fix; the worker does not crash: on RunPod (the SDK's queue mode, under tests/support/runpod_standin.py) it answers
+fix; the worker does not crash: on RunPod (the SDK's queue mode, under local_platform/runpod_standin.py) it answers
 every job it takes with the causes and refresh_worker (the SDK sends stopPod), and the local API
 (`--rp_serve_api`) and the local test mode (`make run`) answer the same. None of these starts a ComfyUI."""
 
@@ -18,9 +18,9 @@ import pytest
 
 from comfy_manager.gpus import GpuInfo
 from tests.conftest import shifted_port
-from tests.support.runpod_standin import RunPodStandIn
+from local_platform.runpod_standin import RunPodStandIn
 from tests.support.tiers import STAND_IN_ENV
-from tests.support.worker_api import REPO, WorkerApi, WorkerOnPlatform
+from local_platform.workers import REPO, WorkerApi, WorkerOnPlatform
 from worker.api import startup as startup_module
 from worker.request.settings import WorkerSettings
 

@@ -10,7 +10,7 @@ import sys
 import time
 
 from tests.support.tiers import FAST_TIER, STAND_IN_ENV, ComfyUIWatch, heavy_process
-from tests.support.worker_api import REPO
+from local_platform.workers import REPO
 
 
 def collected(*args: str) -> set[str]:

@@ -16,9 +16,9 @@ import psutil
 import requests
 
 if TYPE_CHECKING:
-    from tests.support.runpod_standin import RunPodStandIn
+    from local_platform.runpod_standin import RunPodStandIn
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 
 
 class WorkerApi:
@@ -91,7 +91,7 @@ class WorkerApi:
 
 class WorkerOnPlatform(WorkerApi):
     """One worker of an endpoint as RunPod runs it (`python handler.py`, no local API): it polls the RunPod
-    stand-in (tests/support/runpod_standin.py) for jobs as its RUNPOD_POD_ID (RunPodStandIn.worker_env)."""
+    stand-in (local_platform/runpod_standin.py) for jobs as its RUNPOD_POD_ID (RunPodStandIn.worker_env)."""
 
     @property
     def pod(self) -> str:

@@ -20,8 +20,10 @@ def free_port() -> int:
 
 
 class S3Server:
-    def __init__(self, bucket: str):
-        self.bucket = bucket
+    """moto's S3 server with one bucket, reached with these credentials."""
+
+    def __init__(self, bucket: str, access_key: str = ACCESS_KEY, secret_key: str = SECRET_KEY):
+        self.bucket, self.access_key, self.secret_key = bucket, access_key, secret_key
         port = free_port()
         self.process = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -40,15 +42,15 @@ class S3Server:
 
     def client(self):
         return boto3.client("s3", endpoint_url=self.endpoint, region_name="us-east-1",
-                            aws_access_key_id=ACCESS_KEY, aws_secret_access_key=SECRET_KEY)
+                            aws_access_key_id=self.access_key, aws_secret_access_key=self.secret_key)
 
     def keys(self) -> list[str]:
         return [o["Key"] for o in self.client().list_objects_v2(Bucket=self.bucket).get("Contents", [])]
 
     def worker_env(self, prefix: str = "videos") -> dict[str, str]:
         """The worker's BUCKET_* variables for this server."""
-        return {"BUCKET_ENDPOINT_URL": f"{self.endpoint}/{self.bucket}", "BUCKET_ACCESS_KEY_ID": ACCESS_KEY,
-                "BUCKET_SECRET_ACCESS_KEY": SECRET_KEY, "BUCKET_PREFIX": prefix}
+        return {"BUCKET_ENDPOINT_URL": f"{self.endpoint}/{self.bucket}", "BUCKET_ACCESS_KEY_ID": self.access_key,
+                "BUCKET_SECRET_ACCESS_KEY": self.secret_key, "BUCKET_PREFIX": prefix}
 
     def close(self) -> None:
         self.process.terminate()
