@@ -156,6 +156,7 @@ def test_a_worker_killed_mid_segment_does_not_lose_the_segment(endpoint, tmp_pat
         for proc in victim.comfy_processes():
             proc.kill()
         victim.start(standin)
+    assert victim.leftover_job_files() == []  # what the killed run left is removed when the worker starts again
 
 
 def test_cancelling_the_parent_cancels_every_segment_job_and_leaves_nothing(endpoint, tmp_path):

@@ -17,6 +17,7 @@ on RunPod; the local API and the local test mode (`make run`) answer the same.
 from __future__ import annotations
 
 import logging
+import shutil
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -69,10 +70,22 @@ def check_and_start(startup: Startup, pool: InstancePool) -> None:
     except Exception as exc:  # a broken template or manifest: said, not a crash
         startup.report(f"the start-up check failed: {type(exc).__name__}: {exc}")
     if startup.ok:
+        clear_job_folders(startup.settings)
         start_instances(startup, pool)
     if not startup.ok:
         log.error("the worker serves anyway, answering every job with the above and refresh_worker "
                   "(RunPod replaces the worker after the job)")
+
+
+def clear_job_folders(settings: WorkerSettings) -> None:
+    """Removes what jobs of an earlier run of this worker left in JOB_WORK_DIR (a job removes its own folder
+    when it ends; a worker killed mid-job, e.g. by SIGKILL or the kernel's OOM killer, cannot)."""
+    folder = settings.job_work_dir
+    stale = [path for path in folder.iterdir()] if folder.is_dir() else []
+    for path in stale:
+        shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+    if stale:
+        log.info("removed %d job folder(s) an earlier run left in %s", len(stale), folder)
 
 
 def _settings_or_defaults(cls, problems: list[str]):
