@@ -20,6 +20,7 @@ from worker.segment_job import run_segment_job
 from worker.planning.learned import Learned
 from worker.api.live_jobs import LiveJobs
 from worker.api.startup import check_and_start, read_settings
+from worker.api.warmup import warm_up
 from worker.progress.tracker import JobProgress
 
 # Never raises: a bad setting is one of the start-up problems every job is then answered with (worker/api/startup.py).
@@ -128,6 +129,8 @@ if __name__ == "__main__":
     # Checks (models where REQUIRE_MODELS=1, the templates' device rows), then the instances. Whatever fails is
     # logged, one line a cause, and answered to every job (with refresh_worker) instead of ending the worker.
     check_and_start(startup, pool)
+    if startup.ok:
+        warm_up(pool, settings)  # WARMUP_SIZE=WIDTHxHEIGHT: each instance runs one short job before taking work
     config = {"handler": handler, "concurrency_modifier": lambda current: settings.max_concurrent_jobs}
     if "--rp_serve_api" in sys.argv:  # the SDK's local API, plus GET /progress/{id} and POST /cancel/{id}
         from worker.api.local_api import serve

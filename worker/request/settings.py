@@ -64,6 +64,9 @@ class WorkerSettings(EnvSettings):
     # A segment job's media go inline while its body stays under this (RunPod's /run takes about 10 MB), else
     # through the bucket (BUCKET_*); without one, such a segment is rendered here.
     fanout_inline_mb: float = env("FANOUT_INLINE_MB", 9.0, gt=0)
+    # WIDTHxHEIGHT: before taking work, each instance runs one short job of the default image template at that
+    # size (worker/api/warmup.py), so the first job, or segment job, finds the models loaded and compiled.
+    warmup: str | None = env("WARMUP_SIZE", None, pattern=r"^[1-9][0-9]{1,3}x[1-9][0-9]{1,3}$")
     # Delivery (worker/output/delivery.py). A response carries at most max_response_mb of base64 video.
     max_response_mb: float = env("MAX_RESPONSE_MB", 15.0)
     output_volume_dir: Path = env("OUTPUT_VOLUME_DIR", Path("/runpod-volume/outputs"))
