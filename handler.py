@@ -130,7 +130,7 @@ if __name__ == "__main__":
     # logged, one line a cause, and answered to every job (with refresh_worker) instead of ending the worker.
     check_and_start(startup, pool)
     if startup.ok:
-        warm_up(pool, settings)  # WARMUP_SIZE=WIDTHxHEIGHT: each instance runs one short job before taking work
+        warm_up(pool, settings, run_job)  # WARMUP_SIZE=WIDTHxHEIGHT: each instance runs one short job first
     config = {"handler": handler, "concurrency_modifier": lambda current: settings.max_concurrent_jobs}
     if "--rp_serve_api" in sys.argv:  # the SDK's local API, plus GET /progress/{id} and POST /cancel/{id}
         from worker.api.local_api import serve

@@ -29,7 +29,7 @@ from worker.progress.tracker import JobProgressTracker, ProgressSink
 from worker.render.remote import RemoteSegments
 from worker.render.segments import RenderJob, run_segments
 from worker.request.errors import WorkerUnhealthy
-from worker.request.job_request import JobRequest, parse_request
+from worker.request.job_request import JobRequest, parse_request, safe_job_id
 from worker.request.settings import WorkerSettings
 from worker.templates.template import choose_template
 
@@ -121,14 +121,10 @@ def output_format(request: JobRequest) -> OutputFormat:
 @contextlib.contextmanager
 def job_folder(settings: WorkerSettings, job_id: str | None) -> Iterator[tuple[str, Path]]:
     """(job id, a new folder of its own under JOB_WORK_DIR), removed with everything in it when the job ends."""
-    job_id = _safe(job_id or uuid.uuid4().hex[:12])
+    job_id = safe_job_id(job_id or uuid.uuid4().hex[:12])
     work_dir = settings.job_work_dir / f"{job_id}-{uuid.uuid4().hex[:8]}"
     work_dir.mkdir(parents=True)
     try:
         yield job_id, work_dir
     finally:
         shutil.rmtree(work_dir, ignore_errors=True)
-
-
-def _safe(text: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_" else "_" for c in text)[:64] or "job"

@@ -28,14 +28,13 @@ from worker.media.inputs import fetch_inputs
 from worker.planning.segment_plan import Segment, SegmentPlan
 from worker.progress.tracker import JobProgressTracker, ProgressSink
 from worker.render.segments import RenderJob, SegmentResult, run_segment
-from worker.request.errors import JobFailed, WorkerUnhealthy
-from worker.request.segment_job import SegmentJob, parse_segment_job
+from worker.request.errors import JobFailed, JobInputError, WorkerUnhealthy
+from worker.request.segment_job import RESULT_KEY, SegmentJob, parse_segment_job
 from worker.request.settings import WorkerSettings
 from worker.templates.template import choose_template
 
 log = logging.getLogger(__name__)
 LOSSLESS = {"vcodec": "libx264", "preset": "ultrafast", "crf": 0, "pix_fmt": "yuv420p"}
-RESULT_KEY = "segment_result"
 
 
 def run_segment_job(job_input: dict, pool: InstancePool, settings: WorkerSettings, job_id: str | None = None,
@@ -55,6 +54,11 @@ def run_segment_job(job_input: dict, pool: InstancePool, settings: WorkerSetting
     plan = SegmentPlan(job.segments[-1][1], _overlap(job),
                        tuple(Segment(i, start, end) for i, (start, end) in enumerate(job.segments)))
     segment = plan.segments[job.index]
+    spec = template.spec
+    if segment.frames > spec.max_segment_frames:
+        raise JobInputError("segment_job.segments", f"segment {segment.index} has {segment.frames} frames; workflow "
+                                                    f"{template.name!r} renders at most {spec.max_segment_frames} a "
+                                                    "segment")
     log.info("segment job %s: segment %d (%s) of job %s from %s", job_id, segment.index, segment.describe(),
              job.parent_job, job.parent_worker or "another worker")
     with job_folder(settings, job_id) as (job_id, work_dir), \
@@ -113,8 +117,12 @@ def _pack(result: SegmentResult, work_dir: Path, job_id: str, settings: WorkerSe
     if total * 4 / 3 + 64 * 1024 <= settings.max_response_bytes:
         return {part: {"name": p.name, "data": base64.b64encode(p.read_bytes()).decode()} for part, p in files.items()}
     if settings.bucket_configured:
-        return {part: {"name": p.name, "key": key, "url": bucket.put_file(p, key, settings)}
-                for part, p in files.items() for key in [f"segments/{job_id}/{p.name}"]}
+        placed = {}
+        for part, path in files.items():  # the parent fetches them with its own credentials, then removes them
+            key = f"segments/{job_id}/{path.name}"
+            bucket.put_file(path, key, settings)
+            placed[part] = {"name": path.name, "key": key}
+        return placed
     folder = settings.output_volume_dir / "segments" / job_id
     if not settings.output_volume_dir.parent.exists():
         raise JobFailed(f"the segment's video ({total / 2**20:.1f} MB) does not fit a result (MAX_RESPONSE_MB) and "

@@ -17,6 +17,7 @@ on RunPod; the local API and the local test mode (`make run`) answer the same.
 from __future__ import annotations
 
 import logging
+import re
 import shutil
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,6 +32,7 @@ from worker.templates.model_check import missing_models_problem
 from worker.templates.template import available_templates
 
 log = logging.getLogger("startup")
+JOB_FOLDER = re.compile(r"^[A-Za-z0-9_-]{1,64}-[0-9a-f]{8}$")  # <job id>-<8 hex>: worker/job.py's job_folder
 
 
 @dataclass
@@ -79,9 +81,10 @@ def check_and_start(startup: Startup, pool: InstancePool) -> None:
 
 def clear_job_folders(settings: WorkerSettings) -> None:
     """Removes what jobs of an earlier run of this worker left in JOB_WORK_DIR (a job removes its own folder
-    when it ends; a worker killed mid-job, e.g. by SIGKILL or the kernel's OOM killer, cannot)."""
+    when it ends; a worker killed mid-job, e.g. by SIGKILL or the kernel's OOM killer, cannot). Only folders
+    named as jobs name theirs (worker/job.py: job_folder) go: nothing else that may share the folder."""
     folder = settings.job_work_dir
-    stale = [path for path in folder.iterdir()] if folder.is_dir() else []
+    stale = [path for path in folder.iterdir() if JOB_FOLDER.match(path.name)] if folder.is_dir() else []
     for path in stale:
         shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
     if stale:

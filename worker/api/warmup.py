@@ -19,8 +19,9 @@ import threading
 import time
 from pathlib import Path
 
+from typing import Callable
+
 from comfy_manager import InstancePool
-from worker.job import run_job
 from worker.planning.learned import Learned
 from worker.request.settings import WorkerSettings
 from worker.templates.template import available_templates
@@ -29,10 +30,19 @@ log = logging.getLogger("warmup")
 FPS = 25
 
 
-def warm_up(pool: InstancePool, settings: WorkerSettings) -> dict[str, float]:
-    """Runs the warm-up job once on each instance in service, all at once; returns seconds per job ("warmup-N")."""
+def warm_up(pool: InstancePool, settings: WorkerSettings, run_job: Callable[..., dict]) -> dict[str, float]:
+    """Runs the warm-up job (through `run_job`: worker/job.py's) once on each instance in service, all at once;
+    returns seconds per job ("warmup-N"). Never raises: a warm-up that cannot run is logged and skipped."""
     if not settings.warmup:
         return {}
+    try:
+        return _warm_up(pool, settings, run_job)
+    except Exception as exc:
+        log.warning("warm-up skipped (the first job pays the start instead): %s: %s", type(exc).__name__, exc)
+        return {}
+
+
+def _warm_up(pool: InstancePool, settings: WorkerSettings, run_job: Callable[..., dict]) -> dict[str, float]:
     width, height = (int(v) for v in settings.warmup.split("x"))
     name = settings.default_workflow("image", "single")
     template = available_templates(settings.extra_workflow_dirs)[name]
@@ -51,7 +61,7 @@ def warm_up(pool: InstancePool, settings: WorkerSettings) -> dict[str, float]:
             log.warning("warm-up job %d failed (the first job pays the start instead): %s", number, exc)
 
     started = time.monotonic()
-    threads = [threading.Thread(target=one, args=(n,), name=f"warmup-{n}") for n in range(pool.size)]
+    threads = [threading.Thread(target=one, args=(n,), name=f"warmup-{n}") for n in range(len(pool.serving_instances))]
     for thread in threads:
         thread.start()
     for thread in threads:

@@ -15,7 +15,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from worker.request.errors import JobFailed, JobInputError
-from worker.request.settings import MB, WorkerSettings
+from worker.request.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
 MAX_PRESIGN_EXPIRY_S = 7 * 24 * 3600  # S3 signature v4 refuses longer
@@ -91,6 +91,18 @@ def put_file(path: Path, key: str, settings: WorkerSettings, content_type: str =
     except Exception as exc:  # boto3, botocore and s3transfer each raise their own kinds
         raise JobFailed(_redact(f"upload of {path.name} to bucket {target.bucket!r} failed: "
                                 f"{type(exc).__name__}: {exc}", settings)) from None
+
+
+def get_file(key: str, dest: Path, settings: WorkerSettings) -> Path:
+    """Downloads `key` (as given to put_file) to dest."""
+    target = bucket_target(settings)
+    try:
+        _s3_client(settings, target).download_file(target.bucket, "/".join(p for p in (target.key_prefix, key) if p),
+                                                   str(dest))
+    except Exception as exc:
+        raise JobFailed(_redact(f"download of {key} from bucket {target.bucket!r} failed: {type(exc).__name__}: "
+                                f"{exc}", settings)) from None
+    return dest
 
 
 def delete_keys(keys: list[str], settings: WorkerSettings) -> None:

@@ -181,8 +181,12 @@ class Learned:
         """Records a finished job's speeds: ComfyUI seconds per generated frame, stitch seconds per output frame;
         the RAM a frame cost the instances that ran it; with its timings, also the stitch tail, the delivery and
         each node's share (for progress estimates). Segments on cold instances (their first prompt, which loaded
-        the models) teach no memory cost, and no speed where warm ones ran too."""
+        the models) teach no memory cost, and no speed where warm ones ran too; segments other workers rendered
+        (fan-out) teach nothing about this worker's instances."""
         key = RateKey.of(request, template)
+        results = [r for r in results if getattr(r, "worker", None) is None]  # other workers' GPUs teach nothing here
+        if not results:
+            return
         warm = [r for r in results if not r.cold] or list(results)  # a cold instance's time includes loading
         generate = sum(r.comfy_seconds for r in warm) / sum(r.segment.frames for r in warm)
         self.throughput.record(key, generate, stitched.busy_seconds / stitched.frames)

@@ -113,7 +113,10 @@ def plan_job(request: JobRequest, template: WorkflowTemplate, total_frames: int,
     per_frame = learned.learned_s_per_frame(request, template)
     by_lane_count = {count: split(count) for count in range(1, max(len(local), parallelism) + len(others) + 1)}
     expected = estimate(request, template, by_lane_count, parallelism, per_frame, local=parallelism, remote_start_s=start_s)
-    workers = len(others) if expected is None else pays_off(expected, parallelism, len(others))
+    if expected is None:  # no speed known: whether another worker pays off cannot be told; only if asked for
+        workers = len(others) if request.workers else 0
+    else:
+        workers = pays_off(expected, parallelism, len(others))
     if workers:
         expected = estimate(request, template, by_lane_count, parallelism + workers, per_frame, local=parallelism,
                             remote_start_s=start_s)

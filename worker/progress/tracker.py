@@ -236,15 +236,19 @@ class JobProgressTracker:
             if seg.state == "done":
                 return
             theirs = (report or {}).get("segments") or [{}]
+            theirs = theirs if isinstance(theirs, list) and isinstance(theirs[0], dict) else [{}]
             if seg.state != "running":
                 seg.state, seg.attempt, seg.started_at = "running", seg.attempt + 1, self.clock()
                 seg.weights, seg.names, seg.finished, seg.node, seg.steps = {}, {}, set(), None, None
             seg.instance = f"{worker} {theirs[0].get('instance') or 'queued'}"
-            seg.gpu = theirs[0].get("gpu")
-            seg.remote_fraction = min(1.0, float((report or {}).get("percent") or 0.0) / 100)
+            seg.gpu = theirs[0].get("gpu") if isinstance(theirs[0].get("gpu"), int) else None
+            percent = (report or {}).get("percent")
+            seg.remote_fraction = min(1.0, max(0.0, percent / 100)) if isinstance(percent, (int, float)) else 0.0
             node, steps = theirs[0].get("node"), theirs[0].get("node_steps")
+            node = node if isinstance(node, str) else None
             seg.names = {node: node} if node else {}
-            seg.node, seg.steps = node, tuple(steps) if steps else None
+            seg.node = node
+            seg.steps = tuple(steps) if isinstance(steps, list) and len(steps) == 2 else None
 
     def segment_retrying(self, index: int) -> None:
         """The segment's try failed and it waits to run again (its percent starts over)."""

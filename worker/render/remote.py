@@ -20,19 +20,24 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import binascii
+
 import requests
+from pydantic import ValidationError
 
 from worker.media import bucket
 from worker.planning.segment_plan import Segment, SegmentPlan
 from worker.render.segment_video import SegmentVideo
 from worker.render.segments import RenderJob, SegmentResult
-from worker.request.errors import JobCancelled
+from worker.request.errors import JobCancelled, JobFailed
+from worker.request.job_request import safe_job_id
+from worker.request.segment_job import RESULT_KEY, SegmentPart
+from worker.request.segment_job import SegmentResult as RemoteResult
 from worker.request.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
 POLL_S = 1.0
 MIME = {".wav": "audio/wav", ".mp4": "video/mp4", ".png": "image/png", ".json": "application/json"}
-RESULT_KEY = "segment_result"  # worker/segment_job.py's response
 LOAD_MARGIN_S = 600.0  # a segment job's execution timeout covers a cold worker loading the models too
 
 
@@ -44,6 +49,7 @@ class RemoteSegments:
     plan: SegmentPlan
     settings: WorkerSettings
     workers: int  # segment jobs in flight at once (the plan's other workers)
+    no_free_worker: bool = False  # a segment job waited out FANOUT_QUEUE_DEADLINE_S: no more are sent
     errors: dict[int, str] = field(default_factory=dict)  # segment index -> why it was taken back
     _running: dict[int, str] = field(default_factory=dict)  # segment index -> segment job id
     _keys: list[str] = field(default_factory=list)  # bucket files of this job (media sent, videos received)
@@ -70,25 +76,36 @@ class RemoteSegments:
             self._slots.release()
 
     def _render(self, segment: Segment, files: dict[str, Path]) -> SegmentResult | None:
+        if self.no_free_worker:
+            return self._take_back(segment, "an earlier segment job found no free worker in time: the rest are "
+                                            "rendered here")
         started = time.monotonic()
-        body = self._body(segment, files)
+        try:
+            body = self._body(segment, files)
+        except JobCancelled:
+            raise
+        except Exception as exc:  # e.g. a bucket upload that failed: the segment is rendered here instead
+            return self._take_back(segment, f"its segment job could not be prepared: {exc}")
         if body is None:
             return None
         try:
             job_id = self.endpoint.rp_client.post(f"{self.endpoint.endpoint_id}/run", body)["id"]
-        except (requests.RequestException, RuntimeError, KeyError) as exc:
+        except (requests.RequestException, RuntimeError, KeyError, TypeError) as exc:
             return self._take_back(segment, f"the endpoint refused the segment job: {exc}")
         with self._lock:
             self._running[segment.index] = job_id
         log.info("segment %d (%s) sent to the endpoint as segment job %s", segment.index, segment.describe(), job_id)
         try:
             state = self._watch(segment, job_id, started)
+            return None if state is None else self._result(segment, state, started, job_id)
+        except JobCancelled:
+            raise
+        except Exception as exc:  # an answer this worker cannot read (another version, say): rendered here
+            return self._take_back(segment, f"segment job {job_id} could not be followed: {type(exc).__name__}: "
+                                            f"{exc}", job_id)
         finally:
             with self._lock:
                 self._running.pop(segment.index, None)
-        if state is None:
-            return None
-        return self._result(segment, state, started)
 
     def _body(self, segment: Segment, files: dict[str, Path]) -> dict | None:
         """The /run body of the segment's job: media inline where the body stays under FANOUT_INLINE_MB, else
@@ -133,9 +150,11 @@ class RemoteSegments:
             try:
                 state = self.endpoint.rp_client.get(f"{self.endpoint.endpoint_id}/status/{job_id}")
             except requests.HTTPError as exc:
-                gone = exc.response is not None and exc.response.status_code == 404
-                return self._take_back(segment, f"segment job {job_id} " + ("vanished (404)" if gone else f"could not be "
-                                                                            f"read: {exc}"), job_id)
+                if exc.response is not None and exc.response.status_code == 404:
+                    return self._take_back(segment, f"segment job {job_id} vanished (404)", job_id)
+                if time.monotonic() - last_change > self.settings.fanout_stall_s:
+                    return self._take_back(segment, f"the endpoint kept failing for segment job {job_id}: {exc}", job_id)
+                continue  # a 429 or 5xx: asked again at the next poll
             except (requests.RequestException, RuntimeError) as exc:
                 if time.monotonic() - last_change > self.settings.fanout_stall_s:
                     return self._take_back(segment, f"the endpoint did not answer for segment job {job_id}: {exc}", job_id)
@@ -150,11 +169,13 @@ class RemoteSegments:
                 return self._take_back(segment, f"segment job {job_id} {status}: {error}", None, verbatim=error)
             if status == "IN_QUEUE":
                 if now - started > self.settings.fanout_queue_deadline_s:
+                    self.no_free_worker = True
                     return self._take_back(segment, f"segment job {job_id} was still queued after "
                                                     f"{self.settings.fanout_queue_deadline_s:.0f} s "
                                                     "(FANOUT_QUEUE_DEADLINE_S): no other worker was free", job_id)
                 continue
-            self.job.progress.segment_remote(segment.index, _worker_of(last_report), last_report)
+            report = last_report if isinstance(last_report, dict) else None
+            self.job.progress.segment_remote(segment.index, _worker_of(report), report)
             if now - last_change > self.settings.fanout_stall_s:
                 return self._take_back(segment, f"segment job {job_id} reported nothing new for "
                                                 f"{self.settings.fanout_stall_s:.0f} s (FANOUT_STALL_S): its worker "
@@ -162,60 +183,75 @@ class RemoteSegments:
             if now - started > self._execution_s(segment) + self.settings.fanout_queue_deadline_s:
                 return self._take_back(segment, f"segment job {job_id} ran past its deadline", job_id)
 
-    def _result(self, segment: Segment, state: dict, started: float) -> SegmentResult | None:
-        """The segment job's video parts in the job folder, as the stitcher takes a local segment's."""
-        result = (state.get("output") or {}).get(RESULT_KEY)
-        if not isinstance(result, dict) or result.get("index") != segment.index:
-            return self._take_back(segment, f"segment job {state.get('id')} answered without its segment's video")
-        stem = self.job.work_dir / f"seg{segment.index}"
+    def _result(self, segment: Segment, state: dict, started: float, job_id: str) -> SegmentResult | None:
+        """The segment job's video parts in the job folder, as the stitcher takes a local segment's; whatever the
+        answer names in the bucket or on the volume is removed once read, or when the answer is refused."""
         try:
-            parts = {part: self._fetch(info, stem.with_name(f"{stem.name}_remote_{part}{Path(info['name']).suffix}"))
-                     for part, info in (result.get("parts") or {}).items()}
-        except (OSError, KeyError, ValueError, requests.RequestException) as exc:
-            return self._take_back(segment, f"the video of segment job {state.get('id')} could not be taken: {exc}")
-        if result.get("split"):
+            result = RemoteResult.model_validate((state.get("output") or {}).get(RESULT_KEY))
+        except (ValidationError, AttributeError) as exc:
+            return self._take_back(segment, f"segment job {job_id} answered what this worker cannot read: {exc}")
+        folder = safe_job_id(job_id)
+        try:
+            if result.index != segment.index:
+                raise ValueError(f"it rendered segment {result.index}")
+            stem = self.job.work_dir / f"seg{segment.index}_remote"
+            parts = {part: self._fetch(info, stem.with_name(f"{stem.name}_{part}{Path(info.name).suffix}"), folder)
+                     for part, info in result.parts.items()}
+        except (OSError, ValueError, JobFailed, binascii.Error) as exc:
+            return self._take_back(segment, f"the video of segment job {job_id} could not be taken: {exc}")
+        finally:
+            self._discard(result, folder)
+        if result.split:
             video = SegmentVideo(parts.get("body"), parts.get("head"), parts.get("tail"), split=True,
                                  stats=parts.get("stats"))
-        else:
+        elif "body" in parts:
             video = SegmentVideo.whole(parts["body"], parts.get("stats"))
+        else:
+            return self._take_back(segment, f"segment job {job_id} sent no video")
         missing = video.missing_parts(segment.frames, self.plan.overlap_with_previous(segment),
                                       self.plan.overlap_with_next(segment))
         if missing:
-            return self._take_back(segment, f"segment job {state.get('id')} sent no {' and '.join(missing)}")
-        worker = str(result.get("worker") or "worker")
-        log.info("segment %d done on worker %s (%s) in %.1f s", segment.index, worker, result.get("instance"),
+            return self._take_back(segment, f"segment job {job_id} sent no {' and '.join(missing)}")
+        log.info("segment %d done on worker %s (%s) in %.1f s", segment.index, result.worker, result.instance,
                  time.monotonic() - started)
-        return SegmentResult(segment, video, str(result.get("instance") or "?"), result.get("gpu"),
-                             time.monotonic() - started, float(result.get("comfy_seconds") or 0.0), time.monotonic(),
-                             attempts=int(result.get("attempts") or 1), node_seconds=result.get("node_seconds") or {},
-                             device_settings=result.get("device_settings"), started_at=started,
-                             cold=bool(result.get("cold")), worker=worker)
+        return SegmentResult(segment, video, result.instance, result.gpu, time.monotonic() - started,
+                             result.comfy_seconds, time.monotonic(), attempts=result.attempts,
+                             node_seconds=result.node_seconds, device_settings=result.device_settings,
+                             started_at=started, cold=result.cold, worker=result.worker)
 
-    def _fetch(self, info: dict, dest: Path) -> Path:
-        """One part of a segment job's video, from the response, the bucket or the shared volume."""
-        if "data" in info:
-            dest.write_bytes(base64.b64decode(info["data"], validate=True))
-        elif "url" in info:
-            with self._lock:
-                self._keys.append(info["key"])
-            with requests.get(info["url"], stream=True, timeout=60) as response:
-                response.raise_for_status()
-                with open(dest, "wb") as out:
-                    for chunk in response.iter_content(1 << 20):
-                        out.write(chunk)
+    def _fetch(self, part: SegmentPart, dest: Path, folder: str) -> Path:
+        """One part of a segment job's video, from the response, the bucket (with this worker's credentials:
+        only under segments/<segment job id>/) or the shared volume (only in its folder for that job)."""
+        if part.data is not None:
+            dest.write_bytes(base64.b64decode(part.data, validate=True))
+        elif part.key is not None:
+            if part.key != f"segments/{folder}/{part.name}":
+                raise ValueError(f"bucket key {part.key!r} is not this segment job's")
+            bucket.get_file(part.key, dest, self.settings)
         else:
-            source = Path(info["path"]).resolve()
-            volume = (self.settings.output_volume_dir / "segments").resolve()
-            if not source.is_relative_to(volume):
-                raise ValueError(f"{source} is not on the shared volume's segment folder")
+            source = self._volume_file(part, folder)
             dest.write_bytes(source.read_bytes())
-            source.unlink(missing_ok=True)
-            if source.parent != volume:
-                try:
-                    source.parent.rmdir()
-                except OSError:
-                    pass
         return dest
+
+    def _volume_file(self, part: SegmentPart, folder: str) -> Path:
+        expected = (self.settings.output_volume_dir / "segments" / folder / part.name).resolve()
+        if Path(part.path).resolve() != expected:
+            raise ValueError(f"{part.path} is not this segment job's file on the shared volume")
+        return expected
+
+    def _discard(self, result: RemoteResult, folder: str) -> None:
+        """Removes what a segment job's answer left in the bucket or on the volume (read or not)."""
+        keys = [p.key for p in result.parts.values() if p.key == f"segments/{folder}/{p.name}"]
+        if keys and self.settings.bucket_configured:
+            bucket.delete_keys(keys, self.settings)
+        for part in result.parts.values():
+            if part.path is not None:
+                try:
+                    path = self._volume_file(part, folder)
+                    path.unlink(missing_ok=True)
+                    path.parent.rmdir()
+                except (OSError, ValueError):
+                    pass
 
     def _take_back(self, segment: Segment, why: str, cancel_job: str | None = None,
                    verbatim: str | None = None) -> None:

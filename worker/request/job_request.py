@@ -109,3 +109,8 @@ def parse_request(job_input: Any) -> JobRequest:
     except ValidationError as exc:
         field, _, message = describe_validation_error(exc, JobRequest).partition(": ")  # the first field at fault
         raise JobInputError(field, message) from None
+
+
+def safe_job_id(text: str) -> str:
+    """A job id as the worker names its files and folders with it: letters, digits, - and _ (64 at most)."""
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in text)[:64] or "job"

@@ -13,7 +13,7 @@ parent) is sent as (worker/render/remote.py). It is validated like any request, 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -21,6 +21,7 @@ from worker.request.errors import JobInputError, describe_validation_error
 from worker.request.job_request import MEDIA_FIELDS, JobRequest, parse_request
 
 SEGMENT_JOB_KEY = "segment_job"  # a job whose input has this key is a segment job
+RESULT_KEY = "segment_result"  # ... and its output has this one
 
 
 class SegmentJob(BaseModel):
@@ -66,3 +67,38 @@ def parse_segment_job(job_input: dict) -> tuple[SegmentJob, JobRequest]:
             raise JobInputError(f"{where}.{field}", "a segment job carries its media inline (a data: URI) or as "
                                                     "an http(s) URL, never as a path")
     return job, request
+
+
+class SegmentPart(BaseModel):
+    """One file of a segment's video on its way back: inline (base64), in the bucket under
+    segments/<segment job id>/<name>, or on the shared volume in OUTPUT_VOLUME_DIR/segments/<segment job id>/."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,160}$")
+    data: str | None = None
+    key: str | None = Field(default=None, max_length=400)
+    path: str | None = Field(default=None, max_length=4096)
+
+    @model_validator(mode="after")
+    def _one_place(self) -> "SegmentPart":
+        if sum(value is not None for value in (self.data, self.key, self.path)) != 1:
+            raise ValueError("a part is either inline (data), in the bucket (key) or on the volume (path)")
+        return self
+
+
+class SegmentResult(BaseModel):
+    """What a segment job answers (worker/segment_job.py), as its parent reads it (worker/render/remote.py)."""
+
+    model_config = ConfigDict(extra="forbid")
+    index: int = Field(ge=0)
+    worker: str = Field(max_length=120)
+    instance: str = Field(max_length=120)
+    gpu: int | None = None
+    seconds: float = Field(ge=0)
+    comfy_seconds: float = Field(ge=0)
+    node_seconds: dict[str, float] = Field(default_factory=dict, max_length=1000)
+    attempts: int = Field(ge=1, le=100)
+    device_settings: str | None = Field(default=None, max_length=120)
+    cold: bool = False
+    split: bool
+    parts: dict[Literal["head", "body", "tail", "stats"], SegmentPart]

@@ -5,7 +5,6 @@ The ComfyUI instances' settings (COMFYUI_*, COMFY_*) are comfy_manager.PoolSetti
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 from typing import Annotated, Any
 
