@@ -168,8 +168,10 @@ def test_install_custom_nodes_clones_the_pinned_commit_and_installs_requirements
     call = pip_log.read_text().split()
     assert call[:4] == ["-m", "pip", "install", "-q"] and f"{dest}/requirements.txt" in call and "-c" in call
 
+    calls = pip_log.read_text()
     again = subprocess.run(["bash", str(INSTALL_NODES)], env=env, capture_output=True, text=True, timeout=120)
-    assert again.returncode == 0 and f"NodePack already at {pinned}" in again.stdout
+    assert again.returncode == 0 and again.stdout == ""  # nothing changed: nothing said, nothing installed again
+    assert git("rev-parse", "HEAD", cwd=dest).strip() == pinned and pip_log.read_text() == calls
 
 
 def test_install_custom_nodes_refuses_an_unpinned_node(tmp_path):
