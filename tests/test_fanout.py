@@ -7,7 +7,6 @@ stand-in), where the other workers take them. A real S3 server (moto) carries wh
 
 from __future__ import annotations
 
-import base64
 import signal
 import time
 from pathlib import Path
@@ -37,7 +36,9 @@ def endpoint(tmp_path_factory):
         env = {**standin.worker_env(pod), **s3.worker_env(), "RUNPOD_API_KEY": standin.api_key,
                "RUNPOD_ENDPOINT_BASE_URL": standin.api_base, "FANOUT_MAX_WORKERS": "2",
                "FANOUT_QUEUE_DEADLINE_S": "20", "FANOUT_STALL_S": "15", "FANOUT_COLD_START_S": "0",
-               "FANOUT_INLINE_MB": "1", "ALLOW_PRIVATE_URLS": "1", "MAX_DURATION_S": "120"}
+               "FANOUT_INLINE_MB": "1", "ALLOW_PRIVATE_URLS": "1", "MAX_DURATION_S": "120",
+               # pod-c's results do not fit a response: its segments come back through the bucket
+               "MAX_RESPONSE_MB": "0.02" if pod == "pod-c" else "15"}
         worker = WorkerOnPlatform(root / pod, api_port=0, comfy_port=shifted_port(8520 + 10 * number), instances=1,
                                   env=env)
         worker.env.update(ALLOWED_INPUT_ROOTS=str(media), OUTPUT_VOLUME_DIR=str(volume))  # shared by the endpoint
@@ -53,7 +54,7 @@ def restyle_job(media: Path, name: str, frames: int, audio_rate: int = 16000) ->
     video = make_index_video(media / f"{name}.mp4", frames, 25)
     audio = make_tone(media / f"{name}.wav", frames / 25, rate=audio_rate)
     return {"workflow": "restyle", "input_type": "video", "video": str(video), "audio": str(audio),
-            "width": 128, "height": 64, "output": {"destination": "base64"}}
+            "width": 128, "height": 64, "output": {"destination": "volume"}}
 
 
 def segment_jobs(standin: RunPodStandIn, parent: StandInJob) -> list[StandInJob]:
@@ -75,23 +76,21 @@ def finished(standin: RunPodStandIn, job: StandInJob, timeout_s: float = 300) ->
     return job.output
 
 
-def save(output: dict, dest: Path) -> Path:
-    dest.write_bytes(base64.b64decode(output["video"]))
-    return dest
-
-
-def check_video(output: dict, dest: Path, frames: int) -> None:
-    video = save(output, dest)
+def check_video(output: dict, frames: int) -> None:
+    video = Path(output["video_path"])  # on the endpoint's shared volume
     assert output["frames"] == frames and frame_count(video) == frames
     assert read_indices(video) == list(range(frames))  # every frame once, in order, across the workers
     assert abs(media_duration(video, "a") - frames / 25) < 0.05
 
 
-def test_a_job_fans_out_over_three_workers_and_comes_back_frame_exact(endpoint, tmp_path):
+def test_a_job_fans_out_over_three_workers_and_comes_back_frame_exact(endpoint):
     standin, workers, media, s3 = endpoint
+    standin.hold(["pod-c"])  # the job goes to pod-a or pod-b: pod-c then takes a segment job
     parent = standin.submit(restyle_job(media, "three", 300))
+    wait_for(lambda: parent.worker is not None, 60, "a worker to take the job")
+    standin.hold([])
     output = finished(standin, parent)
-    check_video(output, tmp_path / "three.mp4", 300)
+    check_video(output, 300)
     rendered_by = [s["worker"] for s in output["segments"]]
     assert len(output["segments"]) == 3 and rendered_by.count(None) == 1  # the parent rendered one itself
     children = segment_jobs(standin, parent)
@@ -102,18 +101,22 @@ def test_a_job_fans_out_over_three_workers_and_comes_back_frame_exact(endpoint, 
         assert child.policy["executionTimeout"] > 0 and child.policy["ttl"] > child.policy["executionTimeout"]
         request = child.input["segment_job"]["request"]
         assert request["audio"].startswith("data:audio/wav;base64,") and request["workers"] == 0  # inline
+        parts = child.output["segment_result"]["parts"]
+        # back inline where the result fits (pod-b's, pod-a's), through the bucket where it does not (pod-c's)
+        assert {"key" if child.worker == "pod-c" else "data"} == {place for part in parts.values() for place in part
+                                                                  if place in ("data", "key", "path")}, parts.keys()
     # the parent's progress showed the other workers' segments as they ran
     remote = [s for update in parent.updates for s in update.get("segments", []) if (s.get("instance") or "").startswith("worker ")]
     assert remote, "the parent's progress never showed a segment on another worker"
     assert s3.keys() == []
 
 
-def test_media_over_the_request_limit_travel_through_the_bucket_and_are_removed(endpoint, tmp_path):
+def test_media_over_the_request_limit_travel_through_the_bucket_and_are_removed(endpoint):
     standin, workers, media, s3 = endpoint
     # 48 kHz audio: each segment's slice is over FANOUT_INLINE_MB (1 MB) as base64
     parent = standin.submit(restyle_job(media, "big", 900, audio_rate=48000))
     output = finished(standin, parent)
-    check_video(output, tmp_path / "big.mp4", 900)
+    check_video(output, 900)
     children = segment_jobs(standin, parent)
     assert children and all(c.status == "COMPLETED" for c in children)
     for child in children:
@@ -123,7 +126,7 @@ def test_media_over_the_request_limit_travel_through_the_bucket_and_are_removed(
     assert s3.keys() == []  # nothing left in the bucket after the job
 
 
-def test_with_no_free_worker_the_parent_takes_its_segments_back(endpoint, tmp_path):
+def test_with_no_free_worker_the_parent_takes_its_segments_back(endpoint):
     standin, workers, media, s3 = endpoint
     parent = standin.submit(restyle_job(media, "alone", 200))
     wait_for(lambda: parent.worker is not None, 60, "a worker to take the job")
@@ -133,13 +136,13 @@ def test_with_no_free_worker_the_parent_takes_its_segments_back(endpoint, tmp_pa
         output = finished(standin, parent, 300)
     finally:
         standin.hold([])
-    check_video(output, tmp_path / "alone.mp4", 200)
+    check_video(output, 200)
     assert [s["worker"] for s in output["segments"]] == [None] * len(output["segments"])
     children = segment_jobs(standin, parent)
     assert children and all(c.status == "CANCELLED" for c in children)
 
 
-def test_a_worker_killed_mid_segment_does_not_lose_the_segment(endpoint, tmp_path):
+def test_a_worker_killed_mid_segment_does_not_lose_the_segment(endpoint):
     standin, workers, media, s3 = endpoint
     parent = standin.submit(restyle_job(media, "killed", 300))
     wait_for(lambda: any(c.status == "IN_PROGRESS" for c in segment_jobs(standin, parent)), 120,
@@ -150,7 +153,7 @@ def test_a_worker_killed_mid_segment_does_not_lose_the_segment(endpoint, tmp_pat
     victim.process.wait(10)
     try:
         output = finished(standin, parent, 300)
-        check_video(output, tmp_path / "killed.mp4", 300)
+        check_video(output, 300)
         assert victim_pod not in {s["worker"] for s in output["segments"]}
     finally:
         for proc in victim.comfy_processes():
@@ -159,7 +162,7 @@ def test_a_worker_killed_mid_segment_does_not_lose_the_segment(endpoint, tmp_pat
     assert victim.leftover_job_files() == []  # what the killed run left is removed when the worker starts again
 
 
-def test_cancelling_the_parent_cancels_every_segment_job_and_leaves_nothing(endpoint, tmp_path):
+def test_cancelling_the_parent_cancels_every_segment_job_and_leaves_nothing(endpoint):
     standin, workers, media, s3 = endpoint
     parent = standin.submit(restyle_job(media, "cancelled", 1500))
     wait_for(lambda: len([c for c in segment_jobs(standin, parent) if c.status == "IN_PROGRESS"]) == 2, 120,
@@ -176,7 +179,7 @@ def test_cancelling_the_parent_cancels_every_segment_job_and_leaves_nothing(endp
     assert s3.keys() == []
     # and the endpoint serves the next job
     output = finished(standin, standin.submit(restyle_job(media, "after", 100)))
-    check_video(output, tmp_path / "after.mp4", 100)
+    check_video(output, 100)
 
 
 @pytest.mark.parametrize("change, field, words", [
