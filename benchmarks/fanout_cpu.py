@@ -1,13 +1,16 @@
 """One job on one worker, on two instances of one worker, and on two workers of one endpoint (fan-out through
 the endpoint's queue), all on this machine's CPU: the 2-worker ratio against the 2-instance ratio.
 
-    .venv/bin/python benchmarks/fanout_cpu.py [--seconds 40] [--size 256x256] [--repeats 2]
+    .venv/bin/python benchmarks/fanout_cpu.py [--seconds 30] [--size 256x256] [--repeats 3]
 
 Every configuration is real: workers are `python handler.py` under the runpod SDK, taking jobs from the RunPod
-stand-in (tests/runpod_standin.py), each with its own CPU ComfyUI instance(s); the fanned-out job sends one
-segment to the other worker as a segment job and stitches both. Each configuration first runs a short
-warm-up job on every worker (so all instances are warm), then the job `--repeats` times; the median wall time
-(submission to COMPLETED, as a client sees it) counts. Writes docs/perf/fanout_cpu.json.
+stand-in (local_platform/runpod_standin.py), each with its own CPU ComfyUI instance(s); the fanned-out job
+sends one segment to the other worker as a segment job and stitches both. Each worker is pinned to its cores
+(taskset), as a machine of its own would have them: one worker on one core, two workers on a core each, or
+one worker with two instances on both (a core each). So both ratios are one lane against two on the same two
+cores. Each configuration first runs a short warm-up job on every worker (so all instances are warm), then the
+job `--repeats` times; the median wall time (submission to COMPLETED, as a client sees it) counts. Writes
+docs/perf/fanout_cpu.json.
 """
 
 from __future__ import annotations
@@ -29,15 +32,15 @@ from media_samples.factory import make_index_video, make_tone, read_indices  # n
 from local_platform.runpod_standin import RunPodStandIn  # noqa: E402
 from local_platform.workers import WorkerOnPlatform  # noqa: E402
 
-CONFIGS = {  # name -> (workers, instances per worker, FANOUT_MAX_WORKERS)
-    "1 worker, 1 instance": (1, 1, 0),
-    "1 worker, 2 instances": (1, 2, 0),
-    "2 workers, 1 instance each": (2, 1, 1),
+CONFIGS = {  # name -> (workers, instances per worker, FANOUT_MAX_WORKERS, the cores of each worker)
+    "1 worker, 1 instance": (1, 1, 0, ["0"]),
+    "1 worker, 2 instances": (1, 2, 0, ["0,1"]),
+    "2 workers, 1 instance each": (2, 1, 1, ["0", "1"]),
 }
 
 
 def run_config(name: str, root: Path, job: dict, warmup: dict, repeats: int, base_port: int) -> dict:
-    workers_n, instances, fanout = CONFIGS[name]
+    workers_n, instances, fanout, cores = CONFIGS[name]
     standin = RunPodStandIn()
     workers = []
     try:
@@ -50,6 +53,7 @@ def run_config(name: str, root: Path, job: dict, warmup: dict, repeats: int, bas
             worker = WorkerOnPlatform(root / f"{name[:1]}{instances}-{pod}", api_port=0, comfy_port=base_port + 10 * number,
                                       instances=instances, env=env)
             worker.env.update(ALLOWED_INPUT_ROOTS=str(root / "media"), OUTPUT_VOLUME_DIR=str(root / "volume"))
+            worker.cores = cores[number]
             workers.append(worker.start(standin))
         for _ in range(workers_n):  # a warm-up job on each worker: one at a time, each taken by a free worker
             done = standin.wait_final(standin.submit(warmup).id, 600)

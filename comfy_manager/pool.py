@@ -205,7 +205,7 @@ class InstancePool:
                 "or set COMFYUI_PATH")
         started = time.monotonic()
         specs = instance_specs(self.settings, discover_gpus())
-        cpu_threads = max(1, (os.cpu_count() or 1) // len(specs))
+        cpu_threads = max(1, len(os.sched_getaffinity(0)) // len(specs))  # the cores this worker may use, shared out
         candidates = [ComfyInstance(spec, self.settings.comfy_path, self.settings.python,
                                     self.settings.extra_args, cpu_threads) for spec in specs]
         deadline = time.monotonic() + self.settings.startup_timeout_s

@@ -93,6 +93,8 @@ class WorkerOnPlatform(WorkerApi):
     """One worker of an endpoint as RunPod runs it (`python handler.py`, no local API): it polls the RunPod
     stand-in (local_platform/runpod_standin.py) for jobs as its RUNPOD_POD_ID (RunPodStandIn.worker_env)."""
 
+    cores: str | None = None  # e.g. "1": the worker (and its instances) run on these CPU cores only (taskset)
+
     @property
     def pod(self) -> str:
         return self.env.get("RUNPOD_POD_ID", "standin-worker")
@@ -100,7 +102,8 @@ class WorkerOnPlatform(WorkerApi):
     def start(self, standin: "RunPodStandIn", timeout_s: float = 240) -> "WorkerOnPlatform":
         """Starts the worker (again, after a kill) and returns once it polls `standin` for jobs."""
         seen = standin.takes_by.get(self.pod, 0)
-        self.process = subprocess.Popen([sys.executable, "handler.py"], cwd=REPO, env=self.env,
+        pinned = ["taskset", "-c", self.cores] if self.cores else []
+        self.process = subprocess.Popen([*pinned, sys.executable, "handler.py"], cwd=REPO, env=self.env,
                                         stdout=open(self.log_path, "ab"), stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout_s
         while standin.takes_by.get(self.pod, 0) <= seen:
