@@ -12,7 +12,8 @@ fp8 fast matmuls only where they run  `fp8_*_fast` quantization (torch._scaled_m
     with the H100/H200) WanVideoModelLoader gets the same quantization without `_fast` (fp8 weights, bf16
     matmuls) instead of failing.
 
-WORKER_WAN_PATCHES=0 turns both off (a benchmark's A/B).
+WORKER_WAN_PATCHES=0 turns the first off (a benchmark's A/B); the second is a guard the >= 38 GiB device row
+relies on, always applied, and said in the log where the wrapper's loader cannot be found.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import sys
 
 log = logging.getLogger("runpod_worker.wan_patches")
 _APPLIED: set[str] = set()
+_WARNED: set[str] = set()
 
 
 def enabled() -> bool:
@@ -85,6 +87,15 @@ def _cuda_capability():
 
 def apply(capability=_cuda_capability) -> set[str]:
     """Applies each patch whose wrapper class is loaded and not yet patched; returns the names applied so far."""
+    if "fp8_fast_gate" not in _APPLIED:  # a guard, not a speed-up: on whatever WORKER_WAN_PATCHES says
+        loader = _find("WanVideoModelLoader", "nodes_model_loading")
+        if loader is not None:
+            fast_only_where_supported(loader, capability)
+            _APPLIED.add("fp8_fast_gate")
+        elif "missing_loader" not in _WARNED and any("WanVideoWrapper" in name for name in sys.modules):
+            _WARNED.add("missing_loader")
+            log.error("WanVideoWrapper's WanVideoModelLoader was not found: fp8 fast matmuls are not kept off GPUs "
+                      "below compute capability 8.9 (A100, A6000), where they fail")
     if not enabled():
         return _APPLIED
     if "resident_audio_proj" not in _APPLIED:
@@ -92,11 +103,6 @@ def apply(capability=_cuda_capability) -> set[str]:
         if audio_proj is not None:
             keep_resident(audio_proj)
             _APPLIED.add("resident_audio_proj")
-    if "fp8_fast_gate" not in _APPLIED:
-        loader = _find("WanVideoModelLoader", "nodes_model_loading")
-        if loader is not None:
-            fast_only_where_supported(loader, capability)
-            _APPLIED.add("fp8_fast_gate")
     return _APPLIED
 
 
