@@ -50,8 +50,8 @@ def run_config(name: str, root: Path, job: dict, warmup: dict, repeats: int, bas
                    "RUNPOD_ENDPOINT_BASE_URL": standin.api_base, "FANOUT_MAX_WORKERS": str(fanout),
                    "FANOUT_COLD_START_S": "0", "MAX_DURATION_S": "600", "SEAM_BUDGET_PERCENT": "0",
                    "STITCH_LEAD": "0"}
-            worker = WorkerOnPlatform(root / f"{name[:1]}{instances}-{pod}", api_port=0, comfy_port=base_port + 10 * number,
-                                      instances=instances, env=env)
+            worker = WorkerOnPlatform(root / f"{name[:1]}{instances}-{pod}", api_port=0,
+                                      comfy_port=base_port + 10 * number, instances=instances, env=env)
             worker.env.update(ALLOWED_INPUT_ROOTS=str(root / "media"), OUTPUT_VOLUME_DIR=str(root / "volume"))
             worker.cores = cores[number]
             workers.append(worker.start(standin))
@@ -110,7 +110,8 @@ def main() -> None:
     print(f"speed-up: 2 instances {two_instances:.2f}x, 2 workers {two_workers:.2f}x "
           f"(2-worker / 2-instance: {two_workers / two_instances:.1%})")
     args.out.write_text(json.dumps({
-        "command": " ".join(["benchmarks/fanout_cpu.py"] + sys.argv[1:]), "machine": platform.processor() or platform.machine(),
+        "command": " ".join(["benchmarks/fanout_cpu.py"] + sys.argv[1:]),
+        "machine": platform.processor() or platform.machine(),
         "cpus": os.cpu_count(), "frames": frames, "size": args.size, "results": results,
         "speedup_vs_one_instance": ratios, "two_workers_over_two_instances": round(two_workers / two_instances, 3),
     }, indent=2) + "\n")

@@ -4,10 +4,10 @@ endpoint, cold or warm, for 1, 5 and 30 minutes of video, computed by the worker
 
     .venv/bin/python benchmarks/fanout_model.py [--window-s 14.2] [--cold-s 83] [--warm-s 2]
 
---window-s: seconds per 81-frame window inside a whole job on one warm H200 (842 frames in 177 s, 12 windows, with
-the default settings: docs/PERFORMANCE.md); --cold-s: what a cold worker adds before its first window runs at that pace (instance
-ready in 17 s, first window 83 s against 17 s warm: model loading and compile); --warm-s: a warm worker's
-(FlashBoot, or an earlier job's) pick-up. The parent is always warm here (it is already running a job).
+--window-s: seconds per 81-frame window inside a whole job on one warm H200 (842 frames in 177 s, 12 windows,
+with the default settings: docs/PERFORMANCE.md); --cold-s: what a cold worker adds before its first window runs
+at that pace (instance ready in 17 s, first window 83 s against 17 s warm: model loading and compile);
+--warm-s: a warm worker's (FlashBoot, or an earlier job's) pick-up. The parent is always warm here (it is already running a job).
 Prints a table and writes docs/perf/fanout_model.json. Nothing runs on a GPU: this is arithmetic on the plan.
 """
 

@@ -75,7 +75,8 @@ class WorkerApi:
 
     def comfy_processes(self) -> list[psutil.Process]:
         return [p for p in psutil.process_iter(["cmdline"])
-                if str(self.instances_dir) in " ".join(p.info["cmdline"] or []) and "main.py" in " ".join(p.info["cmdline"] or [])]
+                if str(self.instances_dir) in " ".join(p.info["cmdline"] or [])
+                and "main.py" in " ".join(p.info["cmdline"] or [])]
 
     def runsync(self, job_input: dict, timeout_s: float = 600) -> dict:
         response = requests.post(self.url + "/runsync", json={"input": job_input}, timeout=timeout_s)

@@ -106,7 +106,8 @@ def test_a_job_fans_out_over_three_workers_and_comes_back_frame_exact(endpoint):
         assert {"key" if child.worker == "pod-c" else "data"} == {place for part in parts.values() for place in part
                                                                   if place in ("data", "key", "path")}, parts.keys()
     # the parent's progress showed the other workers' segments as they ran
-    remote = [s for update in parent.updates for s in update.get("segments", []) if (s.get("instance") or "").startswith("worker ")]
+    remote = [s for update in parent.updates for s in update.get("segments", [])
+              if (s.get("instance") or "").startswith("worker ")]
     assert remote, "the parent's progress never showed a segment on another worker"
     assert s3.keys() == []
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+import pytest
+
 import worker
 
 ROOT = Path(worker.__file__).resolve().parent
@@ -47,7 +49,8 @@ def test_every_package_is_a_declared_layer_with_a_docstring():
     assert packages == set(worker.LAYERS)
     for name in worker.LAYERS:
         doc = ast.get_docstring(ast.parse((ROOT / name / "__init__.py").read_text()))
-        assert doc and "imports" in doc.lower(), f"worker/{name}/__init__.py should say what it owns and what it may import"
+        assert doc and "imports" in doc.lower(), \
+            f"worker/{name}/__init__.py should say what it owns and what it may import"
     assert {path.name for path in ROOT.glob("*.py")} == {"__init__.py", "job.py", "segment_job.py"}
 
 
@@ -82,18 +85,11 @@ def test_the_checks_see_a_cycle_and_an_upward_import():
         GRAPH["worker.request.errors"] = {"worker.request.settings"}
         GRAPH["worker.request.settings"] = {"worker.request.errors"}
         GRAPH["worker.planning.plan"] = GRAPH["worker.planning.plan"] | {"worker.render.segments"}
-        try:
+        cycle = "worker.request.errors -> worker.request.settings -> worker.request.errors"
+        with pytest.raises(AssertionError, match=cycle):
             test_no_import_cycles()
-        except AssertionError as exc:
-            assert "worker.request.errors -> worker.request.settings -> worker.request.errors" in str(exc)
-        else:
-            raise AssertionError("the planted cycle was not found")
-        try:
+        with pytest.raises(AssertionError, match="worker.planning.plan imports worker.render.segments"):
             test_imports_only_go_down_the_stack()
-        except AssertionError as exc:
-            assert "worker.planning.plan imports worker.render.segments" in str(exc)
-        else:
-            raise AssertionError("the planted upward import was not found")
     finally:
         GRAPH.clear()
         GRAPH.update(saved)

@@ -48,8 +48,8 @@ def _warm_up(pool: InstancePool, settings: WorkerSettings, run_job: Callable[...
     template = available_templates(settings.extra_workflow_dirs)[name]
     frames = max(81 if template.grid.quantum > 1 else FPS, template.spec.min_segment_frames)
     image, audio = _sample_media(frames / FPS)
-    job = {"workflow": name, "image": image, "audio": audio, "width": width - width % 16, "height": height - height % 16,
-           "fps": FPS, "use_multi_gpu": False, "output": {"destination": "base64"}}
+    job = {"workflow": name, "image": image, "audio": audio, "width": width - width % 16,
+           "height": height - height % 16, "fps": FPS, "use_multi_gpu": False, "output": {"destination": "base64"}}
     seconds: dict[str, float] = {}
 
     def one(number: int) -> None:
