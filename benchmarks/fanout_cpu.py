@@ -1,7 +1,7 @@
 """One job on one worker, on two instances of one worker, and on two workers of one endpoint (fan-out through
 the endpoint's queue), all on this machine's CPU: the 2-worker ratio against the 2-instance ratio.
 
-    .venv/bin/python benchmarks/fanout_cpu.py [--seconds 30] [--size 256x256] [--repeats 3]
+    .venv/bin/python benchmarks/fanout_cpu.py [--seconds 30] [--size 256x256] [--repeats 3] [--out FILE]
 
 Every configuration is real: workers are `python handler.py` under the runpod SDK, taking jobs from the RunPod
 stand-in (local_platform/runpod_standin.py), each with its own CPU ComfyUI instance(s); the fanned-out job
@@ -79,9 +79,9 @@ def run_config(name: str, root: Path, job: dict, warmup: dict, repeats: int, bas
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seconds", type=float, default=40.0)
+    parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--size", default="256x256")
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--base-port", type=int, default=8900)
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "perf" / "fanout_cpu.json")
     args = parser.parse_args()
