@@ -122,7 +122,8 @@ def test_no_error_path_reaches_the_user_as_internal_error(tmp_path, monkeypatch)
     """Every kind of failure a segment can meet is judged (retry, or an error the user can read); the
     handler's last-resort "internal error" is the only place those words are written."""
     instance = ComfyInstance(InstanceSpec(0, 1, None, tmp_path), tmp_path, "python", [])
-    ctx = SimpleNamespace(template=SimpleNamespace(name="restyle"), request=SimpleNamespace(width=128, height=64))
+    ctx = SimpleNamespace(template=SimpleNamespace(name="restyle"), request=SimpleNamespace(width=128, height=64),
+                          job_id="j", progress=SimpleNamespace(where=lambda index: "in node 6 SaveSegmentVideo"))
     segment = Segment(0, 0, 50)
     failures = [cls(f"{cls.__name__} happened") for cls in all_subclasses(ComfyError)]
     failures += [OSError(28, "No space left on device"), FileNotFoundError(2, "No such file"),
@@ -142,7 +143,7 @@ def test_no_error_path_reaches_the_user_as_internal_error(tmp_path, monkeypatch)
         def acquire(cancel=None, timeout_s=None, error=pool_error):
             raise error
         with pytest.raises(job_error) as raised:
-            segments._acquire(SimpleNamespace(pool=SimpleNamespace(acquire=acquire), cancel=None))
+            segments._acquire(SimpleNamespace(pool=SimpleNamespace(acquire=acquire), cancel=None, job_id="j"), segment)
         judged[type(pool_error).__name__] = str(raised.value)
     assert all("internal error" not in text for text in judged.values()), judged
 
