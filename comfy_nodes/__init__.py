@@ -8,6 +8,8 @@ SaveSegmentVideo  IMAGE batch -> a segment's video in the output folder, every f
 
 wan_patches.py    two patches of ComfyUI-WanVideoWrapper (InfiniteTalk's audio projection stays on the GPU;
                   fp8 fast matmuls fall back to bf16 ones on GPUs older than compute capability 8.9).
+
+t5_trim.py        umt5 encodes each prompt's own tokens instead of 512 tokens of padding.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import comfy.model_management
 import comfy.utils
 import folder_paths
 
-from . import wan_patches
+from . import t5_trim, wan_patches
 from .color_match import ColorMatcher, rgb_to_yuv_means
 
 
@@ -60,7 +62,8 @@ _cap_vram()
 
 
 def _register_wan_patches() -> None:
-    """wan_patches.py: applied when ComfyUI takes its first prompt, once every custom node package is loaded."""
+    """wan_patches.py and t5_trim.py: applied when ComfyUI takes its first prompt, once every custom node package
+    is loaded."""
     try:
         from server import PromptServer
     except ImportError:
@@ -68,6 +71,7 @@ def _register_wan_patches() -> None:
     server = getattr(PromptServer, "instance", None)
     if server is not None:
         server.add_on_prompt_handler(wan_patches.on_prompt)
+        server.add_on_prompt_handler(t5_trim.on_prompt)
 
 
 _register_wan_patches()
