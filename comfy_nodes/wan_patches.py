@@ -1,23 +1,41 @@
-"""Two small patches of ComfyUI-WanVideoWrapper, applied once, when ComfyUI takes its first prompt (by then every
-custom node package is loaded, whatever order ComfyUI loaded them in). Measured in docs/PERFORMANCE.md.
+"""Small patches of ComfyUI-WanVideoWrapper, applied once, when ComfyUI takes its first prompt (by then every custom
+node package is loaded, whatever order ComfyUI loaded them in). Measured in docs/PERFORMANCE.md. None of them
+changes the arithmetic: the output is bit-identical with and without them.
 
-resident audio projection  The wrapper's WanModel.forward moves its InfiniteTalk/MultiTalk audio projection
+resident_audio_proj  The wrapper's WanModel.forward moves its InfiniteTalk/MultiTalk audio projection
     (AudioProjModel, ~93M parameters) to the GPU at the start of every sampling step and back to the CPU after
     it: on an H200 ~90 ms of pageable copies a step (11 device-to-host, 12 host-to-device) and a stall of the
     stream while the CPU waits for them. Here a module of that class that is already on a GPU ignores a move to
     the CPU made by a direct `.to()` call; moving the whole model (`model.to(...)`, which reaches children
-    through `_apply`, not `.to`) still takes it along. The arithmetic is unchanged.
-fp8 fast matmuls only where they run  `fp8_*_fast` quantization (torch._scaled_mm) needs compute capability
-    8.9 or more (Ada, Hopper, Blackwell); on an older GPU (A100, A6000: they share the >= 38 GiB device row
-    with the H100/H200) WanVideoModelLoader gets the same quantization without `_fast` (fp8 weights, bf16
-    matmuls) instead of failing.
+    through `_apply`, not `.to`) still takes it along.
+resident_vae  The InfiniteTalk/MultiTalk loop of WanVideoSampler moves the VAE (WanVideoVAE, ~127M parameters,
+    ~250 MB in bf16) to the GPU and back to the CPU twice a window, around the conditioning encode and around
+    the decode. On GPUs with at least 38 GiB (the device row that keeps every model on the GPU; the
+    WORKER_VRAM_LIMIT_GB cap counts) a VAE already on a GPU ignores direct `.to(cpu)` calls, as above. Below
+    38 GiB it is left alone: there the DiT's blocks are swapped and every MB counts.
+cond_encode_memo  The same loop VAE-encodes [the start image, 80 zero frames] at the start of every 81-frame
+    window (~1.3 s on an H200). For an image input that tensor is the same in every window: the loop takes
+    frame `window index` of the start images, and a single image is padded by repeating its last frame. While
+    WanVideoSampler.process runs, WanVideoVAE.encode keeps one entry: the largest input it encoded in that call
+    (a copy, on the input's device: 3 x 81 x 480 x 832 in the VAE's dtype, 194 MB in bf16 at 832x480) and its
+    latent (16 x 21 x 60 x 104 fp32, 8.4 MB). A call with an input equal to it (same shape, dtype and device,
+    torch.equal, the same VAE and the same encode arguments) gets a copy of that latent instead of an encode;
+    a miss with an input at least as large replaces the entry (a video input, whose window frames differ, so
+    costs one comparison and one copy a window); smaller inputs (the motion frames) pass through. Sampled
+    encodes (sample=True) are never memoized. The entry is dropped when the sampler call returns or raises.
+fp8_fast_gate  `fp8_*_fast` quantization (torch._scaled_mm) needs compute capability 8.9 or more (Ada,
+    Hopper, Blackwell); on an older GPU (A100, A6000: they share the >= 38 GiB device row with the H100/H200)
+    WanVideoModelLoader gets the same quantization without `_fast` (fp8 weights, bf16 matmuls) instead of
+    failing.
 
-WORKER_WAN_PATCHES=0 turns the first off (a benchmark's A/B); the second is a guard the >= 38 GiB device row
-relies on, always applied, and said in the log where the wrapper's loader cannot be found.
+WORKER_WAN_PATCHES chooses the speed patches (a benchmark's A/B): unset or 1, all of them; 0, none; otherwise a
+comma-separated list of their names. fp8_fast_gate is a guard the >= 38 GiB device row relies on, always applied,
+and said in the log where the wrapper's loader cannot be found.
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import sys
@@ -25,10 +43,22 @@ import sys
 log = logging.getLogger("runpod_worker.wan_patches")
 _APPLIED: set[str] = set()
 _WARNED: set[str] = set()
+SPEED_PATCHES = ("resident_audio_proj", "resident_vae", "cond_encode_memo")
+RESIDENT_VAE_MIN_GIB = 38.0
+
+
+def wanted() -> set[str]:
+    """The speed patches WORKER_WAN_PATCHES asks for."""
+    value = os.environ.get("WORKER_WAN_PATCHES", "1").strip()
+    if value in ("", "1"):
+        return set(SPEED_PATCHES)
+    if value == "0":
+        return set()
+    return {name.strip() for name in value.split(",") if name.strip()}
 
 
 def enabled() -> bool:
-    return os.environ.get("WORKER_WAN_PATCHES", "1") != "0"
+    return bool(wanted())
 
 
 def _find(class_name: str, module_suffix: str):
@@ -61,6 +91,110 @@ def keep_resident(cls) -> None:
     cls.to = to
 
 
+class TorchOps:
+    """What the memo asks of a tensor (tests stand numpy in for torch here)."""
+
+    @staticmethod
+    def is_tensor(x) -> bool:
+        import torch
+
+        return isinstance(x, torch.Tensor)
+
+    @staticmethod
+    def same(a, b) -> bool:
+        import torch
+
+        return a.shape == b.shape and a.dtype == b.dtype and a.device == b.device and torch.equal(a, b)
+
+    @staticmethod
+    def copy(x):
+        return x.detach().clone()
+
+    @staticmethod
+    def size(x) -> int:
+        return x.numel()
+
+
+class EncodeMemo:
+    """One entry: the largest input WanVideoVAE.encode saw in the current sampler call, and its output."""
+
+    def __init__(self, ops=TorchOps) -> None:
+        self.ops = ops
+        self.depth = 0  # sampler calls running (a node may call another's process)
+        self.hits = self.misses = 0
+        self.clear()
+
+    def clear(self) -> None:
+        self.vae = self.arguments = self.inputs = self.output = None
+
+    def lookup(self, vae, inputs, arguments):
+        if (self.inputs is not None and self.vae is vae and self.arguments == arguments
+                and self.ops.same(self.inputs, inputs)):
+            self.hits += 1
+            return self.ops.copy(self.output)
+        self.misses += 1
+        return None
+
+    def store(self, vae, inputs, arguments, output) -> None:
+        if self.inputs is None or self.ops.size(inputs) >= self.ops.size(self.inputs):
+            self.clear()  # the old entry goes before the new copies are made
+            self.vae, self.arguments = vae, arguments
+            self.inputs, self.output = self.ops.copy(inputs), self.ops.copy(output)
+
+
+MEMO = EncodeMemo()
+
+
+def memoize_encode(cls, memo: EncodeMemo = MEMO) -> None:
+    """cls.encode answers from `memo` while memo.depth > 0 (see cond_encode_memo above)."""
+    original = cls.encode
+    signature = inspect.signature(original)
+
+    def encode(self, videos, *args, **kwargs):
+        if memo.depth <= 0 or not memo.ops.is_tensor(videos):
+            return original(self, videos, *args, **kwargs)
+        try:
+            bound = signature.bind(self, videos, *args, **kwargs)
+        except TypeError:
+            return original(self, videos, *args, **kwargs)
+        bound.apply_defaults()
+        arguments = {k: v for k, v in bound.arguments.items() if k not in ("self", "videos", "pbar")}
+        if arguments.get("sample"):
+            return original(self, videos, *args, **kwargs)
+        arguments = tuple(sorted((k, repr(v)) for k, v in arguments.items()))
+        cached = memo.lookup(self, videos, arguments)
+        if cached is not None:
+            return cached
+        output = original(self, videos, *args, **kwargs)
+        if memo.ops.is_tensor(output):
+            memo.store(self, videos, arguments, output)
+        return output
+
+    encode.__wrapped__ = original
+    cls.encode = encode
+
+
+def memo_scope(cls, memo: EncodeMemo = MEMO) -> None:
+    """cls.process runs with the encode memo on, and drops its entry when it returns or raises."""
+    original = cls.process
+
+    def process(self, *args, **kwargs):
+        if memo.depth == 0:
+            memo.hits = memo.misses = 0
+        memo.depth += 1
+        try:
+            return original(self, *args, **kwargs)
+        finally:
+            memo.depth -= 1
+            if memo.depth == 0:
+                memo.clear()
+                if memo.hits:
+                    print(f"[runpod worker] VAE encode memo: {memo.hits} encodes reused, {memo.misses} run", flush=True)
+
+    process.__wrapped__ = original
+    cls.process = process
+
+
 def fast_only_where_supported(cls, capability) -> None:
     """cls.loadmodel gets `quantization` without `_fast` when capability() (major, minor) is below (8, 9)."""
     original = cls.loadmodel
@@ -85,7 +219,18 @@ def _cuda_capability():
     return torch.cuda.get_device_capability() if torch.cuda.is_available() else None
 
 
-def apply(capability=_cuda_capability) -> set[str]:
+def _vram_gib():
+    """This process's GPU memory in GiB (WORKER_VRAM_LIMIT_GB where lower), or None without a GPU."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    gib = torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory / 2**30
+    limit = os.environ.get("WORKER_VRAM_LIMIT_GB")
+    return min(gib, float(limit)) if limit else gib
+
+
+def apply(capability=_cuda_capability, vram_gib=_vram_gib) -> set[str]:
     """Applies each patch whose wrapper class is loaded and not yet patched; returns the names applied so far."""
     if "fp8_fast_gate" not in _APPLIED:  # a guard, not a speed-up: on whatever WORKER_WAN_PATCHES says
         loader = _find("WanVideoModelLoader", "nodes_model_loading")
@@ -96,13 +241,25 @@ def apply(capability=_cuda_capability) -> set[str]:
             _WARNED.add("missing_loader")
             log.error("WanVideoWrapper's WanVideoModelLoader was not found: fp8 fast matmuls are not kept off GPUs "
                       "below compute capability 8.9 (A100, A6000), where they fail")
-    if not enabled():
-        return _APPLIED
-    if "resident_audio_proj" not in _APPLIED:
+    asked = wanted()
+    if "resident_audio_proj" in asked and "resident_audio_proj" not in _APPLIED:
         audio_proj = _find("AudioProjModel", "multitalk.multitalk")
         if audio_proj is not None:
             keep_resident(audio_proj)
             _APPLIED.add("resident_audio_proj")
+    if "resident_vae" in asked and "resident_vae" not in _APPLIED:
+        vae = _find("WanVideoVAE", "wanvideo.wan_video_vae")
+        gib = vae is not None and vram_gib()
+        if gib and gib >= RESIDENT_VAE_MIN_GIB:
+            keep_resident(vae)
+            _APPLIED.add("resident_vae")
+    if "cond_encode_memo" in asked and "cond_encode_memo" not in _APPLIED:
+        vae = _find("WanVideoVAE", "wanvideo.wan_video_vae")
+        sampler = _find("WanVideoSampler", "nodes_sampler")
+        if vae is not None and sampler is not None:
+            memoize_encode(vae)
+            memo_scope(sampler)
+            _APPLIED.add("cond_encode_memo")
     return _APPLIED
 
 
@@ -112,7 +269,7 @@ def on_prompt(json_data):
         before = set(_APPLIED)
         applied = apply()
         if applied - before:
-            print(f"[runpod worker] WanVideoWrapper patches applied: {', '.join(sorted(applied - before))}")
+            print(f"[runpod worker] WanVideoWrapper patches applied: {', '.join(sorted(applied - before))}", flush=True)
     except Exception:  # a patch must never stop a prompt
         log.exception("applying the WanVideoWrapper patches failed")
     return json_data

@@ -1,5 +1,6 @@
 """comfy_nodes/wan_patches.py without ComfyUI, the wrapper or a GPU: stand-in classes under the wrapper's module
-names, a stand-in for torch's .to() argument parsing, a stand-in capability."""
+names, a stand-in for torch's .to() argument parsing, a stand-in capability and VRAM size, numpy arrays for
+tensors."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import sys
 import types
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
@@ -104,3 +106,145 @@ def test_switched_off_the_speed_patch_goes_the_guard_stays(patches, wrapper, mon
     assert patches.apply(capability=lambda: (8, 0)) == {"fp8_fast_gate"}
     _, loading = wrapper
     assert loading.WanVideoModelLoader().loadmodel(model="m", quantization="fp8_e4m3fn_fast") == "fp8_e4m3fn"
+
+
+class NumpyOps:
+    is_tensor = staticmethod(lambda x: isinstance(x, np.ndarray))
+    same = staticmethod(lambda a, b: a.shape == b.shape and a.dtype == b.dtype and np.array_equal(a, b))
+    copy = staticmethod(lambda x: x.copy())
+    size = staticmethod(lambda x: x.size)
+
+
+class WanVideoVAE(AudioProjModel):
+    """Encodes [B, C, T, H, W] (or a list of [C, T, H, W]) to [B, 2, (T + 3) // 4, H, W], deterministically."""
+
+    def __init__(self, device: str):
+        super().__init__(device)
+        self.encoded: list[tuple] = []
+
+    def encode(self, videos, device, tiled=False, end_=False, tile_size=None, tile_stride=None, pbar=True,
+               sample=False):
+        self.encoded.append(tuple(videos.shape))
+        out = np.stack([v[:, ::4].sum(axis=0) * (2.0 if tiled else 1.0) for v in videos])
+        out = np.stack([out, -out], axis=1)
+        return out + np.random.rand(*out.shape) if sample else out
+
+
+class WanVideoSampler:
+    """InfiniteTalk's window loop as nodes_sampler.py runs it: every window encodes the frame `window` of the
+    start images padded with zero frames to 9 frames (81 in the wrapper), then the motion frames (the start
+    frame in the first window, the last 3 frames of the window before after it)."""
+
+    def process(self, vae, start_images, windows, fail_at=None, tiled=False):
+        original = start_images
+        latents, last = [], None
+        for window in range(windows):
+            if window == fail_at:
+                raise RuntimeError("out of memory")
+            cond = original[:, :, window:window + 1]
+            padded = np.concatenate([cond, np.zeros((1, 3, 8, 4, 4))], axis=2)
+            y = vae.encode(padded, device="cpu", tiled=tiled, pbar=False)[0]
+            y[0] += 1  # a caller that writes into what encode returned must not change what the memo holds
+            motion = vae.encode(cond if window == 0 else last, device="cpu", tiled=tiled, pbar=False)[0]
+            latents.append((y.copy(), motion))
+            last = padded[:, :, -3:] + window + 1
+            if window + 1 >= original.shape[2]:  # as the wrapper pads the start images with their last frame
+                original = np.concatenate([original, original[:, :, -1:]], axis=2)
+        return latents
+
+
+@pytest.fixture
+def vae_wrapper(monkeypatch, patches):
+    prefix = "/ComfyUI/custom_nodes/ComfyUI-WanVideoWrapper"
+    vae_module = types.ModuleType(prefix + ".wanvideo.wan_video_vae")
+    sampler_module = types.ModuleType(prefix + ".nodes_sampler")
+    vae_module.WanVideoVAE = type("WanVideoVAE", (WanVideoVAE,), {})
+    sampler_module.WanVideoSampler = type("WanVideoSampler", (WanVideoSampler,), {})
+    monkeypatch.setitem(sys.modules, vae_module.__name__, vae_module)
+    monkeypatch.setitem(sys.modules, sampler_module.__name__, sampler_module)
+    patches.MEMO.ops = NumpyOps
+    return vae_module.WanVideoVAE, sampler_module.WanVideoSampler
+
+
+def run_windows(vae_cls, sampler_cls, start_images, windows, **kwargs):
+    vae = vae_cls("cuda")
+    return vae, sampler_cls().process(vae, start_images, windows, **kwargs)
+
+
+def image(seed=0, frames=1):
+    return np.random.default_rng(seed).normal(size=(1, 3, frames, 4, 4))
+
+
+def test_an_image_is_encoded_once_with_the_same_latents(patches, vae_wrapper):
+    vae_cls, sampler_cls = vae_wrapper
+    _, expected = run_windows(vae_cls, sampler_cls, image(), 4)
+    assert "cond_encode_memo" in patches.apply(capability=lambda: (9, 0), vram_gib=lambda: 80.0)
+    vae, got = run_windows(vae_cls, sampler_cls, image(), 4)
+    for (y, motion), (y_expected, motion_expected) in zip(got, expected, strict=True):
+        assert np.array_equal(y, y_expected) and np.array_equal(motion, motion_expected)
+    # the padded start image once, the motion frames every window
+    assert vae.encoded == [(1, 3, 9, 4, 4), (1, 3, 1, 4, 4)] + [(1, 3, 3, 4, 4)] * 3
+    assert (patches.MEMO.hits, patches.MEMO.inputs) == (3, None)  # dropped when the sampler returned
+
+
+def test_a_video_input_is_encoded_every_window(patches, vae_wrapper):
+    vae_cls, sampler_cls = vae_wrapper
+    patches.apply(capability=lambda: (9, 0), vram_gib=lambda: 80.0)
+    _, got = run_windows(vae_cls, sampler_cls, image(frames=3), 3)
+    patches.MEMO.depth = -100  # memo off
+    vae, expected = run_windows(vae_cls, sampler_cls, image(frames=3), 3)
+    patches.MEMO.depth = 0
+    assert all(np.array_equal(a[0], b[0]) for a, b in zip(got, expected, strict=True))
+    assert len(vae.encoded) == 6 and patches.MEMO.hits == 0
+
+
+def test_the_memo_only_inside_the_sampler_and_never_for_sampled_or_other_settings(patches, vae_wrapper):
+    vae_cls, sampler_cls = vae_wrapper
+    patches.apply(capability=lambda: (9, 0), vram_gib=lambda: 80.0)
+    vae, frames = vae_cls("cuda"), image()
+    vae.encode(frames, device="cpu")
+    vae.encode(frames, device="cpu")
+    assert len(vae.encoded) == 2  # outside WanVideoSampler.process: every call encodes
+    patches.MEMO.depth = 1
+    try:
+        first = vae.encode(frames, device="cpu")
+        assert np.array_equal(vae.encode(frames, "cpu"), first) and len(vae.encoded) == 3  # positional or not
+        assert not np.array_equal(vae.encode(frames, "cpu", tiled=True), first) and len(vae.encoded) == 4
+        vae.encode(frames, device="cpu", sample=True)
+        vae.encode(frames, device="cpu", sample=True)
+        assert len(vae.encoded) == 6
+        vae_cls("cuda").encode(frames, device="cpu")  # another VAE
+        assert len(vae.encoded) == 6 and patches.MEMO.hits == 1
+    finally:
+        patches.MEMO.depth = 0
+        patches.MEMO.clear()
+
+
+def test_the_memo_is_dropped_when_the_sampler_fails(patches, vae_wrapper):
+    vae_cls, sampler_cls = vae_wrapper
+    patches.apply(capability=lambda: (9, 0), vram_gib=lambda: 80.0)
+    with pytest.raises(RuntimeError):
+        run_windows(vae_cls, sampler_cls, image(), 3, fail_at=2)
+    assert patches.MEMO.depth == 0 and patches.MEMO.inputs is None and patches.MEMO.output is None
+
+
+@pytest.mark.parametrize("gib, resident", [(80.0, True), (38.0, True), (31.5, False), (None, False)])
+def test_the_vae_stays_on_the_gpu_only_on_big_cards(patches, vae_wrapper, gib, resident):
+    vae_cls, _ = vae_wrapper
+    assert ("resident_vae" in patches.apply(capability=lambda: (9, 0), vram_gib=lambda: gib)) == resident
+    vae = vae_cls("cpu")
+    vae.to("cuda:0")
+    vae.to("cpu")
+    assert vae.device == ("cuda" if resident else "cpu")
+
+
+@pytest.mark.parametrize("setting, applied", [
+    ("1", {"resident_audio_proj", "resident_vae", "cond_encode_memo"}),
+    ("", {"resident_audio_proj", "resident_vae", "cond_encode_memo"}),
+    ("0", set()),
+    ("resident_audio_proj", {"resident_audio_proj"}),
+    ("cond_encode_memo, resident_vae", {"resident_vae", "cond_encode_memo"}),
+])
+def test_worker_wan_patches_picks_the_speed_patches(patches, wrapper, vae_wrapper, monkeypatch, setting, applied):
+    monkeypatch.setenv("WORKER_WAN_PATCHES", setting)
+    assert patches.apply(capability=lambda: (9, 0), vram_gib=lambda: 80.0) == applied | {"fp8_fast_gate"}
