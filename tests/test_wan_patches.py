@@ -153,6 +153,15 @@ class WanVideoSampler:
         return latents
 
 
+class FakeGc:
+    def __init__(self):
+        self.calls = []
+
+    def collect(self, generation=2):
+        self.calls.append(generation)
+        return 0
+
+
 @pytest.fixture
 def vae_wrapper(monkeypatch, patches):
     prefix = "/ComfyUI/custom_nodes/ComfyUI-WanVideoWrapper"
@@ -163,6 +172,7 @@ def vae_wrapper(monkeypatch, patches):
     monkeypatch.setitem(sys.modules, vae_module.__name__, vae_module)
     monkeypatch.setitem(sys.modules, sampler_module.__name__, sampler_module)
     patches.MEMO.ops = NumpyOps
+    patches.GC = patches.YoungGc(FakeGc())  # never the real gc module's collect
     return vae_module.WanVideoVAE, sampler_module.WanVideoSampler
 
 
@@ -238,9 +248,12 @@ def test_the_vae_stays_on_the_gpu_only_on_big_cards(patches, vae_wrapper, gib, r
     assert vae.device == ("cuda" if resident else "cpu")
 
 
+ALL = {"resident_audio_proj", "resident_vae", "cond_encode_memo", "young_gc_in_sampler"}
+
+
 @pytest.mark.parametrize("setting, applied", [
-    ("1", {"resident_audio_proj", "resident_vae", "cond_encode_memo"}),
-    ("", {"resident_audio_proj", "resident_vae", "cond_encode_memo"}),
+    ("1", ALL),
+    ("", ALL),
     ("0", set()),
     ("resident_audio_proj", {"resident_audio_proj"}),
     ("cond_encode_memo, resident_vae", {"resident_vae", "cond_encode_memo"}),
@@ -248,3 +261,39 @@ def test_the_vae_stays_on_the_gpu_only_on_big_cards(patches, vae_wrapper, gib, r
 def test_worker_wan_patches_picks_the_speed_patches(patches, wrapper, vae_wrapper, monkeypatch, setting, applied):
     monkeypatch.setenv("WORKER_WAN_PATCHES", setting)
     assert patches.apply(capability=lambda: (9, 0), vram_gib=lambda: 80.0) == applied | {"fp8_fast_gate"}
+
+
+class CollectingSampler:
+    def process(self, gc_module, windows, fail=False):
+        gc_module.collect()  # before sampling
+        for _ in range(windows):
+            gc_module.collect()  # every window
+        gc_module.collect(0)
+        if fail:
+            raise RuntimeError("interrupted")
+        return "video"
+
+
+@pytest.mark.parametrize("fail", [False, True])
+def test_the_sampler_collects_young_garbage_and_everything_once_at_its_end(patches, fail):
+    gc_module = FakeGc()
+    scope = patches.YoungGc(gc_module)
+    sampler = type("WanVideoSampler", (CollectingSampler,), {})
+    patches.young_gc_in(sampler, scope)
+    gc_module.collect()  # outside the sampler: a full collection
+    if fail:
+        with pytest.raises(RuntimeError):
+            sampler().process(gc_module, 3, fail=True)
+    else:
+        assert sampler().process(gc_module, 3) == "video"
+    assert gc_module.calls == [2, 1, 1, 1, 1, 0, 2]  # young-only inside, one full at the end
+    assert scope.depth == 0
+
+
+@pytest.mark.parametrize("gib, applied", [(80.0, True), (31.5, False)])
+def test_young_gc_only_on_big_cards(patches, vae_wrapper, gib, applied):
+    import gc
+
+    real = gc.collect
+    assert ("young_gc_in_sampler" in patches.apply(capability=lambda: (9, 0), vram_gib=lambda: gib)) == applied
+    assert gc.collect is real and (patches.GC.gc.collect == patches.GC.collect) == applied
