@@ -25,6 +25,7 @@ the same code on CPU instances with the small random DiT (a check of this script
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import re
@@ -101,6 +102,34 @@ def make_weights(args: argparse.Namespace, models: Path) -> float:
     return time.monotonic() - started
 
 
+@dataclass
+class Prepared:
+    root: Path  # a scratch folder, removed by the caller at the end
+    media: Path  # root/media with face.png at --size
+    models: Path  # the random weights (--models)
+    settings: WorkerSettings
+    device: list[str]  # nvidia-smi's name and memory of each GPU, or ["cpu"]
+    weights_s: float
+
+
+def prepare(args: argparse.Namespace, prefix: str) -> Prepared:
+    """What every InfiniteTalk benchmark sets up first (this one and infinitetalk_profile.py): a scratch folder,
+    the face image at --size, the random weights at --models, the worker's settings, the device's name."""
+    root = Path(tempfile.mkdtemp(prefix=prefix))
+    media = root / "media"
+    media.mkdir()
+    width, height = (int(v) for v in args.size.split("x"))
+    make_image(media / "face.png", width, height)
+    models = Path(args.models)
+    weights_s = make_weights(args, models)
+    settings = WorkerSettings(job_work_dir=root / "jobs", allowed_input_roots=(media.resolve(),),
+                              output_volume_dir=root / "volume", segment_timeout_s=3600)
+    device = ["cpu"] if args.cpu else subprocess.run(
+        ["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader"], capture_output=True,
+        text=True).stdout.strip().splitlines()
+    return Prepared(root, media, models, settings, device, weights_s)
+
+
 def step_seconds(log_path: Path, since: int, steps: int) -> float | None:
     """The sampler's rate on its last finished window in the instance's log after byte `since` (a progress
     bar of `steps` steps; other bars, umt5's layers or weight loading, have other totals), in seconds a step."""
@@ -117,6 +146,18 @@ def frames_of(path: str, width: int, height: int) -> np.ndarray:
     raw = subprocess.run(["ffmpeg", "-v", "error", "-i", path, "-f", "rawvideo", "-pix_fmt", "rgb24", "-"],
                          capture_output=True, check=True).stdout
     return np.frombuffer(raw, np.uint8).reshape(-1, height, width, 3)
+
+
+def frame_checks(frames: np.ndarray) -> dict:
+    """Flat frames have almost no spread; frozen ones almost no change from the frame before."""
+    f = frames.astype(np.float32)
+    std = f.reshape(len(f), -1).std(axis=1)
+    step = np.abs(np.diff(f, axis=0)).reshape(len(f) - 1, -1).mean(axis=1) if len(f) > 1 else np.zeros(0)
+    return {"frames": int(len(f)), "min_frame_std": round(float(std.min()), 2),
+            "mean_frame_std": round(float(std.mean()), 2),
+            "min_consecutive_diff": round(float(step.min()), 3) if len(step) else None,
+            "mean_consecutive_diff": round(float(step.mean()), 3) if len(step) else None,
+            "flat_frames": int((std < 2.0).sum()), "frozen_frames": int((step < 0.5).sum())}
 
 
 def run_case(bench: Bench, lane: str, pool: InstancePool, case: Case, base_job: dict, outputs: dict) -> None:
@@ -259,6 +300,12 @@ def scaling(bench: Bench) -> None:
                 "segments": [{k: s[k] for k in ("instance", "start_frame", "end_frame", "frames", "seconds",
                                                 "comfy_seconds", "node_seconds")} for s in out["segments"]],
             })
+            if not args.cpu:  # the output's md5 and flat/frozen frame checks (random weights: every frame noise)
+                width, height = (int(v) for v in args.size.split("x"))
+                frames = frames_of(out["video_path"], width, height)
+                bench.results["runs"][-1].update({"frames_md5": hashlib.md5(frames.tobytes()).hexdigest(),
+                                                  "frame_checks": frame_checks(frames)})
+                del frames
             runs = bench.results["runs"]
             one = runs[0]["wall_s"]
             for run in runs:
@@ -306,22 +353,12 @@ def main() -> None:
     args.only = [v for v in args.only.split(",") if v]
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(threadName)s %(name)s: %(message)s")
     started = time.monotonic()
-    root = Path(tempfile.mkdtemp(prefix="itw-bench-"))
-    media = root / "media"
-    media.mkdir()
-    width, height = (int(v) for v in args.size.split("x"))
-    make_image(media / "face.png", width, height)
-    models = Path(args.models)
-    weights_s = make_weights(args, models)
-    settings = WorkerSettings(job_work_dir=root / "jobs", allowed_input_roots=(media.resolve(),),
-                              output_volume_dir=root / "volume", segment_timeout_s=3600)
-    device = ["cpu"] if args.cpu else subprocess.run(
-        ["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader"], capture_output=True,
-        text=True).stdout.strip().splitlines()
+    prepared = prepare(args, "itw-bench-")
+    root = prepared.root
     results = {"mode": args.mode, "command": " ".join(sys.argv), "template_params": args.template_params,
-               "device": device, "size": args.size, "weights": "small" if args.small else "full",
-               "weights_s": round(weights_s, 1)}
-    bench = Bench(args, root, models, media, settings, started + args.budget_s, results)
+               "device": prepared.device, "size": args.size, "weights": "small" if args.small else "full",
+               "weights_s": round(prepared.weights_s, 1)}
+    bench = Bench(args, root, prepared.models, prepared.media, prepared.settings, started + args.budget_s, results)
     bench.save()
     try:
         windows(bench) if args.mode == "windows" else scaling(bench)

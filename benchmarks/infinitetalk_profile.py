@@ -28,9 +28,7 @@ import json
 import logging
 import os
 import shutil
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -39,10 +37,8 @@ sys.path.insert(0, str(REPO))
 
 import numpy as np  # noqa: E402
 
-from benchmarks.infinitetalk_gpu import Bench, frames_of, make_weights  # noqa: E402
+from benchmarks.infinitetalk_gpu import Bench, frame_checks, frames_of, prepare  # noqa: E402
 from benchmarks.samplers import PeakVram  # noqa: E402
-from media_samples.factory import make_image  # noqa: E402
-from worker.request.settings import WorkerSettings  # noqa: E402
 from worker.job import run_job  # noqa: E402
 
 log = logging.getLogger("infinitetalk_profile")
@@ -50,9 +46,11 @@ log = logging.getLogger("infinitetalk_profile")
 BF16_MM = {"quantization": "fp8_e4m3fn_scaled"}  # fp8 weights, bf16 matmuls: the template's own setting
 FP8_MM = {"quantization": "fp8_e4m3fn_scaled_fast"}  # fp8 matmuls (the >= 38 GiB row's default since issue 25)
 EAGER, COMPILE = {"compile": False}, {"compile": True}
-# name: (template_params, profile this case's warm step). A "cold" case loads (or reloads) the models and
-# compiles; the case after it with the same params is the warm one. Every case names both settings, so that
-# a change of the device row's defaults does not change what a case measures.
+FULL_4_STEPS = {"quality": "full", "steps": 4}  # the full preset (no LoRA, cfg 5, audio cfg 4: three passes a step)
+# name: (template_params, profile this case's warm step[, request fields]). A "cold" case loads (or reloads) the
+# models and compiles; the case after it with the same params is the warm one. Every case names both settings,
+# so that a change of the device row's defaults does not change what a case measures. Warm cases run
+# --windows windows (cold ones one).
 CASES = {
     "eager_cold": ({**EAGER, **BF16_MM}, False),
     "eager": ({**EAGER, **BF16_MM}, True),
@@ -64,20 +62,11 @@ CASES = {
     "fp8fast_eager": ({**EAGER, **FP8_MM}, True),
     "sageattn_compiled_cold": ({**COMPILE, **FP8_MM, "attention_mode": "sageattn_compiled"}, False),
     "sageattn_compiled": ({**COMPILE, **FP8_MM, "attention_mode": "sageattn_compiled"}, True),
+    "fp8fast_compile_noprof": ({**COMPILE, **FP8_MM}, False),
+    "full_fp8fast_compile_cold": ({**COMPILE, **FP8_MM}, False, FULL_4_STEPS),
+    "full_fp8fast_compile": ({**COMPILE, **FP8_MM}, False, FULL_4_STEPS),
 }
 REFERENCE = "eager"  # sdpa (bf16 attention), fp8-scaled weights computed in bf16, no compile: the template as written
-
-
-def frame_checks(frames: np.ndarray) -> dict:
-    """Flat frames have almost no spread; frozen ones almost no change from the frame before."""
-    f = frames.astype(np.float32)
-    std = f.reshape(len(f), -1).std(axis=1)
-    step = np.abs(np.diff(f, axis=0)).reshape(len(f) - 1, -1).mean(axis=1) if len(f) > 1 else np.zeros(0)
-    return {"frames": int(len(f)), "min_frame_std": round(float(std.min()), 2),
-            "mean_frame_std": round(float(std.mean()), 2),
-            "min_consecutive_diff": round(float(step.min()), 3) if len(step) else None,
-            "mean_consecutive_diff": round(float(step.mean()), 3) if len(step) else None,
-            "flat_frames": int((std < 2.0).sum()), "frozen_frames": int((step < 0.5).sum())}
 
 
 def timings_of(profile_dir: Path, label: str) -> dict:
@@ -85,15 +74,24 @@ def timings_of(profile_dir: Path, label: str) -> dict:
     lines = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
     mine = [t for t in lines if t["label"] == label]
     dit = [t["s"] for t in mine if t["kind"] == "dit"]
+    timed = [t for t in mine if "t" in t]
     return {"dit_step_s": [round(s, 3) for s in dit],
             "dit_step_median_s": round(float(np.median(dit)), 3) if dit else None,
             "dit_profiled_step_s": next((round(t["s"], 3) for t in mine if t["kind"] == "dit_profiled"), None),
             "vae_encode_s": [round(t["s"], 3) for t in mine if t["kind"] == "vae_encode"],
-            "vae_decode_s": [round(t["s"], 3) for t in mine if t["kind"] == "vae_decode"]}
+            "vae_decode_s": [round(t["s"], 3) for t in mine if t["kind"] == "vae_decode"],
+            "vae_to_s": [round(t["s"], 3) for t in mine if t["kind"] == "vae_to"],
+            "seconds_by_kind": {kind: round(sum(t["s"] for t in mine if t["kind"] == kind), 3)
+                                for kind in sorted({t["kind"] for t in mine})},
+            "gc_collect_s": [round(t["s"], 3) for t in mine if t["kind"] == "gc_collect"],
+            # every timed call in order: [kind, start (s from the first), seconds]; the gaps are the untimed rest
+            "timeline": [[t["kind"], round(t["t"] - timed[0]["t"], 3), round(t["s"], 3)] for t in timed]}
 
 
-def run_case(bench: Bench, pool, profile_dir: Path, name: str, params: dict, profile: bool, outputs: dict) -> None:
-    entry: dict = {"case": name, "template_params": params}
+def run_case(bench: Bench, pool, profile_dir: Path, name: str, params: dict, profile: bool, outputs: dict,
+             fields: dict | None = None, windows: int = 1, compare_with: str | None = None) -> None:
+    fields = fields or {}
+    entry: dict = {"case": name, "template_params": params, "fields": fields, "windows": windows}
     if bench.deadline - time.monotonic() < bench.args.min_case_s:
         entry["skipped"] = f"{bench.deadline - time.monotonic():.0f} s left of the call"
         bench.results.setdefault("cases", []).append(entry)
@@ -105,7 +103,8 @@ def run_case(bench: Bench, pool, profile_dir: Path, name: str, params: dict, pro
     started = time.monotonic()
     try:
         with PeakVram([pool.instances[0].gpu] if pool.instances[0].gpu is not None else []) as vram:
-            out = run_job({**bench.job(81 / 25), "template_params": params}, pool, bench.settings, job_id=name)
+            out = run_job({**bench.job((81 + 72 * (windows - 1)) / 25), "template_params": params, **fields}, pool,
+                          bench.settings, job_id=name)
         segment = out["segments"][0]
         entry.update({"wall_s": round(time.monotonic() - started, 2), "comfy_s": segment["comfy_seconds"],
                       "device_settings": segment["device_settings"], "peak_vram_gb": vram.peaks_gb(),
@@ -116,9 +115,14 @@ def run_case(bench: Bench, pool, profile_dir: Path, name: str, params: dict, pro
         entry["frames_md5"] = hashlib.md5(frames.tobytes()).hexdigest()
         entry["frame_checks"] = frame_checks(frames)
         reference = outputs.get(REFERENCE)
-        if reference is not None and name != REFERENCE:
+        if reference is not None and name != REFERENCE and reference.shape == frames.shape:
             entry["mean_abs_diff_8bit"] = round(float(np.abs(frames.astype(np.int16) - reference).mean()), 3)
             entry["compared_with"] = REFERENCE
+        other = outputs.get(compare_with) if compare_with else None
+        if other is not None and other.shape == frames.shape:  # an A/B: the same case with the other patches
+            entry["ab"] = {"with": compare_with, "bit_identical": bool(np.array_equal(frames, other)),
+                           "mean_abs_diff_8bit": round(float(np.abs(frames.astype(np.int16) - other).mean()), 4),
+                           "frames_differing": int((frames != other).reshape(len(frames), -1).any(axis=1).sum())}
         summary = profile_dir / f"{name}.profile.json"
         if summary.exists():
             entry["profile"] = json.loads(summary.read_text())
@@ -195,6 +199,10 @@ def main() -> None:
     parser.add_argument("--unpatched-cases", default="",
                         help="then these cases again on a second instance with WORKER_WAN_PATCHES=0 (comfy_nodes/"
                              "wan_patches.py off), named <case>_unpatched: an A/B of the patches")
+    parser.add_argument("--unpatched-setting", default="0",
+                        help="WORKER_WAN_PATCHES for the --unpatched-cases lane: 0 (none) or a comma-separated list of "
+                             "the speed patches to keep (comfy_nodes/wan_patches.py)")
+    parser.add_argument("--windows", type=int, default=1, help="81-frame windows of a warm case's job (cold: 1)")
     parser.add_argument("--size", default="832x480")
     parser.add_argument("--budget-s", type=float, default=540, help="start no case after this many seconds")
     parser.add_argument("--min-case-s", type=float, default=40)
@@ -212,38 +220,31 @@ def main() -> None:
         print(table(results))
         return
     started = time.monotonic()
-    root = Path(tempfile.mkdtemp(prefix="itp-bench-"))
-    profile_dir = root / "profile"
-    os.environ["IT_PROFILE_DIR"] = str(profile_dir)
     comfy = Path(os.environ.get("COMFYUI_PATH", REPO / ".comfyui" / "ComfyUI"))
     hook = comfy / "custom_nodes" / "it_profile_hook"
     if not hook.exists():
         hook.symlink_to(REPO / "benchmarks" / "it_profile_hook")
-    media = root / "media"
-    media.mkdir()
-    width, height = (int(v) for v in args.size.split("x"))
-    make_image(media / "face.png", width, height)
-    models = Path(args.models)
-    weights_s = make_weights(args, models)
-    settings = WorkerSettings(job_work_dir=root / "jobs", allowed_input_roots=(media.resolve(),),
-                              output_volume_dir=root / "volume", segment_timeout_s=3600)
-    device = ["cpu"] if args.cpu else subprocess.run(
-        ["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader"], capture_output=True,
-        text=True).stdout.strip().splitlines()
+    prepared = prepare(args, "itp-bench-")
+    root = prepared.root
+    profile_dir = root / "profile"
+    profile_dir.mkdir()
+    os.environ["IT_PROFILE_DIR"] = str(profile_dir)  # read by the hook in ComfyUI, whose pools start below
     try:  # the device's python3 has torch; the dev machine's worker venv (a --cpu check) has not
         import torch
 
         versions = {"torch": torch.__version__, "cudnn": torch.backends.cudnn.version()}
     except ImportError:
         versions = {}
-    results = {"mode": "profile", "device": device, "size": args.size, **versions, "weights_s": round(weights_s, 1),
-               "reference": REFERENCE, "command": " ".join(sys.argv)}
-    bench = Bench(args, root, models, media, settings, started + args.budget_s, results)
+    results = {"mode": "profile", "device": prepared.device, "size": args.size, **versions,
+               "weights_s": round(prepared.weights_s, 1), "reference": REFERENCE, "command": " ".join(sys.argv),
+               "windows": args.windows, "unpatched_setting": args.unpatched_setting}
+    bench = Bench(args, root, prepared.models, prepared.media, prepared.settings, started + args.budget_s, results)
     bench.save()
     outputs: dict = {}
     lanes = [("profile", [n for n in args.cases.split(",") if n], "", "1")]
     if args.unpatched_cases:
-        lanes.append(("unpatched", [n for n in args.unpatched_cases.split(",") if n], "_unpatched", "0"))
+        lanes.append(("unpatched", [n for n in args.unpatched_cases.split(",") if n], "_unpatched",
+                      args.unpatched_setting))
     try:
         for index, (lane, names, suffix, patches) in enumerate(lanes):
             os.environ["WORKER_WAN_PATCHES"] = patches  # read by comfy_nodes/wan_patches.py in ComfyUI
@@ -251,10 +252,12 @@ def main() -> None:
             pool.start()
             try:
                 for name in names:
-                    params, profile = CASES[name]
+                    params, profile, *fields = CASES[name]
                     if args.cpu:  # the plumbing check runs a CPU template that has none of these params
                         params = {}
-                    run_case(bench, pool, profile_dir, name + suffix, params, profile, outputs)
+                    run_case(bench, pool, profile_dir, name + suffix, params, profile, outputs,
+                             fields=fields[0] if fields else None, windows=1 if name.endswith("_cold") else args.windows,
+                             compare_with=name if suffix else None)
             finally:
                 pool.shutdown()
     finally:

@@ -7,7 +7,9 @@ Control files in IT_PROFILE_DIR, written by the benchmark between jobs:
   label    the current case's name: every timing line is tagged with it
   profile  present: profile the DiT call number `skip` (0-based, its content, default 1: the second step of the
            next window, so warm) after the label last changed; the result goes to <label>.profile.json
-Output: timings.jsonl, one line per timed call: {"label", "kind", "s", "call"}.
+Output: timings.jsonl, one line per timed call: {"label", "kind", "s", "t" (its start, perf_counter), "call"};
+kinds: dit, dit_profiled, vae_encode, vae_decode, vae_to (the VAE's moves between CPU and GPU), empty_cache
+(ComfyUI's soft_empty_cache), gc_collect (every gc.collect() in the process: the sampler runs one a window).
 """
 
 from __future__ import annotations
@@ -191,7 +193,7 @@ def _patch_dit(module) -> None:
         started = time.perf_counter()
         result = original(self, *args, **kwargs)
         _sync()
-        _log("dit", time.perf_counter() - started, call=call)
+        _log("dit", time.perf_counter() - started, call=call, t=round(started, 4))
         return result
 
     cls.forward = forward
@@ -206,7 +208,7 @@ def _patch_timed(cls, method: str, kind: str) -> None:
         started = time.perf_counter()
         result = original(self, *args, **kwargs)
         _sync()
-        _log(kind, time.perf_counter() - started)
+        _log(kind, time.perf_counter() - started, t=round(started, 4))
         return result
 
     setattr(cls, method, timed)
@@ -229,6 +231,34 @@ def _patch_wrapper() -> None:
     if vae is not None:
         _patch_timed(vae.WanVideoVAE, "encode", "vae_encode")
         _patch_timed(vae.WanVideoVAE, "decode", "vae_decode")
+        _patch_timed(vae.WanVideoVAE, "to", "vae_to")  # the sampler's moves of the VAE to the GPU and back
+    try:
+        import comfy.model_management as mm
+
+        original_empty = mm.soft_empty_cache
+
+        def soft_empty_cache(*args, **kwargs):  # the sampler calls it once a window
+            _current_label()
+            started = time.perf_counter()
+            result = original_empty(*args, **kwargs)
+            _log("empty_cache", time.perf_counter() - started, t=round(started, 4))
+            return result
+
+        mm.soft_empty_cache = soft_empty_cache
+    except ImportError:
+        pass
+    import gc
+
+    original_collect = gc.collect
+
+    def collect(*args, **kwargs):  # the sampler runs a full collection once a window
+        _current_label()
+        started = time.perf_counter()
+        result = original_collect(*args, **kwargs)
+        _log("gc_collect", time.perf_counter() - started, t=round(started, 4))
+        return result
+
+    gc.collect = collect
     if multitalk is not None:
         multitalk.SingleStreamAttention.forward = _annotated("it::audio_cross_attn",
                                                              multitalk.SingleStreamAttention.forward)
