@@ -6,8 +6,10 @@ request checks are real.
 
 One ComfyUI instance serves every test here: umt5-xxl alone is 11.4 GB, so two instances do not fit in a
 24 GiB machine; the two segments of each job queue for it instead of running side by side. The first job
-pays for the text encoder (umt5-xxl in bf16 on a CPU without bf16 instructions: minutes); the templates
-keep its output in the wrapper's text-embedding disk cache, and ComfyUI keeps it between prompts.
+pays for the text encoder: the templates' two prompts, each encoded once (comfy_nodes/t5_trim.py: their own
+tokens, not 512; about 20 s each in bf16 on a CPU without bf16 instructions). The templates keep the
+embeddings in the wrapper's text-embedding disk cache, which the module's fixture empties first, so that every
+run encodes for real.
 """
 
 from __future__ import annotations
@@ -68,11 +70,17 @@ def weights() -> Path:
     return root
 
 
+def text_embed_cache(comfy_path: Path) -> Path:
+    return comfy_path / "custom_nodes" / "ComfyUI-WanVideoWrapper" / "text_embed_cache"
+
+
 @pytest.fixture(scope="module")
 def it_pool(weights, tmp_path_factory):
-    """One CPU ComfyUI with the wrapper and the random weights."""
+    """One CPU ComfyUI with the wrapper and the random weights; the wrapper's text-embedding cache emptied."""
     defaults = PoolSettings.from_env()
     ensure_t5_tokenizer(defaults.comfy_path)
+    for cached in text_embed_cache(defaults.comfy_path).glob("*.pt"):
+        cached.unlink()
     settings = defaults.model_copy(update=dict(
         instances_dir=tmp_path_factory.mktemp("it-instances"), base_port=shifted_port(8700), cpu_instances=1,
         force_cpu=True, startup_timeout_s=300,
@@ -128,6 +136,20 @@ def assert_real_pictures(path: Path, width: int, height: int) -> None:
         assert spread.max() > 2.0, f"frame {index} is one colour (mean {frame.reshape(-1, 3).mean(axis=0)})"
 
 
+def assert_prompts_encoded_without_padding(pool: InstancePool) -> None:
+    """The wrapper's umt5 ran in this ComfyUI (the cache was emptied) and comfy_nodes/t5_trim.py had it encode
+    each prompt's own tokens: every encode the wrapper logs ("prompt token count") is followed by the patch's
+    line, which names fewer than 512 tokens."""
+    log = pool.instances[0].log_path.read_text(errors="replace").splitlines()
+    counts = [i for i, line in enumerate(log) if line.startswith("prompt token count:")]
+    assert len(counts) >= 2, "umt5 encoded fewer than the templates' two prompts"
+    for i, end in zip(counts, counts[1:] + [len(log)]):
+        trimmed = next((line for line in log[i + 1:end] if line.startswith("[runpod worker] umt5 encoded")), None)
+        assert trimmed is not None, f"an encode without t5_trim: {log[i]}"
+        tokens = int(trimmed.split(" of ")[1].split()[0])
+        assert tokens < 512 and str(tokens) in log[i], (log[i], trimmed)
+
+
 def check_output(output: dict, audio_s: float) -> Path:
     video = Path(output["video_path"])
     frames = math.ceil(audio_s * 25)
@@ -149,6 +171,7 @@ def test_template_runs_end_to_end_in_two_segments(template, it_pool, media, it_s
     assert first["frames"] <= 81 and second["frames"] <= 81 and first["end_frame"] > second["start_frame"]
     check_output(output, AUDIO_S)  # multi: the longer track (speaker 1) sets the length
     assert output["quality"] == "fast"
+    assert_prompts_encoded_without_padding(it_pool)
 
 
 @pytest.mark.parametrize("steps", [4, 30])

@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import requests
 
 from tests.conftest import shifted_port
@@ -18,6 +19,7 @@ from media_samples.factory import make_image, make_tone
 REPO = Path(__file__).resolve().parent.parent
 
 
+@pytest.mark.comfy  # handler.py --test_input starts its own two CPU ComfyUI instances
 def test_the_local_test_mode_logs_the_summary_once_and_no_result_dump(tmp_path):
     image, speech = make_image(tmp_path / "face.png", 96, 96), make_tone(tmp_path / "speech.wav", 3.0)
     job = {"input": {"workflow": "still", "image": str(image), "audio": str(speech), "width": 128, "height": 96,
