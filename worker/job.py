@@ -68,7 +68,7 @@ def run_job(job_input: Any, pool: InstancePool, settings: WorkerSettings, job_id
         loudness = None if request.dry_run else loudness_envelope(inputs.final_audio, request.fps, frames, limits)
         lanes = local_lanes(learned.memory_budgets(pool.serving_instances, settings.memory_reserve_bytes,
                                                    settings.memory_budget_bytes))
-        lanes += remote_lanes(settings.fanout_workers, settings.fanout_cold_start_s + _load_s(template))
+        lanes += remote_lanes(settings.fanout_workers, settings.fanout_cold_start_s + template.load_s)
         planned = plan_job(request, template, frames, lanes, learned, None if loudness is None else loudness.levels_db,
                            settings.seam_budget_percent)
         if request.dry_run:
@@ -105,11 +105,6 @@ def run_job(job_input: Any, pool: InstancePool, settings: WorkerSettings, job_id
     result = response.model_dump()
     log.info("job %s done\n%s", job_id, job_summary(result))  # client/report.py: what the client prints too
     return result
-
-
-def _load_s(template) -> float:
-    """A cold instance's model loading, as the template declares it (0 where it does not)."""
-    return (template.spec.speed.load_s or 0.0) if template.spec.speed else 0.0
 
 
 def output_format(request: JobRequest) -> OutputFormat:

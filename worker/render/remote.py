@@ -2,12 +2,12 @@
 runpod SDK's Endpoint: run with a policy, status, cancel), watched, and its video parts taken back.
 
 Never stuck, nothing lost: a segment job is taken back, cancelled, and the segment rendered on this worker
-(render() returns None) when it is still queued after FANOUT_QUEUE_DEADLINE_S (no free worker: every other
-worker busy, with other parents too, so that N parents on N workers cannot wait on each other), when its
-progress stops changing for FANOUT_STALL_S (its worker died), when it runs past its deadline, when it fails
-or vanishes (404 after its TTL), or when its media are too big to send and there is no bucket. Each job's
-policy (executionTimeout, ttl) ends it on RunPod's side too if this worker dies. Cancelling the job cancels
-every segment job (cancel_all); bucket files of the job are removed when it ends (close).
+(render() returns None) when it is still queued after its queue deadline (queue_deadline_s; no free worker:
+every other worker busy, with other parents too, so that N parents on N workers cannot wait on each other),
+when its progress stops changing for FANOUT_STALL_S (its worker died), when it runs past its deadline, when it
+fails or vanishes (404 after its TTL), or when its media are too big to send and there is no bucket. Each
+job's policy (executionTimeout, ttl) ends it on RunPod's side too if this worker dies. Cancelling the job
+cancels every segment job (cancel_all); bucket files of the job are removed when it ends (close).
 """
 
 from __future__ import annotations
@@ -41,6 +41,15 @@ MIME = {".wav": "audio/wav", ".mp4": "video/mp4", ".png": "image/png", ".json": 
 LOAD_MARGIN_S = 600.0  # a segment job's execution timeout covers a cold worker loading the models too
 
 
+def queue_deadline_s(settings: WorkerSettings, load_s: float) -> float:
+    """How long a segment job may stay queued before its segment is taken back: FANOUT_QUEUE_DEADLINE_S. With
+    WARMUP_SIZE (set alike on every worker of the endpoint) a worker that RunPod starts for it takes jobs only
+    after its warm-up, which loads the models: it may wait that cold start too (FANOUT_COLD_START_S plus the
+    template's `load_s`, what the planner counts for it), or a cold start would be taken for no free worker."""
+    warm_up = settings.fanout_cold_start_s + load_s if settings.warmup else 0.0
+    return settings.fanout_queue_deadline_s + warm_up
+
+
 @dataclass
 class RemoteSegments:
     """The endpoint's other workers as lanes of one job (its RenderJob); one per job."""
@@ -49,7 +58,7 @@ class RemoteSegments:
     plan: SegmentPlan
     settings: WorkerSettings
     workers: int  # segment jobs in flight at once (the plan's other workers)
-    no_free_worker: bool = False  # a segment job waited out FANOUT_QUEUE_DEADLINE_S: no more are sent
+    no_free_worker: bool = False  # a segment job waited out its queue deadline: no more are sent
     errors: dict[int, str] = field(default_factory=dict)  # segment index -> why it was taken back
     _running: dict[int, str] = field(default_factory=dict)  # segment index -> segment job id
     _keys: list[str] = field(default_factory=list)  # bucket files of this job (media sent, videos received)
@@ -60,6 +69,7 @@ class RemoteSegments:
 
         self.endpoint = runpod.Endpoint(self.settings.runpod_endpoint_id, api_key=self.settings.runpod_api_key)
         self._slots = threading.Semaphore(max(1, self.workers))
+        self.queue_deadline_s = queue_deadline_s(self.settings, self.job.template.load_s)
 
     # -- one segment ---------------------------------------------------------------------------------
 
@@ -138,7 +148,7 @@ class RemoteSegments:
         return self.job.deadline_s(segment) + LOAD_MARGIN_S
 
     def _ttl_s(self, segment: Segment) -> float:
-        return self.settings.fanout_queue_deadline_s + self._execution_s(segment) + 60
+        return self.queue_deadline_s + self._execution_s(segment) + 60
 
     def _watch(self, segment: Segment, job_id: str, started: float) -> dict | None:
         """Polls the segment job to its end: its COMPLETED state, or None once it is taken back."""
@@ -168,11 +178,12 @@ class RemoteSegments:
                 error = state.get("error") or status.lower().replace("_", " ")
                 return self._take_back(segment, f"segment job {job_id} {status}: {error}", None, verbatim=error)
             if status == "IN_QUEUE":
-                if now - started > self.settings.fanout_queue_deadline_s:
+                if now - started > self.queue_deadline_s:
                     self.no_free_worker = True
+                    why = "FANOUT_QUEUE_DEADLINE_S" + (" and a cold start: WARMUP_SIZE" if self.settings.warmup else "")
                     return self._take_back(segment, f"segment job {job_id} was still queued after "
-                                                    f"{self.settings.fanout_queue_deadline_s:.0f} s "
-                                                    "(FANOUT_QUEUE_DEADLINE_S): no other worker was free", job_id)
+                                                    f"{self.queue_deadline_s:.0f} s ({why}): no other worker was "
+                                                    "free", job_id)
                 continue
             report = last_report if isinstance(last_report, dict) else None
             self.job.progress.segment_remote(segment.index, _worker_of(report), report)
@@ -180,7 +191,7 @@ class RemoteSegments:
                 return self._take_back(segment, f"segment job {job_id} reported nothing new for "
                                                 f"{self.settings.fanout_stall_s:.0f} s (FANOUT_STALL_S): its worker "
                                                 "is gone", job_id)
-            if now - started > self._execution_s(segment) + self.settings.fanout_queue_deadline_s:
+            if now - started > self._execution_s(segment) + self.queue_deadline_s:
                 return self._take_back(segment, f"segment job {job_id} ran past its deadline", job_id)
 
     def _result(self, segment: Segment, state: dict, started: float, job_id: str) -> SegmentResult | None:

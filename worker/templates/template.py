@@ -141,6 +141,11 @@ class WorkflowTemplate:
             raise TemplateError(f"workflow {name!r}: " + "; ".join(problems))
 
     @property
+    def load_s(self) -> float:
+        """A cold instance's model loading, as the template declares it (`speed.load_s`; 0 where it does not)."""
+        return (self.spec.speed.load_s or 0.0) if self.spec.speed else 0.0
+
+    @property
     def settable_params(self) -> set[str]:
         """The params a request may set (template_params): every declared one that is not a slot."""
         spec = self.spec
