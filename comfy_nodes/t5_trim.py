@@ -44,6 +44,8 @@ class TrimmedTokenizer:
         return ids[:, :longest], mask[:, :longest]
 
     def __getattr__(self, name):  # seq_len, vocab_size, tokenizer, ...: the wrapped tokenizer's
+        if name == "inner":  # not set yet (a copy being made): no recursion
+            raise AttributeError(name)
         return getattr(self.inner, name)
 
 
