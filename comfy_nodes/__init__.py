@@ -6,8 +6,9 @@ SaveSegmentVideo  IMAGE batch -> a segment's video in the output folder, every f
                   reference, every frame matched to it first (color_match.py); beside it, what it
                   measured of the frames, for the worker's seam report.
 
-wan_patches.py    two patches of ComfyUI-WanVideoWrapper (InfiniteTalk's audio projection stays on the GPU;
-                  fp8 fast matmuls fall back to bf16 ones on GPUs older than compute capability 8.9).
+wan_patches.py    small patches of ComfyUI-WanVideoWrapper that change no arithmetic (InfiniteTalk's audio
+                  projection and, on big GPUs, its VAE stay on the GPU; the window's conditioning encode is
+                  reused; fp8 fast matmuls fall back to bf16 ones below compute capability 8.9).
 
 t5_trim.py        umt5 encodes each prompt's own tokens instead of 512 tokens of padding.
 """
