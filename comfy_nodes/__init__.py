@@ -62,7 +62,7 @@ def _cap_vram() -> None:
 _cap_vram()
 
 
-def _register_wan_patches() -> None:
+def _register_patches() -> None:
     """wan_patches.py and t5_trim.py: applied when ComfyUI takes its first prompt, once every custom node package
     is loaded."""
     try:
@@ -75,7 +75,7 @@ def _register_wan_patches() -> None:
         server.add_on_prompt_handler(t5_trim.on_prompt)
 
 
-_register_wan_patches()
+_register_patches()
 
 X264_PRESETS = ["ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow"]
 BATCH_FRAMES = 16  # frames converted on the GPU and moved to the CPU at a time: bounded extra memory

@@ -41,6 +41,8 @@ class TrimmedTokenizer:
             return result
         ids, mask = result
         longest = max(int(mask.gt(0).sum(dim=1).max()), 1)
+        if mask[:, longest:].any():  # padding not all at the end (a tokenizer that pads on the left): as it is
+            return ids, mask
         return ids[:, :longest], mask[:, :longest]
 
     def __getattr__(self, name):  # seq_len, vocab_size, tokenizer, ...: the wrapped tokenizer's

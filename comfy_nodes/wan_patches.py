@@ -1,6 +1,7 @@
 """Small patches of ComfyUI-WanVideoWrapper, applied once, when ComfyUI takes its first prompt (by then every custom
 node package is loaded, whatever order ComfyUI loaded them in). Measured in docs/PERFORMANCE.md. None of them
-changes the arithmetic: the output is bit-identical with and without them.
+changes the arithmetic (an H200 A/B of the first three gave a bit-identical video; the gc patch frees no tensor
+that holds values in use).
 
 resident_audio_proj  The wrapper's WanModel.forward moves its InfiniteTalk/MultiTalk audio projection
     (AudioProjModel, ~93M parameters) to the GPU at the start of every sampling step and back to the CPU after
@@ -22,12 +23,15 @@ cond_encode_memo  The same loop VAE-encodes [the start image, 80 zero frames] at
     torch.equal, the same VAE and the same encode arguments) gets a copy of that latent instead of an encode;
     a miss with an input at least as large replaces the entry (a video input, whose window frames differ, so
     costs one comparison and one copy a window); smaller inputs (the motion frames) pass through. Sampled
-    encodes (sample=True) are never memoized. The entry is dropped when the sampler call returns or raises.
+    encodes (sample=True) are never memoized. The entry is dropped when the sampler call returns or raises,
+    and when there is no memory for its copies (the encode's own result stands). On the CPU and on GPUs with
+    at least 38 GiB; below that (the rows that swap the DiT's blocks) it is left alone.
 young_gc_in_sampler  WanVideoSampler.process runs a full gc.collect() before sampling and once a window of the
     InfiniteTalk loop: ~0.45 s each on an H200 machine with the compiled 14B model in the process (Python walks
     every object it holds), ~6 s of a 12-window job. On GPUs with at least 38 GiB, while the sampler runs,
-    gc.collect() without arguments collects the young generations only (gc.collect(1): the objects made since
-    the last collections); one full collection runs when the sampler call ends. Python's own automatic
+    gc.collect() called without arguments in the sampler's thread collects the young generations only
+    (gc.collect(1): the objects made since the last collections); other threads and calls that name a
+    generation are left as they are; one full collection runs when the sampler call ends. Python's own automatic
     collections go on as before. Tensors freed by reference counting (nearly all of them) are freed as before;
     only garbage in reference cycles that survived two collections waits until the sampler call ends.
 fp8_fast_gate  `fp8_*_fast` quantization (torch._scaled_mm) needs compute capability 8.9 or more (Ada,
@@ -36,7 +40,7 @@ fp8_fast_gate  `fp8_*_fast` quantization (torch._scaled_mm) needs compute capabi
     failing.
 
 WORKER_WAN_PATCHES chooses the speed patches (a benchmark's A/B): unset or 1, all of them; 0, none; otherwise a
-comma-separated list of their names. fp8_fast_gate is a guard the >= 38 GiB device row relies on, always applied,
+comma-separated list of their names (an unknown name is said in the log). fp8_fast_gate is a guard the >= 38 GiB device row relies on, always applied,
 and said in the log where the wrapper's loader cannot be found.
 """
 
@@ -46,6 +50,7 @@ import inspect
 import logging
 import os
 import sys
+import threading
 
 log = logging.getLogger("runpod_worker.wan_patches")
 _APPLIED: set[str] = set()
@@ -61,11 +66,13 @@ def wanted() -> set[str]:
         return set(SPEED_PATCHES)
     if value == "0":
         return set()
-    return {name.strip() for name in value.split(",") if name.strip()}
-
-
-def enabled() -> bool:
-    return bool(wanted())
+    names = {name.strip() for name in value.split(",") if name.strip()}
+    unknown = sorted(names - set(SPEED_PATCHES))
+    if unknown and "unknown_names" not in _WARNED:
+        _WARNED.add("unknown_names")
+        log.warning("WORKER_WAN_PATCHES names no patch called %s (there are: %s)", ", ".join(unknown),
+                    ", ".join(SPEED_PATCHES))
+    return names & set(SPEED_PATCHES)
 
 
 def _find(class_name: str, module_suffix: str):
@@ -145,8 +152,11 @@ class EncodeMemo:
     def store(self, vae, inputs, arguments, output) -> None:
         if self.inputs is None or self.ops.size(inputs) >= self.ops.size(self.inputs):
             self.clear()  # the old entry goes before the new copies are made
-            self.vae, self.arguments = vae, arguments
-            self.inputs, self.output = self.ops.copy(inputs), self.ops.copy(output)
+            try:
+                inputs_copy, output_copy = self.ops.copy(inputs), self.ops.copy(output)
+            except (MemoryError, RuntimeError):  # torch's out-of-memory is a RuntimeError: no entry, the job goes on
+                return
+            self.vae, self.arguments, self.inputs, self.output = vae, arguments, inputs_copy, output_copy
 
 
 MEMO = EncodeMemo()
@@ -162,7 +172,11 @@ def memoize_encode(cls, memo: EncodeMemo = MEMO) -> None:
             return original(self, videos, *args, **kwargs)
         try:
             bound = signature.bind(self, videos, *args, **kwargs)
-        except TypeError:
+        except TypeError:  # the wrapper's encode() changed: no memo, said once
+            if "encode_signature" not in _WARNED:
+                _WARNED.add("encode_signature")
+                log.warning("WanVideoVAE.encode was called in a way the memo does not know (%s): not memoized",
+                            signature)
             return original(self, videos, *args, **kwargs)
         bound.apply_defaults()
         arguments = {k: v for k, v in bound.arguments.items() if k not in ("self", "videos", "pbar")}
@@ -203,7 +217,8 @@ def memo_scope(cls, memo: EncodeMemo = MEMO) -> None:
 
 
 class YoungGc:
-    """gc.collect() collects generations 0 and 1 only while `depth` > 0 (a sampler call runs)."""
+    """gc.collect() without arguments collects generations 0 and 1 only while `depth` > 0 (a sampler call runs)
+    and only in the thread that runs it (`owner`)."""
 
     def __init__(self, gc_module=None) -> None:
         import gc
@@ -211,13 +226,14 @@ class YoungGc:
         self.gc = gc_module or gc
         self.full = self.gc.collect
         self.depth = 0
+        self.owner: int | None = None  # the thread of the sampler call
         self.light = 0  # collections made light, for the log
 
-    def collect(self, generation: int = 2):
-        if self.depth > 0 and generation == 2:
+    def collect(self, *args, **kwargs):
+        if not args and not kwargs and self.depth > 0 and threading.get_ident() == self.owner:
             self.light += 1
             return self.full(1)
-        return self.full(generation)
+        return self.full(*args, **kwargs)
 
     def install(self) -> None:
         self.gc.collect = self.collect
@@ -234,12 +250,15 @@ def young_gc_in(cls, scope: YoungGc | None = None) -> None:
     original = cls.process
 
     def process(self, *args, **kwargs):
+        if scope.depth == 0:
+            scope.owner = threading.get_ident()
         scope.depth += 1
         try:
             return original(self, *args, **kwargs)
         finally:
             scope.depth -= 1
             if scope.depth == 0:
+                scope.owner = None
                 scope.full()
                 if scope.light:
                     print(f"[runpod worker] {scope.light} full gc.collect() calls of the sampler made young-only",
@@ -317,7 +336,8 @@ def apply(capability=_cuda_capability, vram_gib=_vram_gib) -> set[str]:
     if "cond_encode_memo" in asked and "cond_encode_memo" not in _APPLIED:
         vae = _find("WanVideoVAE", "wanvideo.wan_video_vae")
         sampler = _find("WanVideoSampler", "nodes_sampler")
-        if vae is not None and sampler is not None:
+        gib = vae is not None and sampler is not None and vram_gib()
+        if vae is not None and sampler is not None and (gib is None or gib >= BIG_GPU_GIB):  # None: the CPU
             memoize_encode(vae)
             memo_scope(sampler)
             _APPLIED.add("cond_encode_memo")

@@ -18,9 +18,6 @@ from media_samples.factory import frame_count, make_index_video, make_tone, medi
 from local_platform.runpod_standin import RunPodStandIn, StandInJob
 from local_platform.s3_server import S3Server
 from local_platform.workers import WorkerOnPlatform
-from worker.render.remote import queue_deadline_s
-from worker.request.settings import WorkerSettings
-from worker.templates.template import load_template
 
 pytestmark = pytest.mark.comfy  # three workers, each with its ComfyUI instance
 PODS = ("pod-a", "pod-b", "pod-c")
@@ -144,18 +141,6 @@ def test_with_no_free_worker_the_parent_takes_its_segments_back(endpoint):
     assert [s["worker"] for s in output["segments"]] == [None] * len(output["segments"])
     children = segment_jobs(standin, parent)
     assert children and all(c.status == "CANCELLED" for c in children)
-
-
-def test_with_warm_up_a_segment_job_may_wait_out_a_cold_start_before_it_is_taken_back(tmp_path):
-    """A worker RunPod starts for a segment job takes jobs only after WARMUP_SIZE's warm-up, which loads the
-    template's models: the job stays queued that long, and must not be taken back for "no free worker"."""
-    load_s = load_template("infinitetalk_image_single").load_s
-    assert load_s > 30  # what the template declares for a cold instance (H200: umt5, the DiT, compile)
-    plain = WorkerSettings(job_work_dir=tmp_path, fanout_queue_deadline_s=90, fanout_cold_start_s=20)
-    assert queue_deadline_s(plain, load_s) == 90
-    warming = plain.model_copy(update={"warmup": "832x480"})
-    assert queue_deadline_s(warming, load_s) == 90 + 20 + load_s
-    assert queue_deadline_s(warming, 0.0) == 110  # a template that declares no load time
 
 
 def test_a_worker_killed_mid_segment_does_not_lose_the_segment(endpoint):

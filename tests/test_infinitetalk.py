@@ -7,7 +7,7 @@ request checks are real.
 One ComfyUI instance serves every test here: umt5-xxl alone is 11.4 GB, so two instances do not fit in a
 24 GiB machine; the two segments of each job queue for it instead of running side by side. The first job
 pays for the text encoder: the templates' two prompts, each encoded once (comfy_nodes/t5_trim.py: their own
-tokens, not 512; about 20 s each in bf16 on a CPU without bf16 instructions). The templates keep the
+tokens, not 512; 19-38 s each in bf16 on a CPU without bf16 instructions). The templates keep the
 embeddings in the wrapper's text-embedding disk cache, which the module's fixture empties first, so that every
 run encodes for real.
 """
@@ -140,7 +140,7 @@ def assert_prompts_encoded_without_padding(pool: InstancePool) -> None:
     """The wrapper's umt5 ran in this ComfyUI (the cache was emptied) and comfy_nodes/t5_trim.py had it encode
     each prompt's own tokens: every encode the wrapper logs ("prompt token count") is followed by the patch's
     line, which names fewer than 512 tokens."""
-    log = pool.instances[0].log_path.read_text(errors="replace").splitlines()
+    log = log_lines(pool)
     counts = [i for i, line in enumerate(log) if line.startswith("prompt token count:")]
     assert len(counts) >= 2, "umt5 encoded fewer than the templates' two prompts"
     for i, end in zip(counts, counts[1:] + [len(log)]):
@@ -148,6 +148,17 @@ def assert_prompts_encoded_without_padding(pool: InstancePool) -> None:
         assert trimmed is not None, f"an encode without t5_trim: {log[i]}"
         tokens = int(trimmed.split(" of ")[1].split()[0])
         assert tokens < 512 and str(tokens) in log[i], (log[i], trimmed)
+
+
+def log_lines(pool: InstancePool) -> list[str]:
+    return pool.instances[0].log_path.read_text(errors="replace").splitlines()
+
+
+def assert_second_window_reused_the_encode(pool: InstancePool, before: int) -> None:
+    """comfy_nodes/wan_patches.py (cond_encode_memo): a segment's second window VAE-encodes the same [start
+    frame, 80 zero frames] as its first; the real wrapper's loop got it from the memo (log lines after `before`)."""
+    said = [line for line in log_lines(pool)[before:] if "VAE encode memo:" in line]
+    assert len(said) == 1 and "VAE encode memo: 1 encodes reused" in said[0], said
 
 
 def check_output(output: dict, audio_s: float) -> Path:
@@ -181,17 +192,22 @@ def test_video_template_follows_the_requested_steps(steps, it_pool, media, it_se
     continues from the first one's motion frames); 30 steps (15 sampled): one window of 81 frames, which
     tests what the step count changes without a second window's VAE passes and 15 more model steps."""
     audio_s, audio = (AUDIO_S, media["audio"]) if steps == 4 else (ONE_WINDOW_S, media["audio_one_window"])
+    before = len(log_lines(it_pool))
     output = run_job(it_request("infinitetalk_video_single", media, audio=str(audio), steps=steps, denoise=0.5,
                                 max_segment_frames=150), it_pool, it_settings)
     assert output["segments_processed"] == 1
     check_output(output, audio_s)
+    if steps == 4:  # two windows
+        assert_second_window_reused_the_encode(it_pool, before)
 
 
 def test_full_quality_runs_without_the_distill_lora(it_pool, media, it_settings):
+    before = len(log_lines(it_pool))
     output = run_job(it_request("infinitetalk_image_single", media, quality="full", max_segment_frames=150),
                      it_pool, it_settings)
     assert output["quality"] == "full" and output["segments_processed"] == 1
     check_output(output, AUDIO_S)
+    assert_second_window_reused_the_encode(it_pool, before)  # two windows
 
 
 # ------------------------------------------------------------------------ the templates against the real nodes

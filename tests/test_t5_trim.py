@@ -93,3 +93,81 @@ def test_trimmed_prompts_give_the_padded_embeddings(dtype, tolerance):
     assert result["rows"] == result["padded_rows"]
     assert result["rows"][2:] == [[positive, 64], [negative, 64]]
     assert result["max_abs_diff"] <= tolerance * max(1.0, result["max_abs"]), result
+
+
+class Tensorish:
+    """The little of a torch tensor the trim uses (comparison, sum, max, any, slices), over numpy."""
+
+    def __init__(self, values):
+        self.values = values
+
+    def gt(self, n):
+        return Tensorish(self.values > n)
+
+    def sum(self, dim):
+        return Tensorish(self.values.sum(axis=dim))
+
+    def max(self):
+        return self.values.max()
+
+    def any(self):
+        return bool(self.values.any())
+
+    def __getitem__(self, key):
+        return Tensorish(self.values[key])
+
+
+class PaddingTokenizer:
+    """Pads each text (a token per character) to 8 positions on the given side, as the wrapper's
+    HuggingfaceTokenizer pads to 512."""
+
+    seq_len = 8
+
+    def __init__(self, side: str = "right"):
+        self.side = side
+
+    def __call__(self, sequence, **kwargs):
+        import numpy as np
+
+        rows = [[ord(c) for c in text][:8] for text in sequence]
+        pads = [[0] * (8 - len(row)) for row in rows]
+        ids = np.array([row + pad if self.side == "right" else pad + row for row, pad in zip(rows, pads)])
+        if kwargs.get("return_mask"):
+            return Tensorish(ids), Tensorish((ids > 0).astype(int))
+        return Tensorish(ids)
+
+
+def load_trim():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("t5_trim_under_test", REPO / "comfy_nodes" / "t5_trim.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("side, width", [("right", 3), ("left", 8)])
+def test_only_padding_at_the_end_is_cut(side, width):
+    trimmed = load_trim().TrimmedTokenizer(PaddingTokenizer(side))
+    ids, mask = trimmed(["ab", "abc"], return_mask=True)
+    assert ids.values.shape == mask.values.shape == (2, width)
+    assert mask.values.sum() == 5  # every real token kept
+    assert trimmed(["ab"]).values.shape == (1, 8)  # without a mask: untouched
+
+
+def test_a_wrapped_tokenizer_copies_and_pickles():
+    import copy
+    import pickle
+
+    trim = load_trim()
+    wrapped = trim.TrimmedTokenizer(PaddingTokenizer())
+    for clone in (copy.copy(wrapped), copy.deepcopy(wrapped)):
+        assert clone.seq_len == 8 and isinstance(clone.inner, PaddingTokenizer)
+    sys_modules_name = trim.__name__
+    import sys
+
+    sys.modules[sys_modules_name] = trim  # pickle finds the class by its module
+    try:
+        assert pickle.loads(pickle.dumps(wrapped)).seq_len == 8
+    finally:
+        del sys.modules[sys_modules_name]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import sys
+import threading
 import types
 from pathlib import Path
 
@@ -297,3 +298,50 @@ def test_young_gc_only_on_big_cards(patches, vae_wrapper, gib, applied):
     real = gc.collect
     assert ("young_gc_in_sampler" in patches.apply(capability=lambda: (9, 0), vram_gib=lambda: gib)) == applied
     assert gc.collect is real and (patches.GC.gc.collect == patches.GC.collect) == applied
+
+
+@pytest.mark.parametrize("gib, applied", [(80.0, True), (38.0, True), (31.5, False), (None, True)])
+def test_the_memo_only_on_the_cpu_and_big_cards(patches, vae_wrapper, gib, applied):
+    """Below 38 GiB the DiT's blocks are swapped and the memo's ~194 MB copy is left out; None: no GPU."""
+    assert ("cond_encode_memo" in patches.apply(capability=lambda: (9, 0), vram_gib=lambda: gib)) == applied
+
+
+def test_no_memory_for_the_memo_leaves_the_encodes_as_they_were(patches, vae_wrapper):
+    class NoRoom(NumpyOps):
+        @staticmethod
+        def copy(x):
+            raise MemoryError("no room for the copy")
+
+    vae_cls, sampler_cls = vae_wrapper
+    _, expected = run_windows(vae_cls, sampler_cls, image(), 3)
+    patches.apply(capability=lambda: (9, 0), vram_gib=lambda: 80.0)
+    patches.MEMO.ops = NoRoom
+    vae, got = run_windows(vae_cls, sampler_cls, image(), 3)
+    assert all(np.array_equal(a[0], b[0]) for a, b in zip(got, expected, strict=True))
+    assert len(vae.encoded) == 6 and patches.MEMO.hits == 0 and patches.MEMO.inputs is None
+
+
+def test_young_gc_leaves_other_threads_and_named_generations_alone(patches):
+    gc_module = FakeGc()
+    scope = patches.YoungGc(gc_module)
+
+    class Sampler:
+        def process(self):
+            gc_module.collect(2)  # a generation named: as asked
+            other = threading.Thread(target=gc_module.collect)  # another thread meanwhile: a full collection
+            other.start()
+            other.join()
+            gc_module.collect()  # the sampler's own: young-only
+            return "video"
+
+    patches.young_gc_in(Sampler, scope)
+    assert Sampler().process() == "video"
+    assert gc_module.calls == [2, 2, 1, 2]
+
+
+def test_an_unknown_patch_name_is_said_and_the_rest_apply(patches, wrapper, vae_wrapper, monkeypatch, caplog):
+    monkeypatch.setenv("WORKER_WAN_PATCHES", "resident_vae,resident_vea")
+    with caplog.at_level("WARNING"):
+        applied = patches.apply(capability=lambda: (9, 0), vram_gib=lambda: 80.0)
+    assert applied == {"resident_vae", "fp8_fast_gate"}
+    assert "no patch called resident_vea" in caplog.text

@@ -2,7 +2,7 @@
 runpod SDK's Endpoint: run with a policy, status, cancel), watched, and its video parts taken back.
 
 Never stuck, nothing lost: a segment job is taken back, cancelled, and the segment rendered on this worker
-(render() returns None) when it is still queued after its queue deadline (queue_deadline_s; no free worker:
+(render() returns None) when it is still queued after its queue deadline (queue_deadline_for; no free worker:
 every other worker busy, with other parents too, so that N parents on N workers cannot wait on each other),
 when its progress stops changing for FANOUT_STALL_S (its worker died), when it runs past its deadline, when it
 fails or vanishes (404 after its TTL), or when its media are too big to send and there is no bucket. Each
@@ -41,7 +41,7 @@ MIME = {".wav": "audio/wav", ".mp4": "video/mp4", ".png": "image/png", ".json": 
 LOAD_MARGIN_S = 600.0  # a segment job's execution timeout covers a cold worker loading the models too
 
 
-def queue_deadline_s(settings: WorkerSettings, load_s: float) -> float:
+def queue_deadline_for(settings: WorkerSettings, load_s: float) -> float:
     """How long a segment job may stay queued before its segment is taken back: FANOUT_QUEUE_DEADLINE_S. With
     WARMUP_SIZE (set alike on every worker of the endpoint) a worker that RunPod starts for it takes jobs only
     after its warm-up, which loads the models: it may wait that cold start too (FANOUT_COLD_START_S plus the
@@ -69,7 +69,7 @@ class RemoteSegments:
 
         self.endpoint = runpod.Endpoint(self.settings.runpod_endpoint_id, api_key=self.settings.runpod_api_key)
         self._slots = threading.Semaphore(max(1, self.workers))
-        self.queue_deadline_s = queue_deadline_s(self.settings, self.job.template.load_s)
+        self.queue_deadline_s = queue_deadline_for(self.settings, self.job.template.load_s)
 
     # -- one segment ---------------------------------------------------------------------------------
 
