@@ -199,19 +199,23 @@ def _patch_dit(module) -> None:
     cls.forward = forward
 
 
-def _patch_timed(cls, method: str, kind: str) -> None:
-    original = getattr(cls, method)
+def _patch_timed(owner, name: str, kind: str, sync: bool = True) -> None:
+    """owner.name (a class's method or a module's function) logs each call's seconds as `kind`; with `sync`,
+    CUDA-synchronized before and after, so that the GPU work the call queued counts."""
+    original = getattr(owner, name)
 
-    def timed(self, *args, **kwargs):
+    def timed(*args, **kwargs):
         _current_label()
-        _sync()
+        if sync:
+            _sync()
         started = time.perf_counter()
-        result = original(self, *args, **kwargs)
-        _sync()
+        result = original(*args, **kwargs)
+        if sync:
+            _sync()
         _log(kind, time.perf_counter() - started, t=round(started, 4))
         return result
 
-    setattr(cls, method, timed)
+    setattr(owner, name, timed)
 
 
 def _patch_wrapper() -> None:
@@ -235,30 +239,12 @@ def _patch_wrapper() -> None:
     try:
         import comfy.model_management as mm
 
-        original_empty = mm.soft_empty_cache
-
-        def soft_empty_cache(*args, **kwargs):  # the sampler calls it once a window
-            _current_label()
-            started = time.perf_counter()
-            result = original_empty(*args, **kwargs)
-            _log("empty_cache", time.perf_counter() - started, t=round(started, 4))
-            return result
-
-        mm.soft_empty_cache = soft_empty_cache
+        _patch_timed(mm, "soft_empty_cache", "empty_cache", sync=False)  # the sampler calls it once a window
     except ImportError:
         pass
     import gc
 
-    original_collect = gc.collect
-
-    def collect(*args, **kwargs):  # the sampler runs a full collection once a window
-        _current_label()
-        started = time.perf_counter()
-        result = original_collect(*args, **kwargs)
-        _log("gc_collect", time.perf_counter() - started, t=round(started, 4))
-        return result
-
-    gc.collect = collect
+    _patch_timed(gc, "collect", "gc_collect", sync=False)  # the sampler runs a full collection once a window
     if multitalk is not None:
         multitalk.SingleStreamAttention.forward = _annotated("it::audio_cross_attn",
                                                              multitalk.SingleStreamAttention.forward)
