@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 import time
+
+from .patching import find_class, prompt_handler
 
 log = logging.getLogger("runpod_worker.t5_trim")
 _APPLIED: set[str] = set()
@@ -60,39 +61,23 @@ def trim_padding(cls) -> None:
             self.tokenizer = TrimmedTokenizer(self.tokenizer)
         started = time.monotonic()
         context = original(self, texts, device)
-        print(f"[runpod worker] umt5 encoded {len(context)} prompt(s) of {max(len(c) for c in context)} tokens "
-              f"(not {self.text_len}) in {time.monotonic() - started:.1f} s")
+        print(f"[runpod worker] umt5 encoded {len(context)} prompt(s) of {max((len(c) for c in context), default=0)} "
+              f"tokens (not {self.text_len}) in {time.monotonic() - started:.1f} s")
         return context
 
     __call__.__wrapped__ = original
     cls.__call__ = __call__
 
 
-def _find_encoder_class():
-    for name, module in list(sys.modules.items()):
-        if module is not None and name.endswith("wanvideo.modules.t5"):
-            cls = getattr(module, "T5EncoderModel", None)
-            if isinstance(cls, type):
-                return cls
-    return None
-
-
 def apply() -> set[str]:
     """Patches T5EncoderModel once it is loaded; returns the names applied so far."""
     if enabled() and "t5_trim" not in _APPLIED:
-        cls = _find_encoder_class()
+        cls = find_class("T5EncoderModel", "wanvideo.modules.t5")
         if cls is not None:
             trim_padding(cls)
             _APPLIED.add("t5_trim")
     return _APPLIED
 
 
-def on_prompt(json_data):
-    """A PromptServer on-prompt handler: patches the encoder before the first prompt runs."""
-    try:
-        before = set(_APPLIED)
-        if apply() - before:
-            print("[runpod worker] umt5 encodes each prompt's own tokens, without the padding to 512 (t5_trim)")
-    except Exception:  # a patch must never stop a prompt
-        log.exception("applying the umt5 padding trim failed")
-    return json_data
+on_prompt = prompt_handler(apply, lambda names: "umt5 encodes each prompt's own tokens, without the padding to 512 "
+                                                "(t5_trim)", "the umt5 padding trim", log)

@@ -28,12 +28,14 @@ cond_encode_memo  The same loop VAE-encodes [the start image, 80 zero frames] at
     at least 38 GiB; below that (the rows that swap the DiT's blocks) it is left alone.
 young_gc_in_sampler  WanVideoSampler.process runs a full gc.collect() before sampling and once a window of the
     InfiniteTalk loop: ~0.45 s each on an H200 machine with the compiled 14B model in the process (Python walks
-    every object it holds), ~6 s of a 12-window job. On GPUs with at least 38 GiB, while the sampler runs,
-    gc.collect() called without arguments in the sampler's thread collects the young generations only
-    (gc.collect(1): the objects made since the last collections); other threads and calls that name a
-    generation are left as they are; one full collection runs when the sampler call ends. Python's own automatic
-    collections go on as before. Tensors freed by reference counting (nearly all of them) are freed as before;
-    only garbage in reference cycles that survived two collections waits until the sampler call ends.
+    every object it holds), ~6 s of a 12-window job. On GPUs with at least 38 GiB the wrapper's nodes_sampler
+    module gets a stand-in for its `gc` name: while a sampler call runs, its own gc.collect() calls without
+    arguments collect the young generations only (gc.collect(1): the objects made since the last collections);
+    one full collection runs when the sampler call ends. The gc module itself is not touched: ComfyUI's and
+    every other package's collections, and Python's automatic ones, go on as before. Tensors freed by reference
+    counting (nearly all of them) are freed as before; garbage in reference cycles that outlives one of the
+    sampler's young collections (which moves what it does not free to the oldest generation) waits until the
+    sampler call ends.
 fp8_fast_gate  `fp8_*_fast` quantization (torch._scaled_mm) needs compute capability 8.9 or more (Ada,
     Hopper, Blackwell); on an older GPU (A100, A6000: they share the >= 38 GiB device row with the H100/H200)
     WanVideoModelLoader gets the same quantization without `_fast` (fp8 weights, bf16 matmuls) instead of
@@ -52,11 +54,13 @@ import os
 import sys
 import threading
 
+from .patching import find_class, prompt_handler
+
 log = logging.getLogger("runpod_worker.wan_patches")
 _APPLIED: set[str] = set()
 _WARNED: set[str] = set()
 SPEED_PATCHES = ("resident_audio_proj", "resident_vae", "cond_encode_memo", "young_gc_in_sampler")
-BIG_GPU_GIB = 38.0  # resident_vae and young_gc_in_sampler: the device row that keeps every model on the GPU
+BIG_GPU_GIB = 38.0  # resident_vae, young_gc_in_sampler, cond_encode_memo: the row that keeps every model on the GPU
 
 
 def wanted() -> set[str]:
@@ -73,13 +77,6 @@ def wanted() -> set[str]:
         log.warning("WORKER_WAN_PATCHES names no patch called %s (there are: %s)", ", ".join(unknown),
                     ", ".join(SPEED_PATCHES))
     return names & set(SPEED_PATCHES)
-
-
-def _find(class_name: str, module_suffix: str):
-    for name, module in list(sys.modules.items()):
-        if module is not None and name.endswith(module_suffix) and isinstance(getattr(module, class_name, None), type):
-            return getattr(module, class_name)
-    return None
 
 
 def _target_device(args, kwargs):
@@ -135,8 +132,12 @@ class EncodeMemo:
     def __init__(self, ops=TorchOps) -> None:
         self.ops = ops
         self.depth = 0  # sampler calls running (a node may call another's process)
+        self.owner: int | None = None  # the thread of the sampler call: encodes from others are left alone
         self.hits = self.misses = 0
         self.clear()
+
+    def active(self) -> bool:
+        return self.depth > 0 and threading.get_ident() == self.owner
 
     def clear(self) -> None:
         self.vae = self.arguments = self.inputs = self.output = None
@@ -144,8 +145,13 @@ class EncodeMemo:
     def lookup(self, vae, inputs, arguments):
         if (self.inputs is not None and self.vae is vae and self.arguments == arguments
                 and self.ops.same(self.inputs, inputs)):
-            self.hits += 1
-            return self.ops.copy(self.output)
+            try:
+                copy = self.ops.copy(self.output)
+            except (MemoryError, RuntimeError):  # no room for the copy: the entry goes, the encode runs
+                self.clear()
+            else:
+                self.hits += 1
+                return copy
         self.misses += 1
         return None
 
@@ -168,7 +174,7 @@ def memoize_encode(cls, memo: EncodeMemo = MEMO) -> None:
     signature = inspect.signature(original)
 
     def encode(self, videos, *args, **kwargs):
-        if memo.depth <= 0 or not memo.ops.is_tensor(videos):
+        if not memo.active() or not memo.ops.is_tensor(videos):
             return original(self, videos, *args, **kwargs)
         try:
             bound = signature.bind(self, videos, *args, **kwargs)
@@ -202,12 +208,14 @@ def memo_scope(cls, memo: EncodeMemo = MEMO) -> None:
     def process(self, *args, **kwargs):
         if memo.depth == 0:
             memo.hits = memo.misses = 0
+            memo.owner = threading.get_ident()
         memo.depth += 1
         try:
             return original(self, *args, **kwargs)
         finally:
             memo.depth -= 1
             if memo.depth == 0:
+                memo.owner = None
                 memo.clear()
                 if memo.hits:
                     print(f"[runpod worker] VAE encode memo: {memo.hits} encodes reused, {memo.misses} run", flush=True)
@@ -217,49 +225,51 @@ def memo_scope(cls, memo: EncodeMemo = MEMO) -> None:
 
 
 class YoungGc:
-    """gc.collect() without arguments collects generations 0 and 1 only while `depth` > 0 (a sampler call runs)
-    and only in the thread that runs it (`owner`)."""
+    """Stands in for the `gc` module under the wrapper's nodes_sampler's own name for it: collect() without
+    arguments collects generations 0 and 1 only while a sampler call runs (`depth` > 0); everything else is the
+    real gc module's."""
 
     def __init__(self, gc_module=None) -> None:
         import gc
 
         self.gc = gc_module or gc
-        self.full = self.gc.collect
         self.depth = 0
-        self.owner: int | None = None  # the thread of the sampler call
-        self.light = 0  # collections made light, for the log
+        self.light = 0  # collections made young-only, for the log
 
     def collect(self, *args, **kwargs):
-        if not args and not kwargs and self.depth > 0 and threading.get_ident() == self.owner:
+        if not args and not kwargs and self.depth > 0:
             self.light += 1
-            return self.full(1)
-        return self.full(*args, **kwargs)
+            return self.gc.collect(1)
+        return self.gc.collect(*args, **kwargs)
 
-    def install(self) -> None:
-        self.gc.collect = self.collect
+    def __getattr__(self, name):  # gc.disable, gc.get_objects, ...: the real module's
+        if name == "gc":  # not set yet (a copy being made): no recursion
+            raise AttributeError(name)
+        return getattr(self.gc, name)
 
 
 GC = YoungGc()
 
 
-def young_gc_in(cls, scope: YoungGc | None = None) -> None:
-    """cls.process runs with full collections made young-only, and one full collection at its end."""
+def young_gc_in(cls, scope: YoungGc | None = None) -> bool:
+    """cls.process runs with its module's argument-less gc.collect() calls made young-only, and one full collection
+    at its end. False, and nothing changed, where cls's module has no `gc` name for the gc module (the wrapper
+    changed its imports)."""
     scope = scope or GC
-    if scope.gc.collect != scope.collect:
-        scope.install()
+    module = sys.modules.get(cls.__module__)
+    if module is None or getattr(module, "gc", None) is not scope.gc:
+        return False
+    module.gc = scope
     original = cls.process
 
     def process(self, *args, **kwargs):
-        if scope.depth == 0:
-            scope.owner = threading.get_ident()
         scope.depth += 1
         try:
             return original(self, *args, **kwargs)
         finally:
             scope.depth -= 1
             if scope.depth == 0:
-                scope.owner = None
-                scope.full()
+                scope.gc.collect()
                 if scope.light:
                     print(f"[runpod worker] {scope.light} full gc.collect() calls of the sampler made young-only",
                           flush=True)
@@ -267,6 +277,7 @@ def young_gc_in(cls, scope: YoungGc | None = None) -> None:
 
     process.__wrapped__ = original
     cls.process = process
+    return True
 
 
 def fast_only_where_supported(cls, capability) -> None:
@@ -300,14 +311,17 @@ def _vram_gib():
     if not torch.cuda.is_available():
         return None
     gib = torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory / 2**30
-    limit = os.environ.get("WORKER_VRAM_LIMIT_GB")
-    return min(gib, float(limit)) if limit else gib
+    try:
+        limit = float(os.environ.get("WORKER_VRAM_LIMIT_GB") or "inf")
+    except ValueError:  # the worker always sets a number; anything else counts as no limit
+        limit = float("inf")
+    return min(gib, limit)
 
 
 def apply(capability=_cuda_capability, vram_gib=_vram_gib) -> set[str]:
     """Applies each patch whose wrapper class is loaded and not yet patched; returns the names applied so far."""
     if "fp8_fast_gate" not in _APPLIED:  # a guard, not a speed-up: on whatever WORKER_WAN_PATCHES says
-        loader = _find("WanVideoModelLoader", "nodes_model_loading")
+        loader = find_class("WanVideoModelLoader", "nodes_model_loading")
         if loader is not None:
             fast_only_where_supported(loader, capability)
             _APPLIED.add("fp8_fast_gate")
@@ -317,25 +331,29 @@ def apply(capability=_cuda_capability, vram_gib=_vram_gib) -> set[str]:
                       "below compute capability 8.9 (A100, A6000), where they fail")
     asked = wanted()
     if "resident_audio_proj" in asked and "resident_audio_proj" not in _APPLIED:
-        audio_proj = _find("AudioProjModel", "multitalk.multitalk")
+        audio_proj = find_class("AudioProjModel", "multitalk.multitalk")
         if audio_proj is not None:
             keep_resident(audio_proj)
             _APPLIED.add("resident_audio_proj")
     if "resident_vae" in asked and "resident_vae" not in _APPLIED:
-        vae = _find("WanVideoVAE", "wanvideo.wan_video_vae")
+        vae = find_class("WanVideoVAE", "wanvideo.wan_video_vae")
         gib = vae is not None and vram_gib()
         if gib and gib >= BIG_GPU_GIB:
             keep_resident(vae)
             _APPLIED.add("resident_vae")
     if "young_gc_in_sampler" in asked and "young_gc_in_sampler" not in _APPLIED:
-        sampler = _find("WanVideoSampler", "nodes_sampler")
+        sampler = find_class("WanVideoSampler", "nodes_sampler")
         gib = sampler is not None and vram_gib()
         if gib and gib >= BIG_GPU_GIB:
-            young_gc_in(sampler)
-            _APPLIED.add("young_gc_in_sampler")
+            if young_gc_in(sampler):
+                _APPLIED.add("young_gc_in_sampler")
+            elif "sampler_gc" not in _WARNED:
+                _WARNED.add("sampler_gc")
+                log.warning("WanVideoSampler's module has no `gc` name for the gc module: young_gc_in_sampler "
+                            "not applied")
     if "cond_encode_memo" in asked and "cond_encode_memo" not in _APPLIED:
-        vae = _find("WanVideoVAE", "wanvideo.wan_video_vae")
-        sampler = _find("WanVideoSampler", "nodes_sampler")
+        vae = find_class("WanVideoVAE", "wanvideo.wan_video_vae")
+        sampler = find_class("WanVideoSampler", "nodes_sampler")
         gib = vae is not None and sampler is not None and vram_gib()
         if vae is not None and sampler is not None and (gib is None or gib >= BIG_GPU_GIB):  # None: the CPU
             memoize_encode(vae)
@@ -344,13 +362,5 @@ def apply(capability=_cuda_capability, vram_gib=_vram_gib) -> set[str]:
     return _APPLIED
 
 
-def on_prompt(json_data):
-    """A PromptServer on-prompt handler: applies the patches before the first prompt runs."""
-    try:
-        before = set(_APPLIED)
-        applied = apply()
-        if applied - before:
-            print(f"[runpod worker] WanVideoWrapper patches applied: {', '.join(sorted(applied - before))}", flush=True)
-    except Exception:  # a patch must never stop a prompt
-        log.exception("applying the WanVideoWrapper patches failed")
-    return json_data
+on_prompt = prompt_handler(apply, lambda names: f"WanVideoWrapper patches applied: {', '.join(sorted(names))}",
+                           "the WanVideoWrapper patches", log)

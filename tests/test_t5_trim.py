@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from comfy_manager.settings import PoolSettings
+from tests.support import comfy_nodes_parts, umt5_tokenizer
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -29,9 +30,10 @@ package = types.ModuleType("wrapper_modules")  # the wrapper's modules folder, w
 package.__path__ = [str(Path(wrapper) / "wanvideo" / "modules")]
 sys.modules["wrapper_modules"] = package
 t5 = importlib.import_module("wrapper_modules.t5")
-spec = importlib.util.spec_from_file_location("t5_trim", Path(repo) / "comfy_nodes" / "t5_trim.py")
-t5_trim = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(t5_trim)
+nodes = types.ModuleType("comfy_nodes_parts")  # comfy_nodes' folder, without its __init__ (it needs ComfyUI)
+nodes.__path__ = [str(Path(repo) / "comfy_nodes")]
+sys.modules["comfy_nodes_parts"] = nodes
+t5_trim = importlib.import_module("comfy_nodes_parts.t5_trim")
 
 dtype = getattr(torch, dtype_name)
 torch.manual_seed(0)
@@ -73,6 +75,7 @@ def encode(dtype: str, prompts: list[str]) -> dict:
     wrapper = settings.comfy_path / "custom_nodes" / "ComfyUI-WanVideoWrapper"
     if not (wrapper / "wanvideo" / "modules" / "t5.py").exists():
         pytest.fail(f"ComfyUI-WanVideoWrapper is not installed under {settings.comfy_path}: run `make setup`")
+    umt5_tokenizer.ensure(settings.comfy_path)
     done = subprocess.run([settings.python, "-c", SCRIPT, str(settings.comfy_path), str(wrapper), str(REPO),
                            json.dumps(prompts), dtype], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -138,12 +141,7 @@ class PaddingTokenizer:
 
 
 def load_trim():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("t5_trim_under_test", REPO / "comfy_nodes" / "t5_trim.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return comfy_nodes_parts.load("t5_trim")
 
 
 @pytest.mark.parametrize("side, width", [("right", 3), ("left", 8)])

@@ -4,7 +4,6 @@ tensors."""
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 import threading
 import types
@@ -13,14 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
+from tests.support import comfy_nodes_parts
 
 
 @pytest.fixture
 def patches(monkeypatch):
-    spec = importlib.util.spec_from_file_location("wan_patches_under_test", REPO / "comfy_nodes" / "wan_patches.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = comfy_nodes_parts.load("wan_patches")
     # Module.to(device) -> the device it names; here a plain string stands for it.
     monkeypatch.setattr(module, "_target_device", lambda args, kwargs: types.SimpleNamespace(
         type=str(args[0] if args else kwargs["device"]).split(":")[0]))
@@ -162,6 +159,9 @@ class FakeGc:
         self.calls.append(generation)
         return 0
 
+    def isenabled(self):
+        return True
+
 
 @pytest.fixture
 def vae_wrapper(monkeypatch, patches):
@@ -169,12 +169,18 @@ def vae_wrapper(monkeypatch, patches):
     vae_module = types.ModuleType(prefix + ".wanvideo.wan_video_vae")
     sampler_module = types.ModuleType(prefix + ".nodes_sampler")
     vae_module.WanVideoVAE = type("WanVideoVAE", (WanVideoVAE,), {})
-    sampler_module.WanVideoSampler = type("WanVideoSampler", (WanVideoSampler,), {})
+    sampler_module.WanVideoSampler = type("WanVideoSampler", (WanVideoSampler,), {"__module__": sampler_module.__name__})
+    sampler_module.gc = FakeGc()  # the wrapper's `import gc`; never the real gc module here
     monkeypatch.setitem(sys.modules, vae_module.__name__, vae_module)
     monkeypatch.setitem(sys.modules, sampler_module.__name__, sampler_module)
     patches.MEMO.ops = NumpyOps
-    patches.GC = patches.YoungGc(FakeGc())  # never the real gc module's collect
+    patches.GC = patches.YoungGc(sampler_module.gc)
     return vae_module.WanVideoVAE, sampler_module.WanVideoSampler
+
+
+def memo_on(patches):
+    """As inside a sampler call of this thread."""
+    patches.MEMO.depth, patches.MEMO.owner = 1, threading.get_ident()
 
 
 def run_windows(vae_cls, sampler_cls, start_images, windows, **kwargs):
@@ -201,12 +207,13 @@ def test_an_image_is_encoded_once_with_the_same_latents(patches, vae_wrapper):
 def test_a_video_input_is_encoded_every_window(patches, vae_wrapper):
     vae_cls, sampler_cls = vae_wrapper
     patches.apply(capability=lambda: (9, 0), vram_gib=lambda: 80.0)
-    _, got = run_windows(vae_cls, sampler_cls, image(frames=3), 3)
+    vae, got = run_windows(vae_cls, sampler_cls, image(frames=3), 3)
+    assert len(vae.encoded) == 6 and patches.MEMO.hits == 0  # with the memo: 3 windows x (start frame, motion)
     patches.MEMO.depth = -100  # memo off
-    vae, expected = run_windows(vae_cls, sampler_cls, image(frames=3), 3)
+    _, expected = run_windows(vae_cls, sampler_cls, image(frames=3), 3)
     patches.MEMO.depth = 0
-    assert all(np.array_equal(a[0], b[0]) for a, b in zip(got, expected, strict=True))
-    assert len(vae.encoded) == 6 and patches.MEMO.hits == 0
+    for (y, motion), (y_expected, motion_expected) in zip(got, expected, strict=True):
+        assert np.array_equal(y, y_expected) and np.array_equal(motion, motion_expected)
 
 
 def test_the_memo_only_inside_the_sampler_and_never_for_sampled_or_other_settings(patches, vae_wrapper):
@@ -216,7 +223,7 @@ def test_the_memo_only_inside_the_sampler_and_never_for_sampled_or_other_setting
     vae.encode(frames, device="cpu")
     vae.encode(frames, device="cpu")
     assert len(vae.encoded) == 2  # outside WanVideoSampler.process: every call encodes
-    patches.MEMO.depth = 1
+    memo_on(patches)
     try:
         first = vae.encode(frames, device="cpu")
         assert np.array_equal(vae.encode(frames, "cpu"), first) and len(vae.encoded) == 3  # positional or not
@@ -224,10 +231,38 @@ def test_the_memo_only_inside_the_sampler_and_never_for_sampled_or_other_setting
         vae.encode(frames, device="cpu", sample=True)
         vae.encode(frames, device="cpu", sample=True)
         assert len(vae.encoded) == 6
-        vae_cls("cuda").encode(frames, device="cpu")  # another VAE
-        assert len(vae.encoded) == 6 and patches.MEMO.hits == 1
+        other = vae_cls("cuda")
+        other.encode(frames, device="cpu")  # another VAE
+        assert len(other.encoded) == 1 and len(vae.encoded) == 6 and patches.MEMO.hits == 1
+        done = []
+        thread = threading.Thread(target=lambda: done.append(vae.encode(frames, device="cpu")))  # another thread
+        thread.start()
+        thread.join()
+        assert len(done) == 1 and len(vae.encoded) == 7 and patches.MEMO.hits == 1
     finally:
-        patches.MEMO.depth = 0
+        patches.MEMO.depth, patches.MEMO.owner = 0, None
+        patches.MEMO.clear()
+
+
+def test_no_memory_for_a_hits_copy_runs_the_encode(patches, vae_wrapper):
+    """A hit's copy that fails (out of memory) drops the entry and encodes as if there were no memo."""
+    vae_cls, _ = vae_wrapper
+    patches.apply(capability=lambda: (9, 0), vram_gib=lambda: 80.0)
+    vae, frames = vae_cls("cuda"), image()
+    memo_on(patches)
+    try:
+        first = vae.encode(frames, device="cpu")
+
+        class NoRoom(NumpyOps):
+            @staticmethod
+            def copy(x):
+                raise RuntimeError("CUDA out of memory")
+
+        patches.MEMO.ops = NoRoom
+        assert np.array_equal(vae.encode(frames, device="cpu"), first)
+        assert len(vae.encoded) == 2 and patches.MEMO.hits == 0 and patches.MEMO.inputs is None
+    finally:
+        patches.MEMO.depth, patches.MEMO.owner = 0, None
         patches.MEMO.clear()
 
 
@@ -264,31 +299,63 @@ def test_worker_wan_patches_picks_the_speed_patches(patches, wrapper, vae_wrappe
     assert patches.apply(capability=lambda: (9, 0), vram_gib=lambda: 80.0) == applied | {"fp8_fast_gate"}
 
 
-class CollectingSampler:
-    def process(self, gc_module, windows, fail=False):
-        gc_module.collect()  # before sampling
+SAMPLER_SOURCE = """
+class WanVideoSampler:
+    def process(self, windows, fail=False, elsewhere=None):
+        gc.collect()  # before sampling
         for _ in range(windows):
-            gc_module.collect()  # every window
-        gc_module.collect(0)
+            gc.collect()  # every window
+        gc.collect(0)  # a generation named: as asked
+        if elsewhere is not None:
+            elsewhere()  # another module's collection meanwhile (ComfyUI freeing a model): the real gc's
         if fail:
             raise RuntimeError("interrupted")
         return "video"
+"""
+
+
+def sampler_module(monkeypatch, gc_module, name="/ComfyUI/custom_nodes/ComfyUI-WanVideoWrapper.nodes_sampler"):
+    """A module that says `gc.collect()` with its own global name `gc`, as the wrapper's nodes_sampler does."""
+    module = types.ModuleType(name)
+    module.gc = gc_module
+    exec(SAMPLER_SOURCE, module.__dict__)
+    monkeypatch.setitem(sys.modules, name, module)
+    return module
 
 
 @pytest.mark.parametrize("fail", [False, True])
-def test_the_sampler_collects_young_garbage_and_everything_once_at_its_end(patches, fail):
+def test_the_sampler_collects_young_garbage_and_everything_once_at_its_end(patches, monkeypatch, fail):
     gc_module = FakeGc()
+    module = sampler_module(monkeypatch, gc_module)
     scope = patches.YoungGc(gc_module)
-    sampler = type("WanVideoSampler", (CollectingSampler,), {})
-    patches.young_gc_in(sampler, scope)
+    assert patches.young_gc_in(module.WanVideoSampler, scope)
     gc_module.collect()  # outside the sampler: a full collection
     if fail:
         with pytest.raises(RuntimeError):
-            sampler().process(gc_module, 3, fail=True)
+            module.WanVideoSampler().process(3, fail=True)
     else:
-        assert sampler().process(gc_module, 3) == "video"
+        assert module.WanVideoSampler().process(3) == "video"
     assert gc_module.calls == [2, 1, 1, 1, 1, 0, 2]  # young-only inside, one full at the end
-    assert scope.depth == 0
+    assert scope.depth == 0 and module.gc is scope and module.gc.isenabled()  # the rest is the real module's
+
+
+def test_young_gc_leaves_other_modules_alone(patches, monkeypatch):
+    """Only the sampler module's own name for gc is replaced: the gc module itself, which ComfyUI and every other
+    package call, is untouched, even while the sampler runs."""
+    gc_module = FakeGc()
+    module = sampler_module(monkeypatch, gc_module)
+    patches.young_gc_in(module.WanVideoSampler, patches.YoungGc(gc_module))
+    assert module.WanVideoSampler().process(1, elsewhere=gc_module.collect) == "video"
+    assert gc_module.calls == [1, 1, 0, 2, 2]  # the other module's full collection, then the one at the end
+
+
+def test_young_gc_not_applied_where_the_sampler_module_has_no_gc(patches, vae_wrapper, caplog):
+    _, sampler_cls = vae_wrapper
+    del sys.modules[sampler_cls.__module__].gc  # a wrapper version that imports gc differently
+    with caplog.at_level("WARNING"):
+        applied = patches.apply(capability=lambda: (9, 0), vram_gib=lambda: 80.0)
+    assert "young_gc_in_sampler" not in applied and "cond_encode_memo" in applied
+    assert "no `gc` name" in caplog.text
 
 
 @pytest.mark.parametrize("gib, applied", [(80.0, True), (31.5, False)])
@@ -296,8 +363,11 @@ def test_young_gc_only_on_big_cards(patches, vae_wrapper, gib, applied):
     import gc
 
     real = gc.collect
+    _, sampler_cls = vae_wrapper
+    fake = sys.modules[sampler_cls.__module__].gc
     assert ("young_gc_in_sampler" in patches.apply(capability=lambda: (9, 0), vram_gib=lambda: gib)) == applied
-    assert gc.collect is real and (patches.GC.gc.collect == patches.GC.collect) == applied
+    assert gc.collect is real  # the gc module itself: never
+    assert sys.modules[sampler_cls.__module__].gc is (patches.GC if applied else fake)
 
 
 @pytest.mark.parametrize("gib, applied", [(80.0, True), (38.0, True), (31.5, False), (None, True)])
@@ -319,24 +389,6 @@ def test_no_memory_for_the_memo_leaves_the_encodes_as_they_were(patches, vae_wra
     vae, got = run_windows(vae_cls, sampler_cls, image(), 3)
     assert all(np.array_equal(a[0], b[0]) for a, b in zip(got, expected, strict=True))
     assert len(vae.encoded) == 6 and patches.MEMO.hits == 0 and patches.MEMO.inputs is None
-
-
-def test_young_gc_leaves_other_threads_and_named_generations_alone(patches):
-    gc_module = FakeGc()
-    scope = patches.YoungGc(gc_module)
-
-    class Sampler:
-        def process(self):
-            gc_module.collect(2)  # a generation named: as asked
-            other = threading.Thread(target=gc_module.collect)  # another thread meanwhile: a full collection
-            other.start()
-            other.join()
-            gc_module.collect()  # the sampler's own: young-only
-            return "video"
-
-    patches.young_gc_in(Sampler, scope)
-    assert Sampler().process() == "video"
-    assert gc_module.calls == [2, 2, 1, 2]
 
 
 def test_an_unknown_patch_name_is_said_and_the_rest_apply(patches, wrapper, vae_wrapper, monkeypatch, caplog):

@@ -14,6 +14,7 @@ kinds: dit, dit_profiled, vae_encode, vae_decode, vae_to (the VAE's moves betwee
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sys
@@ -204,6 +205,7 @@ def _patch_timed(owner, name: str, kind: str, sync: bool = True) -> None:
     CUDA-synchronized before and after, so that the GPU work the call queued counts."""
     original = getattr(owner, name)
 
+    @functools.wraps(original)  # its signature stays readable (comfy_nodes/wan_patches.py binds encode's)
     def timed(*args, **kwargs):
         _current_label()
         if sync:
