@@ -13,6 +13,10 @@ custom_nodes/). Each manifest entry's `kind` says how its file is made:
   audio_layers   InfiniteTalk's audio cross-attention per block + the audio projection, at the DiT's width.
   text_encoder   umt5-xxl, always full size (the loader hard-codes its config): 11.4 GB of bf16.
   vae            the Wan 2.1 VAE; every tensor is filled (the wrapper skips weight init: garbage decodes NaN).
+                 Small by default: every width a quarter (pruning_rate 0.75, the layout of LightX2V's pruned
+                 "lightVAE", which WanVideoVAELoader recognises by its decoder's first width, 96 for 384), so the
+                 same VAE code runs at about a sixteenth of its convolutions' cost (CPU tests); --full-size: the
+                 real Wan 2.1 VAE (for a GPU).
   clip_vision    ComfyUI's CLIP ViT-H vision tower (fixed config).
   wav2vec2       the wrapper's wav2vec2 (fixed config), keys `wav2vec2.*` as Wav2VecModelLoader maps them.
   lora           a LoRA over every block Linear of the DiT (rank from the file name's `rankN`), in the
@@ -247,10 +251,13 @@ def t5_specs() -> list[TensorSpec]:
     return specs
 
 
-def vae_specs() -> list[TensorSpec]:
+LIGHT_VAE_PRUNING = 0.75  # the small VAE: WanVideoVAELoader loads a VAE whose decoder starts at width 96 this way
+
+
+def vae_specs(full_size: bool) -> list[TensorSpec]:
     vae = wrapper_module("wanvideo.wan_video_vae")
     with empty_weights():
-        model = vae.WanVideoVAE(dtype=torch.float32)
+        model = vae.WanVideoVAE(dtype=torch.float32, pruning_rate=0.0 if full_size else LIGHT_VAE_PRUNING)
     return [plain_spec(name, tuple(t.shape), torch.bfloat16) for name, t in model.state_dict().items()]
 
 
@@ -306,13 +313,13 @@ def lora_rank(file: str) -> int:
     return int(match.group(1)) if match else 16
 
 
-def specs_for(entry: ModelFile, dit: Callable[[], nn.Module]) -> list[TensorSpec]:
+def specs_for(entry: ModelFile, dit: Callable[[], nn.Module], full_size: bool) -> list[TensorSpec]:
     makers: dict[str, Callable[[], list[TensorSpec]]] = {
         "dit": lambda: dit_specs(dit(), audio=False),
         "audio_layers": lambda: dit_specs(dit(), audio=True),
         "lora": lambda: lora_specs(dit(), lora_rank(entry.file)),
         "text_encoder": t5_specs,
-        "vae": vae_specs,
+        "vae": lambda: vae_specs(full_size),
         "clip_vision": clip_vision_specs,
         "wav2vec2": wav2vec2_specs,
     }
@@ -336,7 +343,7 @@ def write_extra_model_paths(root: Path, folders: set[str]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("out", type=Path, help="folder to write <folder>/<file> into")
-    parser.add_argument("--full-size", action="store_true", help="the real 14B DiT (for a GPU)")
+    parser.add_argument("--full-size", action="store_true", help="the real 14B DiT and the real VAE (for a GPU)")
     parser.add_argument("--only", default="", help="comma-separated kinds to write (default: all)")
     parser.add_argument("--manifest", type=Path, default=REPO / "models" / "manifest.json")
     parser.add_argument("--force", action="store_true", help="write even if the stamp says it is done")
@@ -368,7 +375,7 @@ def main() -> None:
         if only and entry.kind not in only:
             continue
         started = time.monotonic()
-        size = write_safetensors(entry.path(root), specs_for(entry, dit), noise)
+        size = write_safetensors(entry.path(root), specs_for(entry, dit, args.full_size), noise)
         print(f"{entry.folder}/{entry.file}: {size / 1e9:.2f} GB in {time.monotonic() - started:.1f} s", flush=True)
     write_extra_model_paths(root, {e.folder for e in entries})
     if not only:

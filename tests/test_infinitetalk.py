@@ -1,6 +1,7 @@
 """The four InfiniteTalk templates, executed for real: the pinned ComfyUI-WanVideoWrapper in a CPU ComfyUI,
 every model file of models/manifest.json made with random values at the loaders' shapes
-(scripts/make_random_weights.py: a small DiT, everything else full size), the real worker (`run_job`),
+(scripts/make_random_weights.py: a small DiT and a quarter-width VAE, which the loader takes for LightX2V's
+pruned lightVAE; everything else full size), the real worker (`run_job`),
 real ffmpeg. The pictures are noise; frame counts, audio, the split-form copy, the presets and the
 request checks are real.
 
