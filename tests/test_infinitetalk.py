@@ -245,7 +245,6 @@ def test_bound_requests_pass_comfyui_validation(template, case, it_pool, media):
 def test_node_schema_matches_the_real_nodes(it_pool):
     """workflows/custom_nodes_schema.json is what scripts/update_node_schema.py writes from this ComfyUI."""
     import json
-import re
     from scripts.update_node_schema import SCHEMA, fetch_object_info, schema_from_object_info, used_classes
     from worker.templates.template import WORKFLOWS_DIR
     live = schema_from_object_info(fetch_object_info(it_pool.instances[0].url), used_classes([WORKFLOWS_DIR]),
