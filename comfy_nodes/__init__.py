@@ -11,6 +11,8 @@ wan_patches.py    small patches of ComfyUI-WanVideoWrapper that change no arithm
                   reused; fp8 fast matmuls fall back to bf16 ones below compute capability 8.9).
 
 t5_trim.py        umt5 encodes each prompt's own tokens instead of 512 tokens of padding.
+
+patching.py       what those two share: finding a class ComfyUI loaded; applying the patches at its first prompt.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ import importlib.util
 import os
 import subprocess
 import sys
+import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -156,6 +160,7 @@ class SaveSegmentVideo:
         parts = []  # (first frame, end frame, writer), each added once it exists, so a failure removes it
         progress = comfy.utils.ProgressBar(count)  # frames written: the worker's job progress (websocket)
         device = comfy.model_management.get_torch_device()
+        clock = SaveClock()
         matcher = None if color_reference is None else ColorMatcher(color_reference, count, color_window, device)
         measured = FrameMeasures(count)
         try:
@@ -164,18 +169,23 @@ class SaveSegmentVideo:
             waiting = []  # (first frame, batch on the device) until the colour matcher can match it
             for first in range(0, count, BATCH_FRAMES):
                 last = min(count, first + BATCH_FRAMES)
-                batch = images[first:last].to(device, non_blocking=True)
+                with clock.step("to the device"):
+                    batch = images[first:last].to(device, non_blocking=True)
                 if matcher is None:
-                    self._write(parts, first, batch, measured)
+                    self._write(parts, first, batch, measured, clock)
                 else:
-                    measured.unmatched(matcher.add(batch))
+                    with clock.step("colour match"):
+                        measured.unmatched(matcher.add(batch))
                     waiting.append((first, batch))
                     while waiting and (last == count or matcher.can_match(waiting[0][0] + waiting[0][1].shape[0])):
                         start, pending = waiting.pop(0)
-                        self._write(parts, start, matcher.match(start, pending), measured)
+                        with clock.step("colour match"):
+                            pending = matcher.match(start, pending)
+                        self._write(parts, start, pending, measured, clock)
                 progress.update_absolute(last, count)
-            for _, _, writer in parts:
-                writer.close()
+            with clock.step("ffmpeg finishing"):
+                for _, _, writer in parts:
+                    writer.close()
             measured.stats().write(stem + segment_format.STATS_ENDING)
         except BaseException:
             for _, _, writer in parts:
@@ -187,18 +197,44 @@ class SaveSegmentVideo:
         videos = [f for path, f in files.items() if path.endswith(".mp4")]
         overlaps = [f for path, f in files.items() if path.endswith(".y4m")]
         # The measurements (stem + STATS_ENDING) are not listed: the worker finds them by the video's name.
+        self.last_seconds = clock.seconds
+        print(f"[runpod worker] SaveSegmentVideo: {count} frames ({size[0]}x{size[1]}) {clock.summary()}", flush=True)
         return {"ui": {"images": videos, "animated": (True,), **({"overlaps": overlaps} if overlaps else {})}}
 
     @staticmethod
-    def _write(parts, first: int, batch: torch.Tensor, measured: FrameMeasures) -> None:
+    def _write(parts, first: int, batch: torch.Tensor, measured: FrameMeasures, clock: SaveClock) -> None:
         """Frames [first, first + len(batch)) (on the device) as yuv420p to the writers whose range they touch."""
-        planes = yuv420p_frames(batch)
-        measured.changes(planes[:, :measured.luma_size(batch)])
-        planes = planes.cpu().numpy()
+        with clock.step("yuv420p and to the CPU"):
+            planes = yuv420p_frames(batch)
+            measured.changes(planes[:, :measured.luma_size(batch)])
+            planes = planes.cpu().numpy()
         last = first + planes.shape[0]
-        for a, b, writer in parts:
-            if a < last and b > first:
-                writer.write(planes[max(a, first) - first:min(b, last) - first].tobytes())
+        with clock.step("writing (waits for ffmpeg)"):
+            for a, b, writer in parts:
+                if a < last and b > first:
+                    writer.write(planes[max(a, first) - first:min(b, last) - first].tobytes())
+
+
+class SaveClock:
+    """Where SaveSegmentVideo's time goes, by step, for its log line and benchmarks/save_node_cost.py. Work queued
+    on a GPU is counted where the CPU waits for it (the copy of the planes to the CPU)."""
+
+    def __init__(self):
+        self.started = time.perf_counter()
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def step(self, name: str):
+        since = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - since
+
+    def summary(self) -> str:
+        total = time.perf_counter() - self.started
+        steps = ", ".join(f"{step} {s:.2f} s" for step, s in self.seconds.items())
+        return f"in {total:.2f} s: {steps}"
 
 
 class FrameMeasures:
