@@ -34,12 +34,16 @@ sys.path.insert(0, str(REPO))
 from benchmarks.color_match_cost import frames_like_a_face  # noqa: E402
 
 
-def load_node(comfy_dir: Path, output_dir: Path):
-    """comfy_nodes as ComfyUI loads it, with ComfyUI's own modules importable and its output folder set."""
+def load_node(comfy_dir: Path, output_dir: Path, cpu: bool):
+    """comfy_nodes as ComfyUI loads it, with ComfyUI's own modules importable, its device chosen (--cpu or the
+    GPU) and its output folder set."""
     sys.path.insert(0, str(comfy_dir))
     import comfy.options
 
     comfy.options.enable_args_parsing(False)  # ComfyUI's defaults, not this script's arguments
+    import comfy.cli_args
+
+    comfy.cli_args.args.cpu = cpu
     import folder_paths
 
     folder_paths.set_output_directory(str(output_dir))
@@ -67,15 +71,13 @@ def main() -> None:
     parser.add_argument("--comfy-dir", default=str(REPO / ".comfyui" / "ComfyUI"))
     parser.add_argument("--out", default=str(REPO / "docs" / "perf" / "save_node_cost.json"))
     args = parser.parse_args()
-    if args.device == "cpu":
-        os.environ["CUDA_VISIBLE_DEVICES"] = ""  # ComfyUI's device follows torch's: none visible, the CPU
     width, height = (int(v) for v in args.size.split("x"))
     fps = 25.0
 
     import torch
 
     with tempfile.TemporaryDirectory(prefix="save_node_cost_") as tmp:
-        nodes = load_node(Path(args.comfy_dir), Path(tmp))
+        nodes = load_node(Path(args.comfy_dir), Path(tmp), cpu=args.device == "cpu")
         started = time.perf_counter()
         frames = torch.from_numpy(frames_like_a_face(args.frames, width, height))
         results = {"frames": args.frames, "size": args.size, "fps": fps, "crf": args.crf, "preset": args.preset,
