@@ -1,7 +1,8 @@
 """One self-attention call of InfiniteTalk's DiT at its real shape, through each kernel that can run here.
 
     python3 benchmarks/attention_bench.py --out $OUT/attention.json      # on the GPU machine, torch only
-    # fp8 candidates that travel as wheels (benchmarks/device/README: .whl, carried): nvidia-cudnn-frontend
+    # candidates that travel as wheels (.whl, carried): nvidia-cudnn-frontend from PyPI; SageAttention 2.2.0,
+    # built by benchmarks/device/build_sageattention.sh
 
 The shape: 832x480, 81 frames -> 21 latent frames x 30 x 52 patches = 32,760 tokens, 40 heads of 128, batch 1,
 bf16, laid out as the wrapper calls sdpa: q, k, v made [B, L, H, D] and passed as q.transpose(1, 2).
@@ -128,10 +129,16 @@ def main() -> None:
     if not args.only_fp8:
         record("sdpa, [B,H,L,D] contiguous, default dispatch", bhld_sdpa)
 
-    try:
+    try:  # as the wrapper's attention_mode "sageattn" calls it: 1.0.6 (Triton, int8 QK, fp16 PV) from PyPI, or
+        # 2.2.0 (benchmarks/device/build_sageattention.sh), which on Hopper runs its sm90 CUDA kernel (int8 QK,
+        # fp8 PV accumulated in fp32)
+        from importlib.metadata import version
+
         from sageattention import sageattn
 
-        record("sageattn (SageAttention 1.0.6, Triton, int8 QK)", lambda: sageattn(q, k, v, tensor_layout="NHD"))
+        results["sageattention"] = version("sageattention")
+        record(f"sageattn (SageAttention {results['sageattention']}, the wrapper's call)",
+               lambda: sageattn(q, k, v, tensor_layout="NHD"))
     except ImportError as exc:
         results["sageattn"] = f"not importable: {exc}"
 
