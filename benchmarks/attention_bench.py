@@ -140,7 +140,7 @@ def main() -> None:
         record(f"sageattn (SageAttention {results['sageattention']}, the wrapper's call)",
                lambda: sageattn(q, k, v, tensor_layout="NHD"))
     except ImportError as exc:
-        results["sageattn"] = f"not importable: {exc}"
+        results["sageattention"] = f"not importable: {exc}"
 
     # PyTorch's own fp8 attention (torch >= 2.11, experimental): FA3 (per-head descale) or cuDNN (per-tensor).
     try:

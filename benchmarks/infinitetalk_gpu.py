@@ -97,8 +97,9 @@ class Bench:
 def make_weights(args: argparse.Namespace, models: Path) -> float:
     started = time.monotonic()
     base = PoolSettings.from_env()
+    vae = getattr(args, "vae", None)  # light: the pruned lightVAE's layout (make_random_weights.py --vae)
     subprocess.run([base.python, str(REPO / "scripts" / "make_random_weights.py"), str(models),
-                    *([] if args.small else ["--full-size"])], check=True)
+                    *([] if args.small else ["--full-size"]), *(["--vae", vae] if vae else [])], check=True)
     return time.monotonic() - started
 
 
@@ -348,6 +349,7 @@ def main() -> None:
     parser.add_argument("--logs", help="folder to copy the tail of every ComfyUI instance's log into")
     parser.add_argument("--cpu", action="store_true", help="CPU instances (a check of this script)")
     parser.add_argument("--small", action="store_true", help="the small random DiT (with --cpu)")
+    parser.add_argument("--vae", choices=["light", "full"], help="the random VAE's size (make_random_weights.py)")
     args = parser.parse_args()
     args.vram_limits = [float(v) for v in args.vram_limits.split(",") if v]
     args.only = [v for v in args.only.split(",") if v]

@@ -62,10 +62,11 @@ CASES = {
     "fp8fast_eager": ({**EAGER, **FP8_MM}, True),
     "sageattn_compiled_cold": ({**COMPILE, **FP8_MM, "attention_mode": "sageattn_compiled"}, False),
     "sageattn_compiled": ({**COMPILE, **FP8_MM, "attention_mode": "sageattn_compiled"}, True),
-    # SageAttention 2.2.0 where it is installed (benchmarks/device/build_sageattention.sh): the wrapper's custom op
-    # (torch.ops.wanvideo.sageattn, opaque to torch.compile), which on Hopper runs the sm90 CUDA kernel
-    "sageattn_compile_cold": ({**COMPILE, **FP8_MM, "attention_mode": "sageattn"}, False),
-    "sageattn_compile": ({**COMPILE, **FP8_MM, "attention_mode": "sageattn"}, True),
+    # SageAttention 2.2.0 where it is installed ahead of the carried 1.0.6 (benchmarks/device/build_sageattention.sh;
+    # `versions` records which one ran): the wrapper's custom op (torch.ops.wanvideo.sageattn, opaque to
+    # torch.compile), which on Hopper runs the sm90 CUDA kernel
+    "sage2_compile_cold": ({**COMPILE, **FP8_MM, "attention_mode": "sageattn"}, False),
+    "sage2_compile": ({**COMPILE, **FP8_MM, "attention_mode": "sageattn"}, True),
     "fp8fast_compile_noprof": ({**COMPILE, **FP8_MM}, False),
     "full_fp8fast_compile_cold": ({**COMPILE, **FP8_MM}, False, FULL_4_STEPS),
     "full_fp8fast_compile": ({**COMPILE, **FP8_MM}, False, FULL_4_STEPS),
@@ -214,6 +215,7 @@ def main() -> None:
     parser.add_argument("--workflow", default="infinitetalk_image_single")
     parser.add_argument("--cpu", action="store_true", help="CPU instances with the small DiT (a check of this script)")
     parser.add_argument("--small", action="store_true")
+    parser.add_argument("--vae", choices=["light", "full"], help="the random VAE's size (make_random_weights.py)")
     args = parser.parse_args()
     args.only, args.lanes, args.vram_limits = [], "options", []
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -239,6 +241,12 @@ def main() -> None:
         versions = {"torch": torch.__version__, "cudnn": torch.backends.cudnn.version()}
     except ImportError:
         versions = {}
+    try:  # which SageAttention the sage cases ran: 1.0.6 from .devcarry, or 2.2.0 where /tmp/sage comes first
+        from importlib.metadata import version
+
+        versions["sageattention"] = version("sageattention")
+    except ImportError:
+        pass
     results = {"mode": "profile", "device": prepared.device, "size": args.size, **versions,
                "weights_s": round(prepared.weights_s, 1), "reference": REFERENCE, "command": " ".join(sys.argv),
                "windows": args.windows, "unpatched_setting": args.unpatched_setting}

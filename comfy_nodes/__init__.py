@@ -204,7 +204,7 @@ class SaveSegmentVideo:
     @staticmethod
     def _write(parts, first: int, batch: torch.Tensor, measured: FrameMeasures, clock: SaveClock) -> None:
         """Frames [first, first + len(batch)) (on the device) as yuv420p to the writers whose range they touch."""
-        with clock.step("yuv420p and to the CPU"):
+        with clock.step("yuv420p and to the CPU"):  # the frame-change measurements included
             planes = yuv420p_frames(batch)
             measured.changes(planes[:, :measured.luma_size(batch)])
             planes = planes.cpu().numpy()
@@ -232,9 +232,11 @@ class SaveClock:
             self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - since
 
     def summary(self) -> str:
+        """"in 7.91 s: to the device 1.20 s, ..., other 0.10 s" (other: starting ffmpeg, the colour reference's
+        statistics, the measurements file)."""
         total = time.perf_counter() - self.started
-        steps = ", ".join(f"{step} {s:.2f} s" for step, s in self.seconds.items())
-        return f"in {total:.2f} s: {steps}"
+        steps = {**self.seconds, "other": max(0.0, total - sum(self.seconds.values()))}
+        return f"in {total:.2f} s: " + ", ".join(f"{step} {s:.2f} s" for step, s in steps.items())
 
 
 class FrameMeasures:

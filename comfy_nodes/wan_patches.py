@@ -227,7 +227,8 @@ def memo_scope(cls, memo: EncodeMemo = MEMO) -> None:
 class YoungGc:
     """Stands in for the `gc` module under the wrapper's nodes_sampler's own name for it: collect() without
     arguments collects generations 0 and 1 only while a sampler call runs (`depth` > 0); everything else is the
-    real gc module's."""
+    real gc module's. Which thread calls is not checked: ComfyUI runs one prompt at a time, in one thread, and
+    only code of nodes_sampler (or code that nodes_sampler's functions run) reaches this name."""
 
     def __init__(self, gc_module=None) -> None:
         import gc

@@ -2,7 +2,7 @@
 the pinned ComfyUI-WanVideoWrapper's loaders read, so the InfiniteTalk templates run without the real
 weights (the output is finite noise; the compute is the real model's).
 
-    python scripts/make_random_weights.py OUT_DIR [--full-size] [--only KIND,...] [--force]
+    python scripts/make_random_weights.py OUT_DIR [--full-size] [--vae light|full] [--only KIND,...] [--force]
 
 Run it with ComfyUI's Python (COMFYUI_PATH, default .comfyui/ComfyUI, must hold the wrapper in
 custom_nodes/). Each manifest entry's `kind` says how its file is made:
@@ -16,7 +16,8 @@ custom_nodes/). Each manifest entry's `kind` says how its file is made:
                  Small by default: every width a quarter (pruning_rate 0.75, the layout of LightX2V's pruned
                  "lightVAE", which WanVideoVAELoader recognises by its decoder's first width, 96 for 384), so the
                  same VAE code runs at about a sixteenth of its convolutions' cost (CPU tests); --full-size: the
-                 real Wan 2.1 VAE (for a GPU).
+                 real Wan 2.1 VAE (for a GPU). --vae light|full overrides either (a GPU's speed with the pruned
+                 VAE: --full-size --vae light).
   clip_vision    ComfyUI's CLIP ViT-H vision tower (fixed config).
   wav2vec2       the wrapper's wav2vec2 (fixed config), keys `wav2vec2.*` as Wav2VecModelLoader maps them.
   lora           a LoRA over every block Linear of the DiT (rank from the file name's `rankN`), in the
@@ -254,10 +255,10 @@ def t5_specs() -> list[TensorSpec]:
 LIGHT_VAE_PRUNING = 0.75  # the small VAE: WanVideoVAELoader loads a VAE whose decoder starts at width 96 this way
 
 
-def vae_specs(full_size: bool) -> list[TensorSpec]:
+def vae_specs(light: bool) -> list[TensorSpec]:
     vae = wrapper_module("wanvideo.wan_video_vae")
     with empty_weights():
-        model = vae.WanVideoVAE(dtype=torch.float32, pruning_rate=0.0 if full_size else LIGHT_VAE_PRUNING)
+        model = vae.WanVideoVAE(dtype=torch.float32, pruning_rate=LIGHT_VAE_PRUNING if light else 0.0)
     return [plain_spec(name, tuple(t.shape), torch.bfloat16) for name, t in model.state_dict().items()]
 
 
@@ -313,13 +314,13 @@ def lora_rank(file: str) -> int:
     return int(match.group(1)) if match else 16
 
 
-def specs_for(entry: ModelFile, dit: Callable[[], nn.Module], full_size: bool) -> list[TensorSpec]:
+def specs_for(entry: ModelFile, dit: Callable[[], nn.Module], light_vae: bool) -> list[TensorSpec]:
     makers: dict[str, Callable[[], list[TensorSpec]]] = {
         "dit": lambda: dit_specs(dit(), audio=False),
         "audio_layers": lambda: dit_specs(dit(), audio=True),
         "lora": lambda: lora_specs(dit(), lora_rank(entry.file)),
         "text_encoder": t5_specs,
-        "vae": lambda: vae_specs(full_size),
+        "vae": lambda: vae_specs(light_vae),
         "clip_vision": clip_vision_specs,
         "wav2vec2": wav2vec2_specs,
     }
@@ -328,10 +329,10 @@ def specs_for(entry: ModelFile, dit: Callable[[], nn.Module], full_size: bool) -
     return makers[entry.kind]()
 
 
-def stamp_for(entries: list[ModelFile], full_size: bool) -> str:
-    """Names what was made: the manifest's files and kinds (not its notes), this script, the size."""
+def stamp_for(entries: list[ModelFile], full_size: bool, light_vae: bool) -> str:
+    """Names what was made: the manifest's files and kinds (not its notes), this script, the sizes."""
     made_from = json.dumps([(e.folder, e.file, e.kind) for e in entries]).encode() + Path(__file__).read_bytes()
-    digest = hashlib.sha256(made_from + bytes([full_size]))
+    digest = hashlib.sha256(made_from + bytes([full_size, light_vae]))
     return f".random-weights-{'full' if full_size else 'small'}-{digest.hexdigest()[:16]}"
 
 
@@ -344,6 +345,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("out", type=Path, help="folder to write <folder>/<file> into")
     parser.add_argument("--full-size", action="store_true", help="the real 14B DiT and the real VAE (for a GPU)")
+    parser.add_argument("--vae", choices=["light", "full"],
+                        help="the VAE's size whatever --full-size says (default: light when small, full with it)")
     parser.add_argument("--only", default="", help="comma-separated kinds to write (default: all)")
     parser.add_argument("--manifest", type=Path, default=REPO / "models" / "manifest.json")
     parser.add_argument("--force", action="store_true", help="write even if the stamp says it is done")
@@ -352,7 +355,8 @@ def main() -> None:
     root = args.out.resolve()
     entries = [ModelFile(m["file"], m["folder"], m["kind"]) for m in json.loads(args.manifest.read_text())["models"]]
     only = set(filter(None, args.only.split(",")))
-    stamp = root / stamp_for(entries, args.full_size)
+    light_vae = args.vae == "light" if args.vae else not args.full_size
+    stamp = root / stamp_for(entries, args.full_size, light_vae)
     if stamp.exists() and not only and not args.force and all(e.path(root).exists() for e in entries):
         print(f"random weights already in {root} ({stamp.name})")
         return
@@ -375,7 +379,7 @@ def main() -> None:
         if only and entry.kind not in only:
             continue
         started = time.monotonic()
-        size = write_safetensors(entry.path(root), specs_for(entry, dit, args.full_size), noise)
+        size = write_safetensors(entry.path(root), specs_for(entry, dit, light_vae), noise)
         print(f"{entry.folder}/{entry.file}: {size / 1e9:.2f} GB in {time.monotonic() - started:.1f} s", flush=True)
     write_extra_model_paths(root, {e.folder for e in entries})
     if not only:

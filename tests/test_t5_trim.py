@@ -30,10 +30,9 @@ package = types.ModuleType("wrapper_modules")  # the wrapper's modules folder, w
 package.__path__ = [str(Path(wrapper) / "wanvideo" / "modules")]
 sys.modules["wrapper_modules"] = package
 t5 = importlib.import_module("wrapper_modules.t5")
-nodes = types.ModuleType("comfy_nodes_parts")  # comfy_nodes' folder, without its __init__ (it needs ComfyUI)
-nodes.__path__ = [str(Path(repo) / "comfy_nodes")]
-sys.modules["comfy_nodes_parts"] = nodes
-t5_trim = importlib.import_module("comfy_nodes_parts.t5_trim")
+sys.path.insert(0, repo)
+from tests.support import comfy_nodes_parts  # comfy_nodes' patch modules without ComfyUI's own packages
+t5_trim = comfy_nodes_parts.load("t5_trim")
 
 dtype = getattr(torch, dtype_name)
 torch.manual_seed(0)

@@ -19,12 +19,13 @@
 # import torch), the sources and build.log; MAX_JOBS (default: the CPU count) sets the parallel nvcc jobs of an
 # extension, EXT_PARALLEL (default 1) the extensions built at once.
 set -euo pipefail
+source=${1:-https://github.com/thu-ml/SageAttention}
+[ ! -d "$source" ] || source=$(cd "$source" && pwd)  # a folder given relative to where this was started
 cd "$(dirname "$0")/../.."
 repo=$(pwd)
 COMMIT=eb615cf6cf4d221338033340ee2de1c37fbdba4a  # tag v2.2.0
 TORCH=2.11.0                                       # the device image's (docs/perf/*.json: 2.11.0+cu130)
 CUDA_TOOLKIT=13.0.2                                # torch 2.11.0's own CUDA (its cuda-toolkit pin): nvcc 13.0.88
-source=${1:-https://github.com/thu-ml/SageAttention}
 work=${BUILD_DIR:-/tmp/sage-build}
 jobs=${MAX_JOBS:-$(nproc)}
 python=${PYTHON:-python3.12}  # PYTHON: a Python 3.12 elsewhere (e.g. a pyenv version's bin/python3.12)
@@ -33,11 +34,13 @@ python=${PYTHON:-python3.12}  # PYTHON: a Python 3.12 elsewhere (e.g. a pyenv ve
 mkdir -p "$work" .whl .git/info
 grep -qx '/.whl/' .git/info/exclude 2>/dev/null || echo '/.whl/' >> .git/info/exclude
 
-if [ ! -f "$work/venv/.ready" ]; then
+ready="$work/venv/.ready-torch$TORCH-cuda$CUDA_TOOLKIT"
+if [ ! -f "$ready" ]; then
+  rm -rf "$work/venv"
   "$python" -m venv "$work/venv"
   "$work/venv/bin/pip" install -q "torch==$TORCH" "cuda-toolkit[nvcc,nvvm,crt,cccl,cudart]==$CUDA_TOOLKIT" \
     setuptools wheel packaging ninja
-  touch "$work/venv/.ready"
+  touch "$ready"
 fi
 # CUDA_HOME as torch's extension builder expects it (bin/nvcc, include, lib64), from the wheels' nvidia/cu13.
 cu=$("$work/venv/bin/python" -c 'import nvidia, os; print(os.path.join(nvidia.__path__[0], "cu13"))')
@@ -51,8 +54,12 @@ fi
 "$cu/bin/nvcc" --version | tail -2
 
 # Only what the build reads (the repository's images and GIFs are large, and a mirror may lack them).
-if [ -d "$source" ]; then repo_git=$source; else
-  rm -rf "$work/src.git" && git clone -q --bare "$source" "$work/src.git" && repo_git=$work/src.git; fi
+repo_git=$source
+if [ ! -d "$source" ]; then
+  rm -rf "$work/src.git"
+  git clone -q --bare "$source" "$work/src.git" || exit 1
+  repo_git=$work/src.git
+fi
 rm -rf "$work/src" && mkdir -p "$work/src"
 git -C "$repo_git" archive "$COMMIT" setup.py README.md LICENSE sageattention csrc | tar -x -C "$work/src"
 cd "$work/src"

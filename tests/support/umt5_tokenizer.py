@@ -5,6 +5,7 @@ umt5 code (test_infinitetalk, test_t5_trim) call ensure() first, whatever order 
 from __future__ import annotations
 
 import gzip
+import os
 import shutil
 from pathlib import Path
 
@@ -23,5 +24,7 @@ def ensure(comfy_path: Path) -> None:
     if not SHARED_TOKENIZER.exists():
         pytest.fail(f"{target} is missing and there is no stand-in at {SHARED_TOKENIZER}: install the wrapper "
                     "from GitHub (scripts/install_custom_nodes.sh without CUSTOM_NODES_ARCHIVES)")
-    with gzip.open(SHARED_TOKENIZER) as source, open(target, "wb") as out:
+    partial = target.with_suffix(".json.partial")  # renamed when whole: an interrupted copy is never taken
+    with gzip.open(SHARED_TOKENIZER) as source, open(partial, "wb") as out:
         shutil.copyfileobj(source, out)
+    os.replace(partial, target)
