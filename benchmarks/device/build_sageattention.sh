@@ -46,11 +46,11 @@ fi
 cu=$("$work/venv/bin/python" -c 'import nvidia, os; print(os.path.join(nvidia.__path__[0], "cu13"))')
 [ -e "$cu/lib64" ] || ln -s lib "$cu/lib64"
 [ -e "$cu/lib/libcudart.so" ] || ln -s libcudart.so.13 "$cu/lib/libcudart.so"  # the wheel has only the .so.13
-# The sm90 kernels link -lcuda (the driver: cuTensorMapEncodeTiled); no driver here, so an empty library of
-# that name satisfies the link, and the device's driver provides the symbols when the module loads.
-if [ ! -e "$cu/lib/libcuda.so" ]; then
-  echo "" | gcc -shared -x c - -Wl,-soname,libcuda.so.1 -o "$cu/lib/libcuda.so"
-fi
+# The sm90 kernels call one driver function, cuTensorMapEncodeTiled, and link -lcuda. There is no driver here: a
+# stand-in libcuda.so that defines that function (soname libcuda.so.1) satisfies the link and keeps the dependency
+# (an empty one is dropped by the linker's --as-needed, and the module then fails to load: "undefined symbol");
+# on the device the driver's libcuda.so.1 provides the function.
+echo 'int cuTensorMapEncodeTiled(void) { return 1; }' | gcc -shared -x c - -Wl,-soname,libcuda.so.1 -o "$cu/lib/libcuda.so"
 "$cu/bin/nvcc" --version | tail -2
 
 # Only what the build reads (the repository's images and GIFs are large, and a mirror may lack them).
@@ -68,4 +68,11 @@ CUDA_HOME=$cu PATH="$cu/bin:$PATH" TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS=$jobs EXT_P
   "$work/venv/bin/pip" wheel --no-build-isolation --no-deps -w "$repo/.whl" . > "$work/build.log" 2>&1 \
   || { tail -40 "$work/build.log" >&2; exit 1; }
 echo "built in $(( $(date +%s) - started )) s (log: $work/build.log):"
-ls -la "$repo"/.whl/sageattention-2.2.0-*.whl
+wheel=$(ls "$repo"/.whl/sageattention-2.2.0-*.whl)
+ls -la "$wheel"
+# The Hopper module must name the driver (see the stand-in above) and hold sm_90a code.
+rm -rf "$work/check" && unzip -q -d "$work/check" "$wheel" 'sageattention/_qattn_sm90*'
+readelf -d "$work"/check/sageattention/_qattn_sm90*.so | grep -q 'NEEDED.*libcuda.so.1' \
+  || { echo "_qattn_sm90 does not name libcuda.so.1: it would not load on the device" >&2; exit 1; }
+cuobjdump=$(find "$work/venv" -name cuobjdump -type f | head -1)  # Triton's copy
+[ -z "$cuobjdump" ] || "$cuobjdump" --list-elf "$work"/check/sageattention/_qattn_sm90*.so
