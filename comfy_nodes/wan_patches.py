@@ -330,36 +330,32 @@ def apply(capability=_cuda_capability, vram_gib=_vram_gib) -> set[str]:
             _WARNED.add("missing_loader")
             log.error("WanVideoWrapper's WanVideoModelLoader was not found: fp8 fast matmuls are not kept off GPUs "
                       "below compute capability 8.9 (A100, A6000), where they fail")
-    asked = wanted()
-    if "resident_audio_proj" in asked and "resident_audio_proj" not in _APPLIED:
+    pending = wanted() - _APPLIED
+    if not pending:
+        return _APPLIED
+    vae = find_class("WanVideoVAE", "wanvideo.wan_video_vae")
+    sampler = find_class("WanVideoSampler", "nodes_sampler")
+    gib = vram_gib() if vae is not None or sampler is not None else None  # None: no GPU (or nothing to gate)
+    big = gib is not None and gib >= BIG_GPU_GIB
+    if "resident_audio_proj" in pending:
         audio_proj = find_class("AudioProjModel", "multitalk.multitalk")
         if audio_proj is not None:
             keep_resident(audio_proj)
             _APPLIED.add("resident_audio_proj")
-    if "resident_vae" in asked and "resident_vae" not in _APPLIED:
-        vae = find_class("WanVideoVAE", "wanvideo.wan_video_vae")
-        gib = vae is not None and vram_gib()
-        if gib and gib >= BIG_GPU_GIB:
-            keep_resident(vae)
-            _APPLIED.add("resident_vae")
-    if "young_gc_in_sampler" in asked and "young_gc_in_sampler" not in _APPLIED:
-        sampler = find_class("WanVideoSampler", "nodes_sampler")
-        gib = sampler is not None and vram_gib()
-        if gib and gib >= BIG_GPU_GIB:
-            if young_gc_in(sampler):
-                _APPLIED.add("young_gc_in_sampler")
-            elif "sampler_gc" not in _WARNED:
-                _WARNED.add("sampler_gc")
-                log.warning("WanVideoSampler's module has no `gc` name for the gc module: young_gc_in_sampler "
-                            "not applied")
-    if "cond_encode_memo" in asked and "cond_encode_memo" not in _APPLIED:
-        vae = find_class("WanVideoVAE", "wanvideo.wan_video_vae")
-        sampler = find_class("WanVideoSampler", "nodes_sampler")
-        gib = vae is not None and sampler is not None and vram_gib()
-        if vae is not None and sampler is not None and (gib is None or gib >= BIG_GPU_GIB):  # None: the CPU
-            memoize_encode(vae)
-            memo_scope(sampler)
-            _APPLIED.add("cond_encode_memo")
+    if "resident_vae" in pending and vae is not None and big:
+        keep_resident(vae)
+        _APPLIED.add("resident_vae")
+    if "young_gc_in_sampler" in pending and sampler is not None and big:
+        if young_gc_in(sampler):
+            _APPLIED.add("young_gc_in_sampler")
+        elif "sampler_gc" not in _WARNED:
+            _WARNED.add("sampler_gc")
+            log.warning("WanVideoSampler's module has no `gc` name for the gc module: young_gc_in_sampler "
+                        "not applied")
+    if "cond_encode_memo" in pending and vae is not None and sampler is not None and (gib is None or big):
+        memoize_encode(vae)
+        memo_scope(sampler)
+        _APPLIED.add("cond_encode_memo")
     return _APPLIED
 
 
