@@ -20,6 +20,7 @@ import json
 import math
 import time
 import traceback
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -141,8 +142,20 @@ def main() -> None:
                lambda: sageattn(q, k, v, tensor_layout="NHD"))
     except ImportError as exc:
         results["sageattention"] = f"not importable: {exc}"
+    sage_kernels(record, q, k, v)
 
     # PyTorch's own fp8 attention (torch >= 2.11, experimental): FA3 (per-head descale) or cuDNN (per-tensor).
+    # Its FA3 path asks for torch.nn.attention.activate_flash_attention_impl("FA3") first (which needs FA3's
+    # kernels in the build); the activation's outcome is recorded, and bf16 sdpa is timed again under FA3.
+    try:
+        activate = getattr(torch.nn.attention, "activate_flash_attention_impl", None)
+        if activate is not None:
+            activate("FA3")
+            results["fa3_activated"] = True
+            record("sdpa, wrapper layout, FA3 activated", wrapper_sdpa)
+    except Exception as exc:
+        results["fa3_activated"] = f"{type(exc).__name__}: {exc}"[:500]
+        print("FA3:", results["fa3_activated"], flush=True)
     try:
         from torch.nn.attention.experimental import _scaled_dot_product_attention_quantized as sdpq
 
@@ -167,12 +180,56 @@ def main() -> None:
         print("torch fp8:", results["torch_fp8"], flush=True)
 
     cudnn_fp8(record, q, k, v, results)
+    model_fp8(record, q, k, v, results)
     with open(args.out, "w") as f:
         json.dump(results, f, indent=1)
     for e in results["kernels"]:
         print(f"{e['name']:55s} {e.get('s', '-')!s:>9} s {e.get('tflops', '-')!s:>7} TFLOP/s "
               f"err {e.get('rel_err', '-')}"
               f" {e.get('failed', '')[:120]}")
+
+
+def model_fp8(record, q, k, v, results: dict) -> None:
+    """attention_mode "cudnn_fp8" as the model runs it (comfy_nodes/fp8_attention.py: per-tensor quantization,
+    the cuDNN fp8 custom op, dequantization), eager and under torch.compile (which fuses the quantization)."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parent.parent / "comfy_nodes" / "fp8_attention.py"
+    spec = importlib.util.spec_from_file_location("fp8_attention", path)
+    fp8 = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fp8)
+    results["fp8_attention_problem"] = fp8.problem_here()
+    if results["fp8_attention_problem"]:
+        print("fp8_attention:", results["fp8_attention_problem"], flush=True)
+        return
+    fp8.register_op()
+    record("attention_mode cudnn_fp8 (comfy_nodes/fp8_attention.self_attention), eager",
+           lambda: fp8.self_attention(q, k, v))
+    compiled = torch.compile(fp8.self_attention)
+    record("attention_mode cudnn_fp8, torch.compile", lambda: compiled(q, k, v))
+
+
+def sage_kernels(record, q, k, v) -> None:
+    """SageAttention 2's kernels one by one, each called directly (the wrapper's sageattn() picks the first on
+    Hopper). The sm89 module's kernels (mma.sync, fp8 PV) and the sm80 one (fp16 PV) are built for sm_90a too by
+    build_sageattention.sh, so they run on an H200."""
+    try:
+        import sageattention as sa
+    except ImportError:
+        return
+    nhd = {"tensor_layout": "NHD"}
+    calls = [
+        ("sm90 kernel (wgmma, TMA), int8 QK, fp8 PV, fp32+fp32", "sageattn_qk_int8_pv_fp8_cuda_sm90",
+         {"pv_accum_dtype": "fp32+fp32"}),
+        ("sm89 kernel (mma), int8 QK, fp8 PV, fp32+fp32", "sageattn_qk_int8_pv_fp8_cuda", {"pv_accum_dtype": "fp32+fp32"}),
+        ("sm89 kernel (mma), int8 QK, fp8 PV, fp32+fp16", "sageattn_qk_int8_pv_fp8_cuda", {"pv_accum_dtype": "fp32+fp16"}),
+        ("sm80 kernel (mma), int8 QK, fp16 PV, fp32", "sageattn_qk_int8_pv_fp16_cuda", {"pv_accum_dtype": "fp32"}),
+        ("triton, int8 QK, fp16 PV", "sageattn_qk_int8_pv_fp16_triton", {}),
+    ]
+    for name, function, kwargs in calls:
+        fn = getattr(sa, function, None)
+        if fn is not None:
+            record(f"SageAttention {name}", lambda fn=fn, kwargs=kwargs: fn(q, k, v, **nhd, **kwargs))
 
 
 def _cudnn_fp8_graph(cudnn, handle, out_type: str, q8, k8, v8, dq, dk, dv, v):

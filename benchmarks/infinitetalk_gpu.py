@@ -77,10 +77,12 @@ class Bench:
             Path(self.args.out).parent.mkdir(parents=True, exist_ok=True)
             Path(self.args.out).write_text(json.dumps(self.results, indent=1) + "\n")
 
-    def pool(self, name: str, gpus: tuple[int, ...], port: int, vram_limit_gb: float | None = None) -> InstancePool:
-        """Instances on `gpus` (CPU instances with --cpu), listening from `port` on, with the random weights."""
+    def pool(self, name: str, gpus: tuple[int, ...], port: int, vram_limit_gb: float | None = None,
+             comfy_args: list[str] | None = None) -> InstancePool:
+        """Instances on `gpus` (CPU instances with --cpu), listening from `port` on, with the random weights
+        (and `comfy_args` after COMFY_EXTRA_ARGS's)."""
         base = PoolSettings.from_env()
-        extra = ["--extra-model-paths-config", str(self.models / "extra_model_paths.yaml")]
+        extra = ["--extra-model-paths-config", str(self.models / "extra_model_paths.yaml"), *(comfy_args or [])]
         return InstancePool(base.model_copy(update=dict(
             instances_dir=self.root / f"instances-{name}", gpus=gpus, force_cpu=self.args.cpu,
             cpu_instances=len(gpus), vram_limit_gb=vram_limit_gb, startup_timeout_s=600, base_port=port,

@@ -67,11 +67,18 @@ CASES = {
     # torch.compile), which on Hopper runs the sm90 CUDA kernel
     "sage2_compile_cold": ({**COMPILE, **FP8_MM, "attention_mode": "sageattn"}, False),
     "sage2_compile": ({**COMPILE, **FP8_MM, "attention_mode": "sageattn"}, True),
+    # cuDNN's fp8 SDPA for the self-attention (comfy_nodes/fp8_attention.py; needs nvidia-cudnn-frontend)
+    "cudnnfp8_compile_cold": ({**COMPILE, **FP8_MM, "attention_mode": "cudnn_fp8"}, False),
+    "cudnnfp8_compile": ({**COMPILE, **FP8_MM, "attention_mode": "cudnn_fp8"}, True),
     "fp8fast_compile_noprof": ({**COMPILE, **FP8_MM}, False),
     "full_fp8fast_compile_cold": ({**COMPILE, **FP8_MM}, False, FULL_4_STEPS),
     "full_fp8fast_compile": ({**COMPILE, **FP8_MM}, False, FULL_4_STEPS),
 }
 REFERENCE = "eager"  # sdpa (bf16 attention), fp8-scaled weights computed in bf16, no compile: the template as written
+# a case that differs from another in one setting only is also compared with that one, pixel by pixel
+PAIRS = {"sage2_compile_cold": "fp8fast_compile_cold", "sage2_compile": "fp8fast_compile",
+         "cudnnfp8_compile_cold": "fp8fast_compile_cold", "cudnnfp8_compile": "fp8fast_compile",
+         "sageattn_compiled_cold": "fp8fast_compile_cold", "sageattn_compiled": "fp8fast_compile"}
 
 
 def timings_of(profile_dir: Path, label: str) -> dict:
@@ -207,6 +214,10 @@ def main() -> None:
     parser.add_argument("--unpatched-setting", default="0",
                         help="WORKER_WAN_PATCHES for the --unpatched-cases lane: 0 (none) or a comma-separated list of "
                              "the speed patches to keep (comfy_nodes/wan_patches.py)")
+    parser.add_argument("--second-lane-comfy-args", default="",
+                        help="extra ComfyUI arguments for the --unpatched-cases lane only (e.g. '--fast autotune'); "
+                             "with --unpatched-setting 1 the lane differs from the first in these alone")
+    parser.add_argument("--second-lane-name", default="unpatched", help="the suffix of the second lane's case names")
     parser.add_argument("--windows", type=int, default=1, help="81-frame windows of a warm case's job (cold: 1)")
     parser.add_argument("--size", default="832x480")
     parser.add_argument("--budget-s", type=float, default=540, help="start no case after this many seconds")
@@ -249,18 +260,20 @@ def main() -> None:
         pass
     results = {"mode": "profile", "device": prepared.device, "size": args.size, **versions,
                "weights_s": round(prepared.weights_s, 1), "reference": REFERENCE, "command": " ".join(sys.argv),
-               "windows": args.windows, "unpatched_setting": args.unpatched_setting}
+               "windows": args.windows, "unpatched_setting": args.unpatched_setting,
+               "second_lane_comfy_args": args.second_lane_comfy_args}
     bench = Bench(args, root, prepared.models, prepared.media, prepared.settings, started + args.budget_s, results)
     bench.save()
     outputs: dict = {}
     lanes = [("profile", [n for n in args.cases.split(",") if n], "", "1")]
     if args.unpatched_cases:
-        lanes.append(("unpatched", [n for n in args.unpatched_cases.split(",") if n], "_unpatched",
+        lanes.append(("unpatched", [n for n in args.unpatched_cases.split(",") if n], f"_{args.second_lane_name}",
                       args.unpatched_setting))
     try:
         for index, (lane, names, suffix, patches) in enumerate(lanes):
             os.environ["WORKER_WAN_PATCHES"] = patches  # read by comfy_nodes/wan_patches.py in ComfyUI
-            pool = bench.pool(lane, (0,), 8188 + 10 * index)
+            pool = bench.pool(lane, (0,), 8188 + 10 * index,
+                              comfy_args=args.second_lane_comfy_args.split() if index else [])
             pool.start()
             try:
                 for name in names:
@@ -269,7 +282,7 @@ def main() -> None:
                         params = {}
                     run_case(bench, pool, profile_dir, name + suffix, params, profile, outputs,
                              fields=fields[0] if fields else None, windows=1 if name.endswith("_cold") else args.windows,
-                             compare_with=name if suffix else None)
+                             compare_with=name if suffix else PAIRS.get(name))
             finally:
                 pool.shutdown()
     finally:

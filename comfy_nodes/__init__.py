@@ -12,6 +12,9 @@ wan_patches.py    small patches of ComfyUI-WanVideoWrapper that change no arithm
 
 t5_trim.py        umt5 encodes each prompt's own tokens instead of 512 tokens of padding.
 
+fp8_attention.py  attention_mode "cudnn_fp8" for the wrapper (an option): the DiT's self-attention through cuDNN's
+                  fp8 SDPA on Hopper GPUs.
+
 patching.py       what those two share: finding a class ComfyUI loaded; applying the patches at its first prompt.
 """
 
@@ -80,6 +83,11 @@ def _register_patches() -> None:
 
 
 _register_patches()
+try:  # attention_mode "cudnn_fp8" in the wrapper's loader now, where ComfyUI loaded the wrapper first (it sorts the
+    # custom node folders: ComfyUI-WanVideoWrapper before runpod_worker_nodes); else at the first prompt
+    wan_patches.add_modes()
+except Exception:  # never fail the node package's import for an option
+    wan_patches.log.exception("adding attention_mode cudnn_fp8 failed")
 
 X264_PRESETS = ["ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow"]
 BATCH_FRAMES = 16  # frames converted on the GPU and moved to the CPU at a time: bounded extra memory

@@ -18,6 +18,14 @@ def find_class(class_name: str, module_suffix: str) -> type | None:
     return None
 
 
+def find_module(module_suffix: str, attribute: str):
+    """A loaded module whose name ends with `module_suffix` and that has `attribute`, or None while there is none."""
+    for name, module in list(sys.modules.items()):
+        if module is not None and name.endswith(module_suffix) and hasattr(module, attribute):
+            return module
+    return None
+
+
 def prompt_handler(apply: Callable[[], set[str]], announce: Callable[[set[str]], str], what: str,
                    log: logging.Logger) -> Callable[[dict], dict]:
     """A PromptServer on-prompt handler that runs apply() before every prompt (by the first one every custom node

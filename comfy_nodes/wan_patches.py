@@ -36,6 +36,9 @@ young_gc_in_sampler  WanVideoSampler.process runs a full gc.collect() before sam
     counting (nearly all of them) are freed as before; garbage in reference cycles that outlives one of the
     sampler's young collections (which moves what it does not free to the oldest generation) waits until the
     sampler call ends.
+cudnn_fp8_mode  Not a speed-up of what runs by default: it adds attention_mode "cudnn_fp8" (fp8_attention.py:
+    the DiT's self-attention through cuDNN's fp8 SDPA on Hopper) to WanVideoModelLoader's choices and routes the
+    wrapper's attention() for it. Nothing changes for the other modes. Always applied.
 fp8_fast_gate  `fp8_*_fast` quantization (torch._scaled_mm) needs compute capability 8.9 or more (Ada,
     Hopper, Blackwell); on an older GPU (A100, A6000: they share the >= 38 GiB device row with the H100/H200)
     WanVideoModelLoader gets the same quantization without `_fast` (fp8 weights, bf16 matmuls) instead of
@@ -54,7 +57,8 @@ import os
 import sys
 import threading
 
-from .patching import find_class, prompt_handler
+from . import fp8_attention
+from .patching import find_class, find_module, prompt_handler
 
 log = logging.getLogger("runpod_worker.wan_patches")
 _APPLIED: set[str] = set()
@@ -319,8 +323,25 @@ def _vram_gib():
     return min(gib, limit)
 
 
-def apply(capability=_cuda_capability, vram_gib=_vram_gib) -> set[str]:
+def add_modes(fp8_problem=None) -> bool:
+    """cudnn_fp8_mode, once the wrapper is loaded (comfy_nodes/__init__ calls this at import, so that /object_info
+    lists the choice from the start where ComfyUI loaded the wrapper first; apply() again at every prompt until it
+    took). fp8_problem: why cuDNN's fp8 attention cannot run here (default: fp8_attention.problem_here())."""
+    if "cudnn_fp8_mode" in _APPLIED:
+        return True
+    attention_module = find_module("wanvideo.modules.attention", "attention")
+    loader = find_class("WanVideoModelLoader", "nodes_model_loading")
+    if attention_module is None or loader is None:
+        return False
+    problem = fp8_problem() if fp8_problem is not None else fp8_attention.problem_here()
+    fp8_attention.install(attention_module, loader, problem)
+    _APPLIED.add("cudnn_fp8_mode")
+    return True
+
+
+def apply(capability=_cuda_capability, vram_gib=_vram_gib, fp8_problem=None) -> set[str]:
     """Applies each patch whose wrapper class is loaded and not yet patched; returns the names applied so far."""
+    add_modes(fp8_problem)  # an added choice, on whatever WORKER_WAN_PATCHES says
     if "fp8_fast_gate" not in _APPLIED:  # a guard, not a speed-up: on whatever WORKER_WAN_PATCHES says
         loader = find_class("WanVideoModelLoader", "nodes_model_loading")
         if loader is not None:

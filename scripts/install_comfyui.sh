@@ -41,7 +41,9 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   pip=("$venv/bin/python" -m pip install -q --disable-pip-version-check)
   "${pip[@]}" -r requirements/comfyui.txt -c requirements/comfyui.lock
   # torchaudio's own pin on torch would pull another torch; it works beside 2.14.1 without it.
-  "${pip[@]}" --no-deps torchaudio==2.11.0
+  # nvidia-cudnn-frontend's graph API (comfy_nodes/fp8_attention.py) needs none of its dependencies (the CUTLASS
+  # DSL, ~100 MB, serves its Python kernels for Blackwell).
+  "${pip[@]}" --no-deps torchaudio==2.11.0 nvidia-cudnn-frontend==1.32.0
   echo "$want" > "$stamp"
 fi
 

@@ -93,6 +93,10 @@ def schema_from_object_info(object_info: dict, classes: set[str], manifest: dict
 
 
 def fetch_object_info(url: str) -> dict:
+    """GET /object_info after one empty prompt: the worker's nodes patch the wrapper when ComfyUI takes a prompt
+    (comfy_nodes/wan_patches.py: attention_mode "cudnn_fp8" among WanVideoModelLoader's choices), as before any
+    job's graph is checked. The empty prompt itself is refused (it has no outputs) and runs nothing."""
+    requests.post(f"{url}/prompt", json={"prompt": {}}, timeout=60)
     response = requests.get(f"{url}/object_info", timeout=120)
     response.raise_for_status()
     return response.json()

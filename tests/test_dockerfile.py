@@ -107,7 +107,8 @@ def test_locks_install_from_wheels_on_the_production_python(tmp_path):
     python_version, glibc = PRODUCTION_PYTHON[default_base().rsplit("-", 1)[1]]
     comfy_lock, worker_lock = locked("comfyui.lock"), locked("worker.lock")
     comfy = ["-r", "requirements/comfyui.txt", "-c", "requirements/comfyui.lock"]
-    torchaudio = ["--no-deps", f"torchaudio=={comfy_lock['torchaudio']}"]  # as install_comfyui.sh adds it
+    torchaudio = ["--no-deps", f"torchaudio=={comfy_lock['torchaudio']}",  # as install_comfyui.sh adds them
+                  f"nvidia-cudnn-frontend=={comfy_lock['nvidia-cudnn-frontend']}"]
     worker = ["-r", "requirements/worker.txt", "-c", "requirements/worker.lock"]
     comfy_env, torchaudio_env, worker_env = resolve_for(python_version, glibc, [comfy, torchaudio, worker], tmp_path)
     assert comfy_env | torchaudio_env == comfy_lock

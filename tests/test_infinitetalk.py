@@ -200,6 +200,18 @@ def test_full_quality_runs_without_the_distill_lora(it_pool, media, it_settings)
     assert_second_window_reused_the_encode(it_pool, before)  # two windows
 
 
+def test_cudnn_fp8_attention_runs_sdpa_on_the_cpu_through_the_real_wrapper(it_pool, media, it_settings):
+    """template_params attention_mode "cudnn_fp8" (comfy_nodes/fp8_attention.py): the real WanVideoModelLoader takes
+    it, the wrapper's attention() calls pass through the worker's router, and without a Hopper GPU each runs sdpa,
+    which the log says once. (The fp8 kernel itself: benchmarks/infinitetalk_profile.py on an H200.)"""
+    output = run_job(it_request("infinitetalk_image_single", media, audio=str(media["audio_one_window"]),
+                                template_params={"attention_mode": "cudnn_fp8"}), it_pool, it_settings)
+    assert output["segments_processed"] == 1
+    check_output(output, ONE_WINDOW_S)
+    said = [line for line in log_lines(it_pool) if "attention_mode cudnn_fp8 cannot run here" in line]
+    assert len(said) == 1 and "no CUDA GPU" in said[0], said
+
+
 # ------------------------------------------------------------------------ the templates against the real nodes
 
 
@@ -240,6 +252,26 @@ def test_bound_requests_pass_comfyui_validation(template, case, it_pool, media):
     finally:
         for name in uploads.values():
             (instance.input_dir / name).unlink(missing_ok=True)
+
+
+def test_the_loader_refuses_an_attention_mode_it_does_not_have(it_pool, media):
+    """The other side of cudnn_fp8's test above: ComfyUI really checks attention_mode against the loader's list."""
+    client = ComfyClient(it_pool.instances[0].url)
+    uploads = {slot: client.upload(path, f"mode_{uuid.uuid4().hex[:8]}_{slot}{path.suffix}")
+               for slot, path in media.items()}
+    try:
+        template = load_template("infinitetalk_image_single")
+        for mode, refused in (("cudnn_fp8", False), ("fp4_magic", True)):
+            graph, _ = bind_case(template, "typical", uploads, "fast", 80.0)
+            loaders = [node for node in graph.values() if node["class_type"] == "WanVideoModelLoader"]
+            assert loaders
+            for node in loaders:
+                node["inputs"]["attention_mode"] = mode
+            errors = validate_only(client, graph)
+            assert bool(errors) == refused and (not refused or "attention_mode" in str(errors)), (mode, errors)
+    finally:
+        for name in uploads.values():
+            (it_pool.instances[0].input_dir / name).unlink(missing_ok=True)
 
 
 def test_node_schema_matches_the_real_nodes(it_pool):

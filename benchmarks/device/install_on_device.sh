@@ -10,6 +10,11 @@ chmod +x /tmp/ffbin/ffmpeg /tmp/ffbin/ffprobe
 [ -d /tmp/ComfyUI ] || tar -xJf .devcarry/comfyui.tar.xz -C /tmp || return 1
 [ -d /tmp/ComfyUI/custom_nodes/ComfyUI-WanVideoWrapper ] || tar -xJf .devcarry/wrapper.tar.xz -C /tmp/ComfyUI/custom_nodes || return 1
 export PATH=/tmp/ffbin:$PATH PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+# SageAttention 2.2.0 (prepare_carry.sh's sage2.tar.xz) ahead of site's 1.0.6, when it was carried
+if [ -f .devcarry/sage2.tar.xz ]; then
+  [ -d /tmp/sage/sageattention ] || { mkdir -p /tmp/sage && tar -xJf .devcarry/sage2.tar.xz -C /tmp/sage; } || return 1
+  export PYTHONPATH=/tmp/sage:$PYTHONPATH
+fi
 export COMFYUI_PATH=/tmp/ComfyUI COMFYUI_PYTHON=$(command -v python3)
 nvidia-smi --query-gpu=index,name,memory.total --format=csv,noheader
 ln -sfn "$(pwd)/comfy_nodes" /tmp/ComfyUI/custom_nodes/runpod_worker_nodes

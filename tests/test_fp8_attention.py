@@ -1,0 +1,166 @@
+"""comfy_nodes/fp8_attention.py without a GPU: which calls of the wrapper's attention() the "cudnn_fp8" mode sends to
+cuDNN's fp8 kernel and which to sdpa, the loader's added choice, the rebinding in the wrapper's modules, and
+wan_patches.apply installing it. Stand-in tensors carry only what the routing reads. The kernel itself runs on a
+Hopper GPU: benchmarks/attention_bench.py (its output against fp32) and benchmarks/infinitetalk_profile.py (a
+whole window, the frames checked) measure it there (docs/PERFORMANCE.md)."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import types
+
+import pytest
+
+from tests.support import comfy_nodes_parts
+
+BF16 = "bf16"  # a stand-in dtype: the routing only compares dtypes
+
+
+class T:
+    """A stand-in tensor of [B, L, H, D]."""
+
+    def __init__(self, *shape, cuda=True, dtype=BF16):
+        self.shape, self.is_cuda, self.dtype = tuple(shape), cuda, dtype
+
+    def dim(self):
+        return len(self.shape)
+
+
+@pytest.fixture
+def fp8():
+    return comfy_nodes_parts.load("fp8_attention")
+
+
+def routed(fp8, fp8_kernel=True):
+    calls = []
+
+    def original(q, k, v, *args, attention_mode="sdpa", **kwargs):
+        calls.append(("original", attention_mode, args, kwargs))
+        return "original"
+
+    def kernel(q, k, v):
+        calls.append(("fp8", q.shape, k.shape))
+        return "fp8"
+
+    return fp8.route(original, kernel if fp8_kernel else None, (BF16,)), calls
+
+
+SELF = (1, 32760, 40, 128)  # InfiniteTalk's self-attention at 832x480, 81 frames
+
+
+def test_cudnn_fp8_sends_long_self_attention_to_the_fp8_kernel(fp8):
+    attention, calls = routed(fp8)
+    assert attention(T(*SELF), T(*SELF), T(*SELF), k_lens=[32760], attention_mode="cudnn_fp8") == "fp8"
+    assert calls == [("fp8", SELF, SELF)]
+
+
+@pytest.mark.parametrize("q, k, kwargs, why", [
+    (T(*SELF), T(1, 512, 40, 128), {}, "text cross-attention"),
+    (T(*SELF), T(1, 257, 40, 128), {}, "image cross-attention"),
+    (T(1, 1024, 40, 128), T(1, 1024, 40, 128), {}, "short self-attention"),
+    (T(*SELF), T(*SELF), {"attn_mask": object()}, "a mask"),
+    (T(*SELF), T(*SELF), {"causal": True}, "causal"),
+    (T(1, 32760, 40, 96), T(1, 32760, 40, 96), {}, "a head size cuDNN's fp8 kernel does not take"),
+    (T(*SELF, cuda=False), T(*SELF, cuda=False), {}, "on the CPU"),
+    (T(*SELF, dtype="fp32"), T(*SELF, dtype="fp32"), {}, "fp32"),
+])
+def test_cudnn_fp8_runs_sdpa_for_what_the_kernel_does_not_take(fp8, q, k, kwargs, why):
+    attention, calls = routed(fp8)
+    assert attention(q, k, k, attention_mode="cudnn_fp8", **kwargs) == "original", why
+    assert calls == [("original", "sdpa", (), kwargs)], why
+
+
+def test_cudnn_fp8_runs_sdpa_where_the_kernel_cannot_run(fp8):
+    attention, calls = routed(fp8, fp8_kernel=False)
+    assert attention(T(*SELF), T(*SELF), T(*SELF), attention_mode="cudnn_fp8") == "original"
+    assert calls == [("original", "sdpa", (), {})]
+
+
+@pytest.mark.parametrize("mode", ["sdpa", "sageattn", "flash_attn_3", "sageattn_compiled"])
+def test_other_modes_reach_the_wrapper_unchanged(fp8, mode):
+    attention, calls = routed(fp8)
+    assert attention(T(*SELF), T(*SELF), T(*SELF), 7, attention_mode=mode, k_lens=[1]) == "original"
+    assert calls == [("original", mode, (7,), {"k_lens": [1]})]
+
+
+@pytest.mark.parametrize("capability, importable, problem", [
+    ((9, 0), True, None),
+    (None, True, "no CUDA GPU"),
+    ((8, 9), True, "this GPU is 8.9"),
+    ((10, 0), True, "this GPU is 10.0"),
+    ((9, 0), False, "nvidia-cudnn-frontend is not installed"),
+])
+def test_support_problem_names_what_is_missing(fp8, capability, importable, problem):
+    said = fp8.support_problem(capability, importable)
+    assert said == problem if problem is None else problem in said
+
+
+class Loader:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"model": (["a.safetensors"],)},
+                "optional": {"attention_mode": (["sdpa", "sageattn"], {"default": "sdpa"})}}
+
+
+def test_the_loader_offers_cudnn_fp8_once_and_keeps_its_other_choices(fp8):
+    loader = type("WanVideoModelLoader", (Loader,), {})
+    fp8.add_choice(loader)
+    fp8.add_choice(loader)  # a second install (a reloaded module) adds nothing more
+    types_ = loader.INPUT_TYPES()
+    assert types_["optional"]["attention_mode"] == (["sdpa", "sageattn", "cudnn_fp8"], {"default": "sdpa"})
+    assert types_["required"] == Loader.INPUT_TYPES()["required"]
+    assert Loader.INPUT_TYPES()["optional"]["attention_mode"][0] == ["sdpa", "sageattn"]  # the original untouched
+
+
+def test_rebind_replaces_the_function_only_where_it_was_imported(fp8):
+    def original():
+        pass
+
+    def other():
+        pass
+
+    modules = {"w.wanvideo.modules.attention": types.SimpleNamespace(attention=original),
+               "w.wanvideo.modules.model": types.SimpleNamespace(attention=original),
+               "w.multitalk.multitalk": types.SimpleNamespace(attention=original),
+               "w.lynx.modules": types.SimpleNamespace(attention=other),
+               "unrelated": types.SimpleNamespace(),
+               "gone": None}
+    names = fp8.rebind(original, "routed", modules)
+    assert sorted(names) == ["w.multitalk.multitalk", "w.wanvideo.modules.attention", "w.wanvideo.modules.model"]
+    assert modules["w.lynx.modules"].attention is other
+
+
+@pytest.fixture
+def wrapper_modules(monkeypatch):
+    prefix = "/ComfyUI/custom_nodes/ComfyUI-WanVideoWrapper"
+    calls = []
+
+    def attention(q, k, v, *args, attention_mode="sdpa", **kwargs):
+        calls.append(attention_mode)
+        return "wrapper"
+
+    attention_module = types.ModuleType(prefix + ".wanvideo.modules.attention")
+    model = types.ModuleType(prefix + ".wanvideo.modules.model")
+    loading = types.ModuleType(prefix + ".nodes_model_loading")
+    attention_module.attention = model.attention = attention
+    loading.WanVideoModelLoader = type("WanVideoModelLoader", (Loader,), {"loadmodel": lambda self, **kw: None})
+    for module in (attention_module, model, loading):
+        monkeypatch.setitem(sys.modules, module.__name__, module)
+    return model, loading, calls
+
+
+def test_wan_patches_installs_the_mode_and_says_why_sdpa_runs(wrapper_modules, caplog):
+    model, loading, calls = wrapper_modules
+    patches = comfy_nodes_parts.load("wan_patches")
+    with caplog.at_level(logging.WARNING):
+        applied = patches.apply(capability=lambda: (8, 9), vram_gib=lambda: 48.0,
+                                fp8_problem=lambda: "this GPU is 8.9")
+    assert "cudnn_fp8_mode" in applied
+    assert "cudnn_fp8" in loading.WanVideoModelLoader.INPUT_TYPES()["optional"]["attention_mode"][0]
+    assert "cudnn_fp8 cannot run here (this GPU is 8.9)" in caplog.text
+    assert model.attention(T(*SELF), T(*SELF), T(*SELF), attention_mode="cudnn_fp8") == "wrapper"
+    assert calls == ["sdpa"]
+    routed_once = model.attention
+    patches.apply(capability=lambda: (8, 9), vram_gib=lambda: 48.0, fp8_problem=lambda: "this GPU is 8.9")
+    assert model.attention is routed_once  # applied once
