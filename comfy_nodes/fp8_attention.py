@@ -195,7 +195,7 @@ def register_op():
         def _(q8, k8, v8, descale_q, descale_k, descale_v):
             return torch.empty_like(q8)
 
-        _OP = cudnn_fp8_sdpa
+        _OP = torch.ops.runpod_worker.cudnn_fp8_sdpa.default  # the operator itself: what torch.compile records
     return _OP
 
 
