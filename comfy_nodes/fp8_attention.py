@@ -4,14 +4,16 @@ other attention (text, image and audio cross-attention, short sequences) as "sdp
 Chosen per request with template_params {"attention_mode": "cudnn_fp8"}; never a default (see below). The kernel
 needs nvidia-cudnn-frontend (requirements/comfyui.lock) and a Hopper GPU (compute capability 9.0): cuDNN 9.x runs
 an fp8 forward SDPA there only with an fp8 output (a bf16 output is Blackwell-only). Where either is missing the
-mode runs sdpa; the log says so when the patch is installed (wan_patches.apply, at ComfyUI's first prompt).
+mode runs sdpa; the log says so when the patch is installed (wan_patches.add_modes). A shape cuDNN declines
+runs sdpa too (said once for each shape).
 Everything on the path a model call takes (route's attention, fits, self_attention) is traceable by torch.compile:
 no logging, no imports, no registration there.
 
 One call, for q, k, v of [batch, tokens, heads, head_dim] in bf16 (the wrapper's layout):
   - each of q, k, v is scaled by its own amax to e4m3 (per-tensor scale, descale = amax / 448);
   - cuDNN computes softmax(q k^T / sqrt(d)) v with the descales, P quantized to e4m3 with scale 448, sums in fp32;
-  - O is written in e4m3 scaled by 1 / descale_v (|O| <= max |v|, so it fits) and turned back to bf16.
+  - O is written in e4m3 scaled by 1 / (2 descale_v) (|O| <= max |v|, so it fits with room to spare: the fp8 P's
+    rows may sum to a little over 1) and turned back to bf16.
 The quantization and the dequantization are plain torch ops (torch.compile fuses them into the block); the cuDNN
 call is a custom op, opaque to torch.compile, whose graph is built once per shape and device and cached.
 
@@ -37,6 +39,7 @@ log = logging.getLogger("runpod_worker.fp8_attention")
 
 MODE = "cudnn_fp8"
 FP8_MAX = 448.0  # the largest e4m3 value
+O_HEADROOM = 2.0  # O is written at half the range its bound allows: fp8 P's rows may sum to a little over 1
 MIN_SELF_TOKENS = 4096  # shorter self-attention (and any cross-attention) runs sdpa: fp8 gains nothing there
 HEAD_DIMS = (64, 128)  # what cuDNN's fp8 SDPA takes on Hopper
 
@@ -98,7 +101,7 @@ def rebind(original, replacement, modules=None) -> list[str]:
     by name) gets `replacement` instead; returns those modules' names."""
     names = []
     for name, module in list((modules if modules is not None else sys.modules).items()):
-        if module is not None and getattr(module, "attention", None) is original:
+        if module is not None and vars(module).get("attention") is original:  # no module __getattr__ hooks
             module.attention = replacement
             names.append(name)
     return names
@@ -113,6 +116,7 @@ class CudnnFp8Sdpa:
         self._lock = threading.Lock()
         self._graphs: dict = {}
         self._handles: dict = {}
+        self._declined: dict = {}  # key -> why cuDNN would not build that graph (those calls run sdpa)
 
     def _handle(self, cudnn, device_index: int):
         if device_index not in self._handles:
@@ -154,28 +158,44 @@ class CudnnFp8Sdpa:
                 "workspace": torch.empty(graph.get_workspace_size(), device=device, dtype=torch.uint8)}
 
     def __call__(self, q8, k8, v8, descale_q, descale_k, descale_v):
-        """O in e4m3, scaled by 1 / descale_v, laid out like q8."""
-        import cudnn
-
+        """O in e4m3, scaled by 1 / (O_HEADROOM descale_v), laid out like q8. Where cuDNN declines the graph, the
+        same from sdpa over the dequantized inputs (said once in the log for each shape)."""
         device_index = q8.device.index if q8.device.index is not None else torch.cuda.current_device()
-        key = (tuple(q8.shape), q8.stride(), tuple(k8.shape), k8.stride(), v8.stride(), device_index)
-        with self._lock:
-            handle = self._handle(cudnn, device_index)
-            built = self._graphs.get(key)
+        key = (tuple(q8.shape), q8.stride(), tuple(k8.shape), k8.stride(), v8.stride(), q8.dtype, device_index)
+        with self._lock, torch.cuda.device(device_index):
+            built = None if key in self._declined else self._graphs.get(key)
+            if built is None and key not in self._declined:
+                try:
+                    import cudnn
+
+                    handle = self._handle(cudnn, device_index)
+                    built = self._graphs[key] = {**self._build(cudnn, handle, q8, k8, v8), "handle": handle,
+                                                 "cudnn": cudnn}
+                    log.info("cuDNN fp8 SDPA graph built for q %s, k %s on cuda:%d", tuple(q8.shape),
+                             tuple(k8.shape), device_index)
+                except Exception as exc:  # an unsupported shape or cuDNN: that shape runs sdpa, never fails a job
+                    self._declined[key] = f"{type(exc).__name__}: {exc}"[:500]
+                    log.warning("cuDNN declined the fp8 SDPA graph for q %s (%s): sdpa runs for it",
+                                tuple(q8.shape), self._declined[key])
             if built is None:
-                with torch.cuda.device(device_index):
-                    built = self._graphs[key] = self._build(cudnn, handle, q8, k8, v8)
-                log.info("cuDNN fp8 SDPA graph built for q %s, k %s on cuda:%d", tuple(q8.shape), tuple(k8.shape),
-                         device_index)
+                return _sdpa_fallback(q8, k8, v8, descale_q, descale_k, descale_v)
             out = torch.empty_like(q8)
-            cudnn.set_stream(handle, torch.cuda.current_stream(q8.device).cuda_stream)
+            built["cudnn"].set_stream(built["handle"], torch.cuda.current_stream(q8.device).cuda_stream)
             s, f = built["scalar"], built["fp8"]
             pack = {f["q"]: q8, f["k"]: k8, f["v"]: v8, s["descale_q"]: descale_q, s["descale_k"]: descale_k,
                     s["descale_v"]: descale_v, s["descale_s"]: built["descale_s"], s["scale_s"]: built["scale_s"],
-                    s["scale_o"]: descale_v.reciprocal(), built["o"]: out,
+                    s["scale_o"]: (descale_v * O_HEADROOM).reciprocal(), built["o"]: out,
                     built["amax"][0]: built["amax_buffers"][0], built["amax"][1]: built["amax_buffers"][1]}
-            built["graph"].execute(pack, built["workspace"], handle=handle)
+            built["graph"].execute(pack, built["workspace"], handle=built["handle"])
         return out
+
+
+def _sdpa_fallback(q8, k8, v8, descale_q, descale_k, descale_v):
+    """What the fp8 op returns, computed by sdpa in bf16 from the dequantized inputs."""
+    q, k, v = ((t.to(torch.bfloat16) * d.to(torch.bfloat16)).transpose(1, 2)
+               for t, d in ((q8, descale_q), (k8, descale_k), (v8, descale_v)))
+    out = torch.nn.functional.scaled_dot_product_attention(q, k, v).transpose(1, 2)
+    return (out / (descale_v * O_HEADROOM).to(out.dtype)).to(q8.dtype).contiguous()
 
 
 _KERNEL = CudnnFp8Sdpa()
@@ -210,15 +230,21 @@ def self_attention(q, k, v):
     bf16 out."""
     (q8, dq), (k8, dk), (v8, dv) = quantize(q), quantize(k), quantize(v)
     out = _OP(q8, k8, v8, dq, dk, dv)
-    return (out.to(torch.float32) * dv).to(q.dtype)
+    return out.to(q.dtype) * (dv * O_HEADROOM).to(q.dtype)
 
 
 def problem_here() -> str | None:
     """support_problem() for this process's GPU and packages."""
-    import importlib.util
-
+    if torch is None:
+        return "torch is not installed"
     capability = torch.cuda.get_device_capability() if torch.cuda.is_available() else None
-    return support_problem(capability, importlib.util.find_spec("cudnn") is not None)
+    try:
+        import cudnn  # noqa: F401  (imported, not only found: its backend library must load)
+
+        importable = True
+    except Exception:
+        importable = False
+    return support_problem(capability, importable)
 
 
 def install(attention_module, loader, problem: str | None, modules=None) -> list[str]:

@@ -341,7 +341,12 @@ def add_modes(fp8_problem=None) -> bool:
 
 def apply(capability=_cuda_capability, vram_gib=_vram_gib, fp8_problem=None) -> set[str]:
     """Applies each patch whose wrapper class is loaded and not yet patched; returns the names applied so far."""
-    add_modes(fp8_problem)  # an added choice, on whatever WORKER_WAN_PATCHES says
+    try:  # an added choice, on whatever WORKER_WAN_PATCHES says; its failure must not cost the other patches
+        add_modes(fp8_problem)
+    except Exception:
+        if "add_modes" not in _WARNED:
+            _WARNED.add("add_modes")
+            log.exception("adding attention_mode cudnn_fp8 failed (the other patches go on)")
     if "fp8_fast_gate" not in _APPLIED:  # a guard, not a speed-up: on whatever WORKER_WAN_PATCHES says
         loader = find_class("WanVideoModelLoader", "nodes_model_loading")
         if loader is not None:

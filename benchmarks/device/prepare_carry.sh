@@ -74,7 +74,7 @@ if [ ! -f "$dest/wrapper.tar.xz" ]; then
   fi
   tar -C "$tmp/nodes" -cf - "$name" | "${xz_big[@]}" > "$dest/wrapper.tar.xz"
 fi
-wheel=$(ls .whl/sageattention-2.2.0-*.whl 2>/dev/null | head -1)
+wheel=$(ls .whl/sageattention-2.2.0-*.whl 2>/dev/null | head -1 || true)
 if [ "${CARRY_SAGE2:-0}" = 1 ] && [ ! -f "$dest/sage2.tar.xz" ] && [ -n "$wheel" ]; then
   # the sm80/sm89 modules (29 + 18 MB) are left out: core.py imports each of them only where it exists
   mkdir -p "$tmp/sage2"
