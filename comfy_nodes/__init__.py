@@ -83,8 +83,8 @@ def _register_patches() -> None:
 
 
 _register_patches()
-try:  # attention_mode "cudnn_fp8" in the wrapper's loader now, where ComfyUI loaded the wrapper first (it sorts the
-    # custom node folders: ComfyUI-WanVideoWrapper before runpod_worker_nodes); else at the first prompt
+try:  # attention_mode "cudnn_fp8" in the wrapper's loader now, where ComfyUI happened to load the wrapper first (it
+    # takes the custom node folders in the file system's order); else at the first prompt (wan_patches.on_prompt)
     wan_patches.add_modes()
 except Exception:  # never fail the node package's import for an option
     wan_patches.log.exception("adding attention_mode cudnn_fp8 failed")

@@ -46,7 +46,8 @@ fp8_fast_gate  `fp8_*_fast` quantization (torch._scaled_mm) needs compute capabi
 
 WORKER_WAN_PATCHES chooses the speed patches (a benchmark's A/B): unset or 1, all of them; 0, none; otherwise a
 comma-separated list of their names (an unknown name is said in the log). fp8_fast_gate is a guard the >= 38 GiB device row relies on, always applied,
-and said in the log where the wrapper's loader cannot be found.
+and said in the log where the wrapper's loader cannot be found. cudnn_fp8_mode is always applied too (it changes
+nothing unless a request asks for the mode).
 """
 
 from __future__ import annotations

@@ -6,14 +6,18 @@ whole window, the frames checked) measure it there (docs/PERFORMANCE.md)."""
 
 from __future__ import annotations
 
+import json
 import logging
+import subprocess
 import sys
 import types
+from pathlib import Path
 
 import pytest
 
 from tests.support import comfy_nodes_parts
 
+REPO = Path(__file__).resolve().parent.parent
 BF16 = "bf16"  # a stand-in dtype: the routing only compares dtypes
 
 
@@ -164,3 +168,51 @@ def test_wan_patches_installs_the_mode_and_says_why_sdpa_runs(wrapper_modules, c
     routed_once = model.attention
     patches.apply(capability=lambda: (8, 9), vram_gib=lambda: 48.0, fp8_problem=lambda: "this GPU is 8.9")
     assert model.attention is routed_once  # applied once
+
+
+# Runs in ComfyUI's venv (torch, no GPU): the op gets a CPU kernel (the module's own sdpa fallback, which computes
+# what cuDNN's graph computes, in bf16), so that the model's path, quantization and dequantization included, runs
+# and is traced by torch.compile as on the GPU. Prints one JSON line.
+SCRIPT = r"""
+import json, sys
+import torch
+sys.path.insert(0, sys.argv[1])
+from tests.support import comfy_nodes_parts
+fp8 = comfy_nodes_parts.load("fp8_attention")
+fp8.register_op()
+torch.library.register_kernel("runpod_worker::cudnn_fp8_sdpa", "cpu", fp8._sdpa_fallback)
+torch.manual_seed(0)
+q, k, v = (torch.randn(1, 4096, 2, 128, dtype=torch.bfloat16) for _ in range(3))
+k_text = torch.randn(1, 512, 2, 128, dtype=torch.bfloat16)
+ref = torch.nn.functional.scaled_dot_product_attention(*(t.float().transpose(1, 2) for t in (q, k, v))).transpose(1, 2)
+rel = lambda out: float((out.float() - ref).norm() / ref.norm())
+eager = fp8.self_attention(q, k, v)
+compiled = torch.compile(fp8.self_attention, fullgraph=True, backend="eager")(q, k, v)
+
+calls = []
+def wrapper_attention(q, k, v, *args, attention_mode="sdpa", **kwargs):
+    calls.append(attention_mode)
+    return torch.nn.functional.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)).transpose(1, 2)
+routed = fp8.route(wrapper_attention, fp8.self_attention, (torch.bfloat16,))
+traced = torch.compile(routed, fullgraph=True, backend="eager")
+cross = traced(q, k_text, k_text, k_lens=None, attention_mode="cudnn_fp8")
+print(json.dumps({"eager_rel_err": rel(eager), "compiled_rel_err": rel(compiled), "dtype": str(eager.dtype),
+                  "same": bool(torch.equal(eager, compiled)), "cross_calls": calls, "cross_shape": list(cross.shape)}))
+"""
+
+
+def test_the_models_path_computes_attention_in_fp8_and_traces_whole():
+    """self_attention (quantize, the custom op, dequantize) against fp32 attention: the fp8 error (~0.05, far
+    above bf16's 0.002, so fp8 really ran) and no more; torch.compile(fullgraph=True) traces it and the router
+    without a graph break, with the same result; a cross-attention call under the mode reaches the wrapper's
+    sdpa."""
+    from comfy_manager.settings import PoolSettings
+
+    settings = PoolSettings()
+    done = subprocess.run([settings.python, "-c", SCRIPT, str(REPO)], capture_output=True, text=True, timeout=300,
+                          cwd=REPO)
+    assert done.returncode == 0, done.stderr[-3000:]
+    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    assert 0.02 < seen["eager_rel_err"] < 0.08, seen
+    assert seen["same"] and seen["dtype"] == "torch.bfloat16", seen
+    assert seen["cross_calls"] == ["sdpa"] and seen["cross_shape"] == [1, 4096, 2, 128], seen
