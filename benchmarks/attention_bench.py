@@ -9,15 +9,14 @@ bf16, laid out as the wrapper calls sdpa: q, k, v made [B, L, H, D] and passed a
 Per kernel: the median of --reps timed calls (CUDA events) after warm-up, TFLOP/s (4 B H L^2 D), the CUDA kernels
 it launched (names, from torch.profiler: which backend sdpa really picked), and its error against an fp32
 reference on a slice (2 heads x 2,048 queries against all 32,760 keys): ||out - ref|| / ||ref||.
-fp8 kernels are timed without and with the quantization of q, k, v (per-tensor scale from the amax) that a
-model would have to add.
+fp8 kernels are timed on q, k, v quantized beforehand (per-tensor scale from the amax); cuDNN's also as the model
+calls it (comfy_nodes/fp8_attention.py, whose quantization and graph these cases use), quantization included.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import time
 import traceback
 from pathlib import Path
@@ -29,7 +28,6 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 B, L, H, D = 1, 32760, 40, 128
 FLOP = 4 * B * H * L * L * D
 REF_HEADS, REF_QUERIES = 2, 2048
-FP8_MAX = 448.0
 
 
 def timed(fn, reps: int) -> float:
@@ -75,10 +73,19 @@ def rel_err(out_blhd: torch.Tensor, ref: torch.Tensor) -> float:
     return float((o - ref).norm() / ref.norm())
 
 
-def quantize(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-tensor fp8 e4m3: x / scale with scale = amax / 448; returns (fp8 tensor, descale = scale as fp32)."""
-    scale = (x.abs().amax().float() / FP8_MAX).clamp(min=1e-12)
-    return (x / scale).to(torch.float8_e4m3fn), scale.reshape(1)
+def _load_fp8_attention():
+    """comfy_nodes/fp8_attention.py (attention_mode "cudnn_fp8"), loaded by its path: its per-tensor quantization
+    and its cuDNN fp8 graph are what the fp8 cases below time."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parent.parent / "comfy_nodes" / "fp8_attention.py"
+    spec = importlib.util.spec_from_file_location("fp8_attention", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+fp8_attention = _load_fp8_attention()
 
 
 def main() -> None:
@@ -160,13 +167,11 @@ def main() -> None:
         from torch.nn.attention.experimental import _scaled_dot_product_attention_quantized as sdpq
 
         results["torch_fp8_descale_types"] = [t.name for t in sdpq.DescaleType]
-        q8, dq = quantize(qc)
-        k8, dk = quantize(kc)
-        v8, dv = quantize(vc)
+        (q8, dq), (k8, dk), (v8, dv) = (fp8_attention.quantize(t) for t in (qc, kc, vc))
         for type_name in results["torch_fp8_descale_types"]:
             dtype_ = sdpq.DescaleType[type_name]
             shape = (B, H) if type_name == "PER_HEAD" else (1, 1, 1, 1)
-            descales = [d.expand(shape).contiguous() if type_name == "PER_HEAD" else d.reshape(shape)
+            descales = [d.reshape(1).expand(shape).contiguous() if type_name == "PER_HEAD" else d.reshape(shape)
                         for d in (dq, dk, dv)]
 
             def fp8_call(dtype_=dtype_, descales=descales):
@@ -192,12 +197,7 @@ def main() -> None:
 def model_fp8(record, q, k, v, results: dict) -> None:
     """attention_mode "cudnn_fp8" as the model runs it (comfy_nodes/fp8_attention.py: per-tensor quantization,
     the cuDNN fp8 custom op, dequantization), eager and under torch.compile (which fuses the quantization)."""
-    import importlib.util
-
-    path = Path(__file__).resolve().parent.parent / "comfy_nodes" / "fp8_attention.py"
-    spec = importlib.util.spec_from_file_location("fp8_attention", path)
-    fp8 = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(fp8)
+    fp8 = fp8_attention
     results["fp8_attention_problem"] = fp8.problem_here()
     if results["fp8_attention_problem"]:
         print("fp8_attention:", results["fp8_attention_problem"], flush=True)
@@ -232,51 +232,11 @@ def sage_kernels(record, q, k, v) -> None:
             record(f"SageAttention {name}", lambda fn=fn, kwargs=kwargs: fn(q, k, v, **nhd, **kwargs))
 
 
-def _cudnn_fp8_graph(cudnn, handle, out_type: str, q8, k8, v8, dq, dk, dv, v):
-    """One cuDNN fp8 SDPA graph over the wrapper's [B, L, H, D] memory; returns a call giving bf16 [B, L, H, D]."""
-    dims = [B, H, L, D]
-    strides = [L * H * D, D, H * D, 1]  # [B, L, H, D] memory seen as [B, H, L, D]
-    one = lambda x: torch.full((1, 1, 1, 1), x, device="cuda", dtype=torch.float32)  # noqa: E731
-    fp8_out = out_type == "FP8_E4M3"
-    # O's scale: an fp8 O holds O * scale_o (O is bounded by max |v|); a bf16 O is written as it is.
-    o_scale = FP8_MAX / float(v.abs().amax()) if fp8_out else 1.0
-    descale_s, scale_s, scale_o = one(1 / FP8_MAX), one(FP8_MAX), one(o_scale)
-    dq4, dk4, dv4 = (d.reshape(1, 1, 1, 1) for d in (dq, dk, dv))
-    out = torch.empty(B, L, H, D, device="cuda", dtype=torch.float8_e4m3fn if fp8_out else torch.bfloat16)
-    amax_s, amax_o = one(0.0), one(0.0)
-    graph = cudnn.pygraph(io_data_type=cudnn.data_type.FP8_E4M3, intermediate_data_type=cudnn.data_type.FLOAT,
-                          compute_data_type=cudnn.data_type.FLOAT, handle=handle)
-    t = lambda name: graph.tensor(name=name, dim=dims, stride=strides, data_type=cudnn.data_type.FP8_E4M3)  # noqa: E731
-    s = lambda name: graph.tensor(  # noqa: E731
-        name=name, dim=[1, 1, 1, 1], stride=[1, 1, 1, 1], data_type=cudnn.data_type.FLOAT)
-    tq, tk, tv = t("q"), t("k"), t("v")
-    tdq, tdk, tdv, tds, tss, tso = s("dq"), s("dk"), s("dv"), s("ds"), s("ss"), s("so")
-    o, _stats, t_amax_s, t_amax_o = graph.sdpa_fp8(
-        q=tq, k=tk, v=tv, descale_q=tdq, descale_k=tdk, descale_v=tdv, descale_s=tds, scale_s=tss, scale_o=tso,
-        is_inference=True, attn_scale=1.0 / math.sqrt(D), use_causal_mask=False)
-    o.set_output(True).set_dim(dims).set_stride(strides).set_data_type(getattr(cudnn.data_type, out_type))
-    t_amax_s.set_output(True).set_dim([1, 1, 1, 1]).set_stride([1, 1, 1, 1]).set_data_type(cudnn.data_type.FLOAT)
-    t_amax_o.set_output(True).set_dim([1, 1, 1, 1]).set_stride([1, 1, 1, 1]).set_data_type(cudnn.data_type.FLOAT)
-    graph.validate()
-    graph.build_operation_graph()
-    graph.create_execution_plans([cudnn.heur_mode.A, cudnn.heur_mode.FALLBACK])
-    graph.check_support()
-    graph.build_plans()
-    workspace = torch.empty(graph.get_workspace_size(), device="cuda", dtype=torch.uint8)
-    pack = {tq: q8, tk: k8, tv: v8, tdq: dq4, tdk: dk4, tdv: dv4, tds: descale_s, tss: scale_s, tso: scale_o,
-            o: out, t_amax_s: amax_s, t_amax_o: amax_o}
-
-    def run():
-        graph.execute(pack, workspace, handle=handle)
-        return out.to(torch.bfloat16) / o_scale if fp8_out else out
-
-    return run
-
-
 def cudnn_fp8(record, q, k, v, results: dict) -> None:
-    """cuDNN's fp8 forward SDPA through nvidia-cudnn-frontend's graph API (if carried): fp8 e4m3 q, k, v in the
-    wrapper's [B, L, H, D] memory (strides given to cuDNN), per-tensor descales, P quantized with scale 448,
-    output bf16."""
+    """cuDNN's fp8 forward SDPA alone, through comfy_nodes/fp8_attention.py's graph (nvidia-cudnn-frontend, if
+    carried) on q, k, v quantized beforehand: fp8 e4m3 in the wrapper's [B, L, H, D] memory, per-tensor descales,
+    P quantized with scale 448; each output type cuDNN may build (Hopper declines a bf16 one), turned to bf16.
+    The quantization's cost is in model_fp8's cases."""
     try:
         import cudnn
     except Exception as exc:
@@ -286,34 +246,28 @@ def cudnn_fp8(record, q, k, v, results: dict) -> None:
     results["cudnn_frontend"] = {"version": getattr(cudnn, "__version__", "?"),
                                  "backend": cudnn.backend_version()}
     try:
-        q8, dq = quantize(q)
-        k8, dk = quantize(k)
-        v8, dv = quantize(v)
+        (q8, dq), (k8, dk), (v8, dv) = (fp8_attention.quantize(t) for t in (q, k, v))
         handle = cudnn.create_handle()
         errors = {}
-        for out_type in ("BFLOAT16", "FP8_E4M3"):
+        for out_type, out_dtype in (("BFLOAT16", torch.bfloat16), ("FP8_E4M3", torch.float8_e4m3fn)):
             try:
-                run = _cudnn_fp8_graph(cudnn, handle, out_type, q8, k8, v8, dq, dk, dv, v)
+                built = fp8_attention.build_graph(cudnn, handle, q8, k8, v8, out_type)
             except Exception as exc:  # cuDNN declines some output types on some GPUs
                 errors[out_type] = f"{type(exc).__name__}: {exc}"[:1500]
                 print(f"cudnn fp8, {out_type} output:", errors[out_type][:400], flush=True)
                 continue
-            record(f"cuDNN fp8 sdpa (cudnn-frontend graph), {out_type} output (an fp8 O turned to bf16)", run)
+            out = torch.empty_like(q8, dtype=out_dtype)
 
-            def with_quant(run=run):
-                for src, dst, d in ((q, q8, dq), (k, k8, dk), (v, v8, dv)):
-                    scale = (src.abs().amax().float() / FP8_MAX).clamp(min=1e-12)
-                    dst.copy_((src / scale).to(torch.float8_e4m3fn))
-                    d.copy_(scale.reshape(1))
-                return run()
+            def run(built=built, out=out):
+                fp8_attention.run_graph(built, q8, k8, v8, dq, dk, dv, out)
+                return out.to(torch.bfloat16) * (dv * fp8_attention.O_HEADROOM).to(torch.bfloat16)
 
-            record(f"cuDNN fp8 sdpa, {out_type} output, + per-tensor quantization of q, k, v", with_quant)
+            record(f"cuDNN fp8 sdpa (cudnn-frontend graph), {out_type} output, turned to bf16", run)
         results["cudnn_fp8_declined"] = errors
     except Exception as exc:
         results["cudnn_fp8_error"] = f"{type(exc).__name__}: {exc}"[:2000]
         results["cudnn_fp8_trace"] = traceback.format_exc()[-2000:]
         print("cudnn fp8:", results["cudnn_fp8_error"], flush=True)
-
 
 if __name__ == "__main__":
     started = time.monotonic()

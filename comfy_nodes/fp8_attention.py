@@ -109,53 +109,61 @@ def rebind(original, replacement, modules=None) -> list[str]:
 
 # ---- the kernel (torch and nvidia-cudnn-frontend, imported only when it runs) ----
 
+def build_graph(cudnn, handle, q8, k8, v8, out_type: str = "FP8_E4M3") -> dict:
+    """cuDNN's fp8 SDPA graph for e4m3 q8, k8, v8 in [B, L, H, D] memory, O of cuDNN data type `out_type` laid out
+    like q8 (Hopper builds only FP8_E4M3); raises where cuDNN declines it. run_graph() executes it."""
+    def dims_strides(t):  # [B, L, H, D] memory seen as cuDNN's [B, H, L, D]
+        b, seq, h, d = t.shape
+        return [b, h, seq, d], [t.stride(0), t.stride(2), t.stride(1), t.stride(3)]
+
+    graph = cudnn.pygraph(io_data_type=cudnn.data_type.FP8_E4M3, intermediate_data_type=cudnn.data_type.FLOAT,
+                          compute_data_type=cudnn.data_type.FLOAT, handle=handle)
+    fp8 = {}
+    for name, t in (("q", q8), ("k", k8), ("v", v8)):
+        dims, strides = dims_strides(t)
+        fp8[name] = graph.tensor(name=name, dim=dims, stride=strides, data_type=cudnn.data_type.FP8_E4M3)
+    scalar = {name: graph.tensor(name=name, dim=[1, 1, 1, 1], stride=[1, 1, 1, 1], data_type=cudnn.data_type.FLOAT)
+              for name in ("descale_q", "descale_k", "descale_v", "descale_s", "scale_s", "scale_o")}
+    o, _stats, amax_s, amax_o = graph.sdpa_fp8(
+        q=fp8["q"], k=fp8["k"], v=fp8["v"], descale_q=scalar["descale_q"], descale_k=scalar["descale_k"],
+        descale_v=scalar["descale_v"], descale_s=scalar["descale_s"], scale_s=scalar["scale_s"],
+        scale_o=scalar["scale_o"], is_inference=True, attn_scale=1.0 / math.sqrt(q8.shape[-1]), use_causal_mask=False)
+    o_dims, o_strides = dims_strides(q8)
+    o.set_output(True).set_dim(o_dims).set_stride(o_strides).set_data_type(getattr(cudnn.data_type, out_type))
+    for amax in (amax_s, amax_o):
+        amax.set_output(True).set_dim([1, 1, 1, 1]).set_stride([1, 1, 1, 1]).set_data_type(cudnn.data_type.FLOAT)
+    graph.validate()
+    graph.build_operation_graph()
+    graph.create_execution_plans([cudnn.heur_mode.A, cudnn.heur_mode.FALLBACK])
+    graph.check_support()
+    graph.build_plans()
+    device = q8.device
+    one = lambda x: torch.full((1, 1, 1, 1), x, device=device, dtype=torch.float32)  # noqa: E731
+    return {"cudnn": cudnn, "handle": handle, "graph": graph, "fp8": fp8, "scalar": scalar, "o": o,
+            "amax": (amax_s, amax_o), "amax_buffers": (one(0.0), one(0.0)), "descale_s": one(1.0 / FP8_MAX),
+            "scale_s": one(FP8_MAX),
+            "workspace": torch.empty(graph.get_workspace_size(), device=device, dtype=torch.uint8)}
+
+
+def run_graph(built: dict, q8, k8, v8, descale_q, descale_k, descale_v, out) -> None:
+    """Executes build_graph()'s graph on the current stream: `out` gets O / (O_HEADROOM descale_v)."""
+    built["cudnn"].set_stream(built["handle"], torch.cuda.current_stream(q8.device).cuda_stream)
+    s, f = built["scalar"], built["fp8"]
+    pack = {f["q"]: q8, f["k"]: k8, f["v"]: v8, s["descale_q"]: descale_q, s["descale_k"]: descale_k,
+            s["descale_v"]: descale_v, s["descale_s"]: built["descale_s"], s["scale_s"]: built["scale_s"],
+            s["scale_o"]: (descale_v * O_HEADROOM).reciprocal(), built["o"]: out,
+            built["amax"][0]: built["amax_buffers"][0], built["amax"][1]: built["amax_buffers"][1]}
+    built["graph"].execute(pack, built["workspace"], handle=built["handle"])
+
+
 class CudnnFp8Sdpa:
-    """cuDNN fp8 SDPA graphs, one per (shapes, strides, device), built on first use; thread-safe."""
+    """cuDNN fp8 SDPA graphs, one per (shapes, strides, dtype, device), built on first use; thread-safe."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._graphs: dict = {}
         self._handles: dict = {}
         self._declined: dict = {}  # key -> why cuDNN would not build that graph (those calls run sdpa)
-
-    def _handle(self, cudnn, device_index: int):
-        if device_index not in self._handles:
-            self._handles[device_index] = cudnn.create_handle()
-        return self._handles[device_index]
-
-    def _build(self, cudnn, handle, q8, k8, v8):
-        def dims_strides(t):  # [B, L, H, D] memory seen as cuDNN's [B, H, L, D]
-            b, seq, h, d = t.shape
-            return [b, h, seq, d], [t.stride(0), t.stride(2), t.stride(1), t.stride(3)]
-
-        graph = cudnn.pygraph(io_data_type=cudnn.data_type.FP8_E4M3, intermediate_data_type=cudnn.data_type.FLOAT,
-                              compute_data_type=cudnn.data_type.FLOAT, handle=handle)
-        fp8 = {}
-        for name, t in (("q", q8), ("k", k8), ("v", v8)):
-            dims, strides = dims_strides(t)
-            fp8[name] = graph.tensor(name=name, dim=dims, stride=strides, data_type=cudnn.data_type.FP8_E4M3)
-        scalar = {name: graph.tensor(name=name, dim=[1, 1, 1, 1], stride=[1, 1, 1, 1],
-                                     data_type=cudnn.data_type.FLOAT)
-                  for name in ("descale_q", "descale_k", "descale_v", "descale_s", "scale_s", "scale_o")}
-        o, _stats, amax_s, amax_o = graph.sdpa_fp8(
-            q=fp8["q"], k=fp8["k"], v=fp8["v"], descale_q=scalar["descale_q"], descale_k=scalar["descale_k"],
-            descale_v=scalar["descale_v"], descale_s=scalar["descale_s"], scale_s=scalar["scale_s"],
-            scale_o=scalar["scale_o"], is_inference=True, attn_scale=1.0 / math.sqrt(q8.shape[-1]),
-            use_causal_mask=False)
-        o_dims, o_strides = dims_strides(q8)
-        o.set_output(True).set_dim(o_dims).set_stride(o_strides).set_data_type(cudnn.data_type.FP8_E4M3)
-        for amax in (amax_s, amax_o):
-            amax.set_output(True).set_dim([1, 1, 1, 1]).set_stride([1, 1, 1, 1]).set_data_type(cudnn.data_type.FLOAT)
-        graph.validate()
-        graph.build_operation_graph()
-        graph.create_execution_plans([cudnn.heur_mode.A, cudnn.heur_mode.FALLBACK])
-        graph.check_support()
-        graph.build_plans()
-        device = q8.device
-        one = lambda x: torch.full((1, 1, 1, 1), x, device=device, dtype=torch.float32)  # noqa: E731
-        return {"graph": graph, "fp8": fp8, "scalar": scalar, "o": o, "amax": (amax_s, amax_o),
-                "amax_buffers": (one(0.0), one(0.0)), "descale_s": one(1.0 / FP8_MAX), "scale_s": one(FP8_MAX),
-                "workspace": torch.empty(graph.get_workspace_size(), device=device, dtype=torch.uint8)}
 
     def __call__(self, q8, k8, v8, descale_q, descale_k, descale_v):
         """O in e4m3, scaled by 1 / (O_HEADROOM descale_v), laid out like q8. Where cuDNN declines the graph, the
@@ -168,9 +176,9 @@ class CudnnFp8Sdpa:
                 try:
                     import cudnn
 
-                    handle = self._handle(cudnn, device_index)
-                    built = self._graphs[key] = {**self._build(cudnn, handle, q8, k8, v8), "handle": handle,
-                                                 "cudnn": cudnn}
+                    if device_index not in self._handles:
+                        self._handles[device_index] = cudnn.create_handle()
+                    built = self._graphs[key] = build_graph(cudnn, self._handles[device_index], q8, k8, v8)
                     log.info("cuDNN fp8 SDPA graph built for q %s, k %s on cuda:%d", tuple(q8.shape),
                              tuple(k8.shape), device_index)
                 except Exception as exc:  # an unsupported shape or cuDNN: that shape runs sdpa, never fails a job
@@ -180,13 +188,7 @@ class CudnnFp8Sdpa:
             if built is None:
                 return _sdpa_fallback(q8, k8, v8, descale_q, descale_k, descale_v)
             out = torch.empty_like(q8)
-            built["cudnn"].set_stream(built["handle"], torch.cuda.current_stream(q8.device).cuda_stream)
-            s, f = built["scalar"], built["fp8"]
-            pack = {f["q"]: q8, f["k"]: k8, f["v"]: v8, s["descale_q"]: descale_q, s["descale_k"]: descale_k,
-                    s["descale_v"]: descale_v, s["descale_s"]: built["descale_s"], s["scale_s"]: built["scale_s"],
-                    s["scale_o"]: (descale_v * O_HEADROOM).reciprocal(), built["o"]: out,
-                    built["amax"][0]: built["amax_buffers"][0], built["amax"][1]: built["amax_buffers"][1]}
-            built["graph"].execute(pack, built["workspace"], handle=built["handle"])
+            run_graph(built, q8, k8, v8, descale_q, descale_k, descale_v, out)
         return out
 
 

@@ -21,6 +21,7 @@ import re
 import subprocess
 import time
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -236,31 +237,35 @@ def validate_only(client: ComfyClient, graph: dict) -> dict:
     return body.get("node_errors") or ({} if response.ok else {"error": body.get("error")})
 
 
-@pytest.mark.parametrize("case", sorted(REQUESTS))
-@pytest.mark.parametrize("template", TEMPLATES)
-def test_bound_requests_pass_comfyui_validation(template, case, it_pool, media):
-    """Typical and extreme requests, every preset, CPU and GPU settings: ComfyUI with the real wrapper
-    accepts the bound graph (node_errors empty). Nothing runs: an accepted prompt is dequeued."""
-    instance = it_pool.instances[0]
+@contextmanager
+def uploaded(pool: InstancePool, media: dict[str, Path], prefix: str):
+    """(client, slot -> file name) of every media file uploaded to the pool's ComfyUI; the files removed after."""
+    instance = pool.instances[0]
     client = ComfyClient(instance.url)
     tag = uuid.uuid4().hex[:8]
-    uploads = {slot: client.upload(path, f"validate_{tag}_{slot}{path.suffix}") for slot, path in media.items()}
+    uploads = {slot: client.upload(path, f"{prefix}_{tag}_{slot}{path.suffix}") for slot, path in media.items()}
     try:
-        for preset, vram_gb in variants(load_template(template)):
-            graph, _ = bind_case(load_template(template), case, uploads, preset, vram_gb)
-            assert validate_only(client, graph) == {}, (preset, vram_gb)
+        yield client, uploads
     finally:
         for name in uploads.values():
             (instance.input_dir / name).unlink(missing_ok=True)
 
 
+@pytest.mark.parametrize("case", sorted(REQUESTS))
+@pytest.mark.parametrize("template", TEMPLATES)
+def test_bound_requests_pass_comfyui_validation(template, case, it_pool, media):
+    """Typical and extreme requests, every preset, CPU and GPU settings: ComfyUI with the real wrapper
+    accepts the bound graph (node_errors empty). Nothing runs: an accepted prompt is dequeued."""
+    with uploaded(it_pool, media, "validate") as (client, uploads):
+        for preset, vram_gb in variants(load_template(template)):
+            graph, _ = bind_case(load_template(template), case, uploads, preset, vram_gb)
+            assert validate_only(client, graph) == {}, (preset, vram_gb)
+
+
 def test_the_loader_refuses_an_attention_mode_it_does_not_have(it_pool, media):
     """The other side of cudnn_fp8's test above: ComfyUI really checks attention_mode against the loader's list."""
-    client = ComfyClient(it_pool.instances[0].url)
-    uploads = {slot: client.upload(path, f"mode_{uuid.uuid4().hex[:8]}_{slot}{path.suffix}")
-               for slot, path in media.items()}
-    try:
-        template = load_template("infinitetalk_image_single")
+    template = load_template("infinitetalk_image_single")
+    with uploaded(it_pool, media, "mode") as (client, uploads):
         for mode, refused in (("cudnn_fp8", False), ("fp4_magic", True)):
             graph, _ = bind_case(template, "typical", uploads, "fast", 80.0)
             loaders = [node for node in graph.values() if node["class_type"] == "WanVideoModelLoader"]
@@ -269,9 +274,6 @@ def test_the_loader_refuses_an_attention_mode_it_does_not_have(it_pool, media):
                 node["inputs"]["attention_mode"] = mode
             errors = validate_only(client, graph)
             assert bool(errors) == refused and (not refused or "attention_mode" in str(errors)), (mode, errors)
-    finally:
-        for name in uploads.values():
-            (it_pool.instances[0].input_dir / name).unlink(missing_ok=True)
 
 
 def test_node_schema_matches_the_real_nodes(it_pool):
