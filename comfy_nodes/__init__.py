@@ -56,14 +56,14 @@ def _cap_vram() -> None:
     """WORKER_VRAM_LIMIT_GB (set by the worker from COMFY_VRAM_LIMIT_GB): this process's CUDA allocator may
     hold at most that many GiB, as on a card of that size (the pool also tells ComfyUI to keep the rest in
     reserve). Lets a benchmark run the templates as a 24, 32 or 48 GB GPU would, on a bigger one."""
-    limit = os.environ.get("WORKER_VRAM_LIMIT_GB")
-    if not limit or not torch.cuda.is_available():
+    limit = wan_patches.vram_limit_gib()
+    if limit is None or not torch.cuda.is_available():
         return
     device = comfy.model_management.get_torch_device()
     total = torch.cuda.get_device_properties(device).total_memory
-    fraction = min(1.0, float(limit) * 1024**3 / total)
+    fraction = min(1.0, limit * 1024**3 / total)
     torch.cuda.set_per_process_memory_fraction(fraction, device)
-    print(f"[runpod worker] CUDA allocator capped at {float(limit):g} GiB ({fraction:.3f} of {total / 1024**3:.0f} GiB)")
+    print(f"[runpod worker] CUDA allocator capped at {limit:g} GiB ({fraction:.3f} of {total / 1024**3:.0f} GiB)")
 
 
 _cap_vram()

@@ -317,11 +317,24 @@ def _vram_gib():
     if not torch.cuda.is_available():
         return None
     gib = torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory / 2**30
+    limit = vram_limit_gib()
+    return gib if limit is None else min(gib, limit)
+
+
+def vram_limit_gib():
+    """WORKER_VRAM_LIMIT_GB as a positive number of GiB, or None where it is unset. The worker always sets a number
+    (from its validated COMFY_VRAM_LIMIT_GB); anything else is logged and counts as no limit, in every reader."""
+    text = os.environ.get("WORKER_VRAM_LIMIT_GB", "").strip()
+    if not text:
+        return None
     try:
-        limit = float(os.environ.get("WORKER_VRAM_LIMIT_GB") or "inf")
-    except ValueError:  # the worker always sets a number; anything else counts as no limit
-        limit = float("inf")
-    return min(gib, limit)
+        limit = float(text)
+    except ValueError:
+        limit = -1.0
+    if not limit > 0 or limit == float("inf"):
+        log.warning("WORKER_VRAM_LIMIT_GB=%r is not a positive number of GiB; no VRAM limit", text)
+        return None
+    return limit
 
 
 def add_modes(fp8_problem=None) -> bool:

@@ -393,3 +393,13 @@ def test_an_unknown_patch_name_is_said_and_the_rest_apply(patches, wrapper, vae_
         applied = patches.apply(capability=lambda: (9, 0), vram_gib=lambda: 80.0)
     assert applied == {"resident_vae", "fp8_fast_gate"}
     assert "no patch called resident_vea" in caplog.text
+
+
+@pytest.mark.parametrize("text, limit", [("", None), ("24", 24.0), (" 47.5 ", 47.5), ("0", None), ("-3", None),
+                                         ("lots", None), ("inf", None), ("nan", None)])
+def test_the_vram_limit_is_read_one_way_for_the_cap_and_the_patches(patches, monkeypatch, caplog, text, limit):
+    """WORKER_VRAM_LIMIT_GB: comfy_nodes/__init__'s allocator cap and the patches' card size both read it here; a
+    value that is no positive number is said in the log and means no limit, never a failed import."""
+    monkeypatch.setenv("WORKER_VRAM_LIMIT_GB", text)
+    assert patches.vram_limit_gib() == limit
+    assert ("not a positive number" in caplog.text) == (text.strip() not in ("", "24", "47.5"))
