@@ -1,26 +1,29 @@
 """attention_mode "cudnn_fp8" for ComfyUI-WanVideoWrapper: the DiT's self-attention through cuDNN's fp8 SDPA, every
 other attention (text, image and audio cross-attention, short sequences) as "sdpa".
 
-Chosen per request with template_params {"attention_mode": "cudnn_fp8"}; never a default (see below). The kernel
-needs nvidia-cudnn-frontend (requirements/comfyui.lock) and a Hopper GPU (compute capability 9.0): cuDNN 9.x runs
-an fp8 forward SDPA there only with an fp8 output (a bf16 output is Blackwell-only). Where either is missing the
-mode runs sdpa; the log says so when the patch is installed (wan_patches.add_modes). A shape cuDNN declines
+The InfiniteTalk templates' >= 38 GiB row sets it (template_params {"attention_mode": "sdpa"} turns it off). The
+kernel needs nvidia-cudnn-frontend (requirements/comfyui.lock) and a Hopper GPU (compute capability 9.0): cuDNN 9.x
+runs an fp8 forward SDPA there only with an fp8 output (a bf16 output is Blackwell-only). Where either is missing
+the mode runs sdpa; the log says so when the patch is installed (wan_patches.add_modes). A shape cuDNN declines
 runs sdpa too (said once for each shape).
 Everything on the path a model call takes (route's attention, fits, self_attention) is traceable by torch.compile:
 no logging, no imports, no registration there.
 
 One call, for q, k, v of [batch, tokens, heads, head_dim] in bf16 (the wrapper's layout):
+  - k and v are centred over the tokens (smooth(): exact for attention, SageAttention's "smoothing" of K, and of V
+    here too), so that a channel's constant offset does not set the scale;
   - each of q, k, v is scaled by its own amax to e4m3 (per-tensor scale, descale = amax / 448);
   - cuDNN computes softmax(q k^T / sqrt(d)) v with the descales, P quantized to e4m3 with scale 448, sums in fp32;
   - O is written in e4m3 scaled by 1 / (2 descale_v) (|O| <= max |v|, so it fits with room to spare: the fp8 P's
-    rows may sum to a little over 1) and turned back to bf16.
+    rows may sum to a little over 1), turned back to bf16, and v's mean added back.
 The quantization and the dequantization are plain torch ops (torch.compile fuses them into the block); the cuDNN
 call is a custom op, opaque to torch.compile, whose graph is built once per shape and device and cached.
 
 Measured on an H200 at the real shape (32,760 tokens, 40 heads x 128; benchmarks/attention_bench.py,
 docs/PERFORMANCE.md): the fp8 kernel 25-26 ms against cuDNN's bf16 kernel's 33-34 ms, 29.9 ms a call with the
-quantization against 38.3 ms; relative error 0.060 against fp32 (bf16: 0.0023), most of it from the fp8 O.
-That error is why this is an option and not a default: whether it shows in a real video needs the real weights.
+quantization against 38.3 ms; relative error 0.060 against fp32 (bf16: 0.0023), most of it from the fp8 O. In the
+model (random weights at the real shapes): 2.02 s a DiT step against 2.49, the output 10.8 units (8-bit) from the
+bf16-attention run, no flat or frozen frame. Whether the error shows in a real video needs the real weights.
 """
 
 from __future__ import annotations
@@ -229,10 +232,21 @@ def quantize(x):
 
 def self_attention(q, k, v):
     """softmax(q k^T / sqrt(d)) v for [B, L, H, D] bf16 q, k, v, through cuDNN's fp8 kernel (register_op() first);
-    bf16 out."""
+    bf16 out. k and v are centred first (smooth()), so that a channel's offset does not take e4m3's range."""
+    k, v, v_mean = smooth(k, v)
     (q8, dq), (k8, dk), (v8, dv) = quantize(q), quantize(k), quantize(v)
     out = _OP(q8, k8, v8, dq, dk, dv)
-    return out.to(q.dtype) * (dv * O_HEADROOM).to(q.dtype)
+    return out.to(q.dtype) * (dv * O_HEADROOM).to(q.dtype) + v_mean
+
+
+def smooth(k, v):
+    """k and v less their means over the tokens (per batch, head and channel), and v's mean. Exact for attention
+    without a mask: subtracting k's mean moves all of one query's scores by the same amount, which softmax ignores;
+    each output row is a weighted mean of v's rows, so v's mean is added back afterwards (exactly, where the fp8 P's
+    rows would sum to a little over or under 1). What is left to quantize is the part that differs from token to
+    token: a channel with a large constant offset (as real models' keys have) no longer sets the per-tensor scale."""
+    v_mean = v.mean(dim=1, keepdim=True)
+    return k - k.mean(dim=1, keepdim=True), v - v_mean, v_mean
 
 
 def problem_here() -> str | None:
@@ -255,7 +269,7 @@ def install(attention_module, loader, problem: str | None, modules=None) -> list
     if problem is None:
         register_op()
     else:
-        log.warning("attention_mode %s cannot run here (%s): a request that asks for it runs sdpa", MODE, problem)
+        log.warning("attention_mode %s cannot run here (%s): it runs as sdpa (bf16 attention)", MODE, problem)
     original = attention_module.attention
     routed = route(original, self_attention if problem is None else None,
                    (torch.bfloat16,) if torch is not None else ())

@@ -18,7 +18,7 @@ IT = "infinitetalk_image_single"
 
 @pytest.mark.parametrize("vram_gb, row, expected", [
     (139.8, "gpu>=38GB", {"compile": True, "block_swap": False, "load_device": "main_device",
-                          "quantization": "fp8_e4m3fn_scaled_fast"}),
+                          "quantization": "fp8_e4m3fn_scaled_fast", "attention_mode": "cudnn_fp8"}),
     (47.99, "gpu>=38GB", {"compile": True, "block_swap": False}),
     (39.6, "gpu>=38GB", {"block_swap": False}),  # an A100 40 GB as NVML counts it
     (31.8, "gpu>=28GB", {"block_swap": True, "blocks_to_swap": 15, "load_device": "offload_device",

@@ -108,16 +108,17 @@ def test_other_workers_are_used_where_they_pay_off_after_their_cold_start():
     save more than their start; for 81 frames (one window) no other worker pays off."""
     template = available_templates()[IT]
     per_window = template.spec.speed.seconds_per_window["fast"]
-    others = remote_lanes(2, start_s=60.0)
+    start = 4 * per_window  # a cold start of another worker, in windows of this template
+    others = remote_lanes(2, start_s=start)
     long = plan_job(it_request(), template, 842, lanes(1) + others, Learned(0.0))
     assert (len(long.segments.segments), long.remote, long.parallelism) == (3, frozenset({1, 2}), 3)  # 0: here
     by_lanes = {o.gpus: o for o in long.estimate.per_gpu_count}
     assert [o.workers for o in long.estimate.per_gpu_count] == [0, 1, 2]
     counts = [windows(template, s) for s in long.segments.segments]
     # the other workers' segments end after their start; the local one has none
-    assert by_lanes[3].wall_s == pytest.approx(max(counts[0] * per_window, 60.0 + counts[1] * per_window,
-                                                   60.0 + counts[2] * per_window), abs=0.2)
-    assert by_lanes[3].gpu_s == pytest.approx(sum(counts) * per_window + 2 * 60.0, abs=0.2)  # the starts cost GPU time
+    assert by_lanes[3].wall_s == pytest.approx(max(counts[0] * per_window, start + counts[1] * per_window,
+                                                   start + counts[2] * per_window), abs=0.2)
+    assert by_lanes[3].gpu_s == pytest.approx(sum(counts) * per_window + 2 * start, abs=0.2)  # the starts cost GPU time
     assert by_lanes[3].wall_s < by_lanes[1].wall_s
     short = plan_job(it_request(), template, 81, lanes(1) + others, Learned(0.0))
     assert short.remote == frozenset() and len(short.segments.segments) == 1
