@@ -2,12 +2,13 @@
 endpoint, cold or warm, for 1, 5 and 30 minutes of video, computed by the worker's own planner
 (worker/planning/plan.py: plan_job, the estimate per lane count) from measured H200 figures.
 
-    .venv/bin/python benchmarks/fanout_model.py [--window-s 12.4] [--cold-s 88] [--warm-s 2]
+    .venv/bin/python benchmarks/fanout_model.py [--window-s 10.3] [--cold-s 88] [--warm-s 2]
 
---window-s: seconds per 81-frame window inside a whole job on one warm H200 (842 frames in 158 s, 12 windows,
-with the default settings: docs/PERFORMANCE.md); --cold-s: what a cold worker adds before its first window runs
-at that pace (instance ready in 17 s, then its first window 83.4 s against 12.4 s warm: model loading and
-compile; the worker's own planner counts FANOUT_COLD_START_S 20 s plus the templates' load_s 70 s);
+--window-s: seconds per 81-frame window inside a whole job on one warm H200 (842 frames in 128.7 s, 12 windows
+of 10.25 s, with the default settings: docs/PERFORMANCE.md, fifth session); --cold-s: what a cold worker adds
+before its first window runs at that pace (instance ready in 17 s, then its first window 83.4 s against 12.4 s
+warm with bf16 attention: model loading and compile, not measured again with fp8 attention; the worker's own
+planner counts FANOUT_COLD_START_S 20 s plus the templates' load_s 70 s);
 --warm-s: a warm worker's (FlashBoot, or an earlier job's) pick-up. The parent is always warm here (it is already running a job).
 Prints a table and writes docs/perf/fanout_model.json. Nothing runs on a GPU: this is arithmetic on the plan.
 """
@@ -51,7 +52,7 @@ def model(window_s: float, start_s: float, minutes: float, workers: int) -> dict
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--window-s", type=float, default=12.4)
+    parser.add_argument("--window-s", type=float, default=10.3)
     parser.add_argument("--cold-s", type=float, default=88.0)
     parser.add_argument("--warm-s", type=float, default=2.0)
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "perf" / "fanout_model.json")
