@@ -12,8 +12,8 @@ wan_patches.py    small patches of ComfyUI-WanVideoWrapper that change no arithm
 
 t5_trim.py        umt5 encodes each prompt's own tokens instead of 512 tokens of padding.
 
-fp8_attention.py  attention_mode "cudnn_fp8" for the wrapper (an option): the DiT's self-attention through cuDNN's
-                  fp8 SDPA on Hopper GPUs.
+fp8_attention.py  attention_mode "cudnn_fp8" for the wrapper (the >= 38 GiB rows' default): the DiT's
+                  self-attention through cuDNN's fp8 SDPA on Hopper GPUs, sdpa elsewhere.
 
 patching.py       what those two share: finding a class ComfyUI loaded; applying the patches at its first prompt.
 """
@@ -86,7 +86,8 @@ _register_patches()
 try:  # attention_mode "cudnn_fp8" in the wrapper's loader now, where ComfyUI happened to load the wrapper first (it
     # takes the custom node folders in the file system's order); else at the first prompt (wan_patches.on_prompt)
     wan_patches.add_modes()
-except Exception:  # never fail the node package's import for an option
+except Exception:  # never fail the node package's import: apply() tries again at the first prompt, before ComfyUI
+    # validates it (a prompt naming the mode is refused by the loader's list where it never took)
     wan_patches.log.exception("adding attention_mode cudnn_fp8 failed")
 
 X264_PRESETS = ["ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow"]

@@ -23,7 +23,8 @@ Measured on an H200 at the real shape (32,760 tokens, 40 heads x 128; benchmarks
 docs/PERFORMANCE.md): the fp8 kernel 25-26 ms against cuDNN's bf16 kernel's 33-34 ms, 29.9 ms a call with the
 quantization against 38.3 ms; relative error 0.060 against fp32 (bf16: 0.0023), most of it from the fp8 O. In the
 model (random weights at the real shapes): 2.02 s a DiT step against 2.49, the output 10.8 units (8-bit) from the
-bf16-attention run, no flat or frozen frame. Whether the error shows in a real video needs the real weights.
+bf16-attention run, no flat or frozen frame. Those runs came before the centring (smooth()), which has not run on a
+GPU yet. Whether the error shows in a real video needs the real weights.
 """
 
 from __future__ import annotations
@@ -236,7 +237,7 @@ def self_attention(q, k, v):
     k, v, v_mean = smooth(k, v)
     (q8, dq), (k8, dk), (v8, dv) = quantize(q), quantize(k), quantize(v)
     out = _OP(q8, k8, v8, dq, dk, dv)
-    return out.to(q.dtype) * (dv * O_HEADROOM).to(q.dtype) + v_mean
+    return (out.float() * (dv * O_HEADROOM) + v_mean.float()).to(q.dtype)  # rounded to bf16 once
 
 
 def smooth(k, v):

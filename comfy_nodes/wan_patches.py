@@ -36,9 +36,10 @@ young_gc_in_sampler  WanVideoSampler.process runs a full gc.collect() before sam
     counting (nearly all of them) are freed as before; garbage in reference cycles that outlives one of the
     sampler's young collections (which moves what it does not free to the oldest generation) waits until the
     sampler call ends.
-cudnn_fp8_mode  Not a speed-up of what runs by default: it adds attention_mode "cudnn_fp8" (fp8_attention.py:
-    the DiT's self-attention through cuDNN's fp8 SDPA on Hopper) to WanVideoModelLoader's choices and routes the
-    wrapper's attention() for it. Nothing changes for the other modes. Always applied.
+cudnn_fp8_mode  adds attention_mode "cudnn_fp8" (fp8_attention.py: the DiT's self-attention through cuDNN's fp8
+    SDPA on Hopper, sdpa on other GPUs) to WanVideoModelLoader's choices and routes the wrapper's attention() for
+    it; the InfiniteTalk templates' >= 38 GiB row asks for it. Nothing changes for the other modes. Always applied,
+    at ComfyUI's start where the wrapper is loaded by then, else at the first prompt, before ComfyUI validates it.
 fp8_fast_gate  `fp8_*_fast` quantization (torch._scaled_mm) needs compute capability 8.9 or more (Ada,
     Hopper, Blackwell); on an older GPU (A100, A6000: they share the >= 38 GiB device row with the H100/H200)
     WanVideoModelLoader gets the same quantization without `_fast` (fp8 weights, bf16 matmuls) instead of
@@ -46,8 +47,8 @@ fp8_fast_gate  `fp8_*_fast` quantization (torch._scaled_mm) needs compute capabi
 
 WORKER_WAN_PATCHES chooses the speed patches (a benchmark's A/B): unset or 1, all of them; 0, none; otherwise a
 comma-separated list of their names (an unknown name is said in the log). fp8_fast_gate is a guard the >= 38 GiB device row relies on, always applied,
-and said in the log where the wrapper's loader cannot be found. cudnn_fp8_mode is always applied too (it changes
-nothing unless a request asks for the mode).
+and said in the log where the wrapper's loader cannot be found. cudnn_fp8_mode is always applied too (the
+>= 38 GiB rows ask for the mode: a loader without it would refuse their prompts).
 """
 
 from __future__ import annotations

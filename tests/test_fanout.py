@@ -36,6 +36,7 @@ def endpoint(tmp_path_factory):
         env = {**standin.worker_env(pod), **s3.worker_env(), "RUNPOD_API_KEY": standin.api_key,
                "RUNPOD_ENDPOINT_BASE_URL": standin.api_base, "FANOUT_MAX_WORKERS": "2",
                "FANOUT_QUEUE_DEADLINE_S": "20", "FANOUT_STALL_S": "15", "FANOUT_COLD_START_S": "0",
+               "FANOUT_PARENT_CHECK_S": "2",
                "FANOUT_INLINE_MB": "1", "ALLOW_PRIVATE_URLS": "1", "MAX_DURATION_S": "120",
                # pod-c's results do not fit a response: its segments come back through the bucket
                "MAX_RESPONSE_MB": "0.02" if pod == "pod-c" else "15"}
@@ -169,8 +170,11 @@ def test_cancelling_the_parent_cancels_every_segment_job_and_leaves_nothing(endp
     wait_for(lambda: len([c for c in segment_jobs(standin, parent) if c.status == "IN_PROGRESS"]) == 2, 120,
              "both segment jobs to run")
     standin.cancel(parent.id)
-    wait_for(lambda: all(c.status == "CANCELLED" for c in segment_jobs(standin, parent)), 60,
-             "every segment job to be cancelled")
+    wait_for(lambda: all(c.status not in ("IN_QUEUE", "IN_PROGRESS") for c in segment_jobs(standin, parent)), 60,
+             "every segment job to end")
+    for child in segment_jobs(standin, parent):  # cancelled by the parent, or stopped by its own watch first
+        assert child.status == "CANCELLED" or (
+            child.status == "FAILED" and f"its parent job {parent.id} has ended (CANCELLED)" in child.error), child
     # each worker ends its part: no job folder, no file in its instances' input and output folders
     wait_for(lambda: all(not w.leftover_job_files() for w in workers), 60, "the workers' job folders to empty")
     for worker in workers:
@@ -181,6 +185,37 @@ def test_cancelling_the_parent_cancels_every_segment_job_and_leaves_nothing(endp
     # and the endpoint serves the next job
     output = finished(standin, standin.submit(restyle_job(media, "after", 100)))
     check_video(output, 100)
+
+
+def test_segment_jobs_of_a_parent_that_died_stop_by_themselves(endpoint):
+    """The parent's worker is killed mid-job, so nothing cancels its segment jobs; once RunPod shows the parent
+    ended (cancelled here), each segment job sees it at its next check (FANOUT_PARENT_CHECK_S, 2 s here) and stops,
+    long before it would have finished, leaving its worker clean and serving."""
+    standin, workers, media, s3 = endpoint
+    parent = standin.submit(restyle_job(media, "orphaned", 2500))
+    wait_for(lambda: len([c for c in segment_jobs(standin, parent) if c.status == "IN_PROGRESS"]) == 2, 120,
+             "both segment jobs to run")
+    dead = next(w for w in workers if w.pod == standin.jobs[parent.id].worker)
+    dead.process.send_signal(signal.SIGKILL)
+    dead.process.wait(10)
+    try:
+        standin.cancel(parent.id)
+        stopped_at = time.monotonic()
+        children = segment_jobs(standin, parent)
+        wait_for(lambda: all(c.status not in ("IN_QUEUE", "IN_PROGRESS") for c in children), 30,
+                 "the orphaned segment jobs to stop")
+        assert time.monotonic() - stopped_at < 15
+        for child in children:
+            assert child.status == "FAILED", child
+            assert child.error == f"segment job stopped: its parent job {parent.id} has ended (CANCELLED)", child.error
+        others = [w for w in workers if w is not dead]
+        wait_for(lambda: all(not w.leftover_job_files() for w in others), 60, "their job folders to empty")
+        output = finished(standin, standin.submit(restyle_job(media, "after-orphans", 100)))
+        check_video(output, 100)
+    finally:
+        for proc in dead.comfy_processes():
+            proc.kill()
+        dead.start(standin)
 
 
 @pytest.mark.parametrize("change, field, words", [

@@ -4,6 +4,9 @@ rendered on this worker's instances and sent back.
     segment job -> validate -> fetch its media -> run the segment (worker/render/segments.py) -> its video parts
                 -> inline (base64) under the result limit, else the bucket, else the shared volume -> response
 
+Meanwhile it watches its parent (worker/render/parent_watch.py): where the parent has ended, or runs again
+elsewhere, nobody will take the result, and the segment job stops.
+
 The parts are what the parent's stitch takes: the body as SaveSegmentVideo encoded it (copied into the
 result untouched), the raw overlaps packed losslessly for the trip (x264 at CRF 0: every pixel as it was)
 and the save node's measurements. Nothing is planned here and nothing is fanned out again.
@@ -16,6 +19,7 @@ import logging
 import os
 import threading
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import ffmpeg
@@ -27,8 +31,9 @@ from worker.media.ffmpeg import Limits, run
 from worker.media.inputs import fetch_inputs
 from worker.planning.segment_plan import Segment, SegmentPlan
 from worker.progress.tracker import JobProgressTracker, ProgressSink
+from worker.render.parent_watch import ParentWatch, endpoint_status
 from worker.render.segments import RenderJob, SegmentResult, run_segment
-from worker.request.errors import JobFailed, JobInputError, WorkerUnhealthy
+from worker.request.errors import JobCancelled, JobFailed, JobInputError, WorkerUnhealthy
 from worker.request.segment_job import RESULT_KEY, SegmentJob, parse_segment_job
 from worker.request.settings import WorkerSettings
 from worker.templates.template import choose_template
@@ -61,23 +66,29 @@ def run_segment_job(job_input: dict, pool: InstancePool, settings: WorkerSetting
                                                     "segment")
     log.info("segment job %s: segment %d (%s) of job %s from %s", job_id, segment.index, segment.describe(),
              job.parent_job, job.parent_worker or "another worker")
-    with job_folder(settings, job_id) as (job_id, work_dir), \
-            JobProgressTracker(on_progress, started, job_id, worker=_pod_id()) as progress:
-        inputs = fetch_inputs(request, settings, work_dir, limits)
-        files: dict[str, Path] = dict(zip(("audio", "audio_2"), inputs.audio_tracks))
-        if inputs.video is not None:
-            files["video"] = inputs.video.path
-        else:
-            files["image"] = inputs.image
-        progress.planned(SegmentPlan(plan.total_frames, plan.overlap, (segment,)), template, None)
-        progress.stage("generating")
-        render = RenderJob.of(f"{job.parent_job}-{job_id}", request, template, pool, work_dir, progress, cancel,
-                              settings)
-        result = run_segment(render, plan, segment, files)
-        progress.segment_done(segment.index)
-        progress.stage("delivering")
-        parts = _pack(result, work_dir, job_id, settings, limits)
-        progress.finish()
+    watch = _parent_watch(job, settings, cancel)
+    try:
+        with watch, job_folder(settings, job_id) as (job_id, work_dir), \
+                JobProgressTracker(on_progress, started, job_id, worker=_pod_id()) as progress:
+            inputs = fetch_inputs(request, settings, work_dir, limits)
+            files: dict[str, Path] = dict(zip(("audio", "audio_2"), inputs.audio_tracks))
+            if inputs.video is not None:
+                files["video"] = inputs.video.path
+            else:
+                files["image"] = inputs.image
+            progress.planned(SegmentPlan(plan.total_frames, plan.overlap, (segment,)), template, None)
+            progress.stage("generating")
+            render = RenderJob.of(f"{job.parent_job}-{job_id}", request, template, pool, work_dir, progress, cancel,
+                                  settings)
+            result = run_segment(render, plan, segment, files)
+            progress.segment_done(segment.index)
+            progress.stage("delivering")
+            parts = _pack(result, work_dir, job_id, settings, limits)
+            progress.finish()
+    except JobCancelled:
+        if getattr(watch, "reason", None):  # nobody will read this segment: said as such, not as a cancel
+            raise JobCancelled(f"segment job stopped: {watch.reason}") from None
+        raise
     log.info("segment job %s done: segment %d on %s in %.1f s", job_id, segment.index, result.instance,
              time.monotonic() - started)
     return {RESULT_KEY: {
@@ -85,6 +96,15 @@ def run_segment_job(job_input: dict, pool: InstancePool, settings: WorkerSetting
         "gpu": result.gpu, "seconds": round(result.seconds, 3), "comfy_seconds": round(result.comfy_seconds, 3),
         "node_seconds": result.node_seconds, "attempts": result.attempts, "device_settings": result.device_settings,
         "cold": result.cold, "split": result.video.split, "parts": parts}}
+
+
+def _parent_watch(job: SegmentJob, settings: WorkerSettings, cancel: threading.Event):
+    """The watch on the parent job (worker/render/parent_watch.py), where this worker can ask the endpoint."""
+    if not (settings.runpod_api_key and settings.runpod_endpoint_id and settings.fanout_parent_check_s > 0):
+        return nullcontext()
+    return ParentWatch(job.parent_job, job.parent_worker,
+                       endpoint_status(settings.runpod_endpoint_id, settings.runpod_api_key), cancel,
+                       settings.fanout_parent_check_s)
 
 
 def _pod_id() -> str:

@@ -71,7 +71,8 @@ class JobProgress(BaseModel):
     message: str  # one line for people: "generating: 1/2 segments done, 63%, ETA 12 s"
     frames: int | None = None  # of the result, once planned
     segments: list[SegmentProgress] = []
-    worker: str | None = None  # a segment job's: the worker rendering it (RUNPOD_POD_ID)
+    worker: str | None = None  # on RunPod, the worker running the job (RUNPOD_POD_ID): a segment job's says where
+    # it renders, a parent's lets its segment jobs see that it still runs where it sent them (parent_watch.py)
 
 
 ProgressSink = Callable[[JobProgress], None]

@@ -57,6 +57,9 @@ class WorkerSettings(EnvSettings):
     # this long (its worker died) is taken back too.
     fanout_queue_deadline_s: float = env("FANOUT_QUEUE_DEADLINE_S", 90.0, gt=0)
     fanout_stall_s: float = env("FANOUT_STALL_S", 120.0, gt=0)
+    # A segment job asks for its parent's /status this often, and stops where the parent has ended, is queued
+    # again or runs on another worker (worker/render/parent_watch.py); 0: never.
+    fanout_parent_check_s: float = env("FANOUT_PARENT_CHECK_S", 30.0, ge=0)
     # What a cold worker costs before its first window, besides loading the template's models (its `speed`
     # declares load_s): the planner uses another worker only where it pays off after this.
     fanout_cold_start_s: float = env("FANOUT_COLD_START_S", 20.0, ge=0)

@@ -1,0 +1,107 @@
+"""A segment job's watch on its parent: the job on another worker that sent it (worker/render/remote.py).
+
+A parent that is alive cancels its segment jobs itself when it ends early (RemoteSegments.cancel_all). One whose
+worker died cannot: without this watch its segment jobs would render on until their own executionTimeout, holding
+a GPU for a result nobody reads. So every FANOUT_PARENT_CHECK_S a segment job asks the endpoint for its parent's
+/status, and stops (its cancel event) where the parent
+  - has ended: COMPLETED, FAILED, CANCELLED or TIMED_OUT;
+  - is queued again (RunPod gives the job of a lost worker to another one);
+  - runs on a worker other than the one that sent the segment (its progress names its worker): a new run of the
+    parent plans and sends its segments again.
+Anything else changes nothing: IN_PROGRESS on the sending worker, a 404 (a parent that is not a job of this endpoint,
+such as a local API job, or one whose result has expired), or an endpoint that does not answer.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Callable
+
+log = logging.getLogger(__name__)
+
+ENDED = ("COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT")
+
+
+def why_stop(state: dict | None, parent_job: str, parent_worker: str) -> str | None:
+    """Why a segment job of `parent_job` (sent from `parent_worker`, '' where unknown) should stop, from the
+    parent's /status body (None: the endpoint does not know it); None: go on."""
+    if not isinstance(state, dict):
+        return None
+    status = state.get("status")
+    if status in ENDED:
+        return f"its parent job {parent_job} has ended ({status})"
+    if status == "IN_QUEUE":
+        return f"its parent job {parent_job} is queued again (its worker {parent_worker or '?'} was lost)"
+    output = state.get("output")
+    worker = output.get("worker") if status == "IN_PROGRESS" and isinstance(output, dict) else None
+    if worker and parent_worker and worker != parent_worker:
+        return f"its parent job {parent_job} runs again on worker {worker}, not on {parent_worker} that sent it"
+    return None
+
+
+class ParentWatch:
+    """Checks the parent every `interval_s` on a thread of its own while the segment job runs (a context manager);
+    sets `cancel` and keeps the reason in `reason` where why_stop() gives one. `status_of(job_id)` returns the
+    /status body, None for a 404, or raises where the endpoint does not answer."""
+
+    def __init__(self, parent_job: str, parent_worker: str, status_of: Callable[[str], dict | None],
+                 cancel: threading.Event, interval_s: float):
+        self.parent_job, self.parent_worker = parent_job, parent_worker
+        self.status_of, self.cancel, self.interval_s = status_of, cancel, interval_s
+        self.reason: str | None = None
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"parent-watch-{parent_job}", daemon=True)
+        self._failing = False
+
+    def __enter__(self) -> ParentWatch:
+        if self.interval_s > 0:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._done.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
+
+    def check(self) -> str | None:
+        """One look at the parent; the reason to stop, if there is one (set once, with the cancel)."""
+        try:
+            state = self.status_of(self.parent_job)
+        except Exception as exc:  # the endpoint did not answer: asked again at the next check
+            if not self._failing:
+                log.warning("could not check parent job %s (asked again every %.0f s): %s", self.parent_job,
+                            self.interval_s, exc)
+            self._failing = True
+            return None
+        self._failing = False
+        reason = why_stop(state, self.parent_job, self.parent_worker)
+        if reason and self.reason is None:
+            self.reason = reason
+            log.warning("segment job stops: %s", reason)
+            self.cancel.set()
+        return reason
+
+    def _run(self) -> None:
+        while not self.cancel.is_set():  # a first look at once: the parent may have ended while this job queued
+            if self.check() or self._done.wait(self.interval_s):
+                return
+
+
+def endpoint_status(endpoint_id: str, api_key: str) -> Callable[[str], dict | None]:
+    """status_of for ParentWatch through the runpod SDK's endpoint client (RUNPOD_ENDPOINT_BASE_URL moves its base
+    URL): a job's /status body, None for a 404."""
+    import requests
+    import runpod
+
+    endpoint = runpod.Endpoint(endpoint_id, api_key=api_key)
+
+    def status_of(job_id: str) -> dict | None:
+        try:
+            return endpoint.rp_client.get(f"{endpoint.endpoint_id}/status/{job_id}")
+        except requests.HTTPError as exc:
+            if exc.response is not None and exc.response.status_code == 404:
+                return None
+            raise
+
+    return status_of
