@@ -400,5 +400,29 @@ def apply(capability=_cuda_capability, vram_gib=_vram_gib, fp8_problem=None) -> 
     return _APPLIED
 
 
-on_prompt = prompt_handler(apply, lambda names: f"WanVideoWrapper patches applied: {', '.join(sorted(names))}",
-                           "the WanVideoWrapper patches", log)
+def sdpa_where_the_mode_is_missing(json_data):
+    """A prompt's attention_mode "cudnn_fp8" turned into "sdpa" while the mode is not in the wrapper's loader (where
+    add_modes failed): ComfyUI would refuse the prompt, and the >= 38 GiB rows ask for the mode in every job. Said
+    in the log at every such prompt."""
+    if "cudnn_fp8_mode" in _APPLIED:
+        return json_data
+    prompt = json_data.get("prompt") if isinstance(json_data, dict) else None
+    changed = []
+    for node_id, node in (prompt.items() if isinstance(prompt, dict) else ()):
+        inputs = node.get("inputs") if isinstance(node, dict) else None
+        if isinstance(inputs, dict) and inputs.get("attention_mode") == fp8_attention.MODE:
+            inputs["attention_mode"] = "sdpa"
+            changed.append(str(node_id))
+    if changed:
+        log.error("attention_mode %s is not installed in WanVideoWrapper's loader (see the error above): node(s) %s "
+                  "run sdpa", fp8_attention.MODE, ", ".join(changed))
+    return json_data
+
+
+_apply_on_prompt = prompt_handler(apply, lambda names: f"WanVideoWrapper patches applied: {', '.join(sorted(names))}",
+                                  "the WanVideoWrapper patches", log)
+
+
+def on_prompt(json_data):
+    """ComfyUI's on-prompt handler (before it validates the prompt): the patches, then the mode's fallback."""
+    return sdpa_where_the_mode_is_missing(_apply_on_prompt(json_data))

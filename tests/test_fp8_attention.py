@@ -170,6 +170,31 @@ def test_wan_patches_installs_the_mode_and_says_why_sdpa_runs(wrapper_modules, c
     assert model.attention is routed_once  # applied once
 
 
+def prompt_with_modes():
+    return {"prompt": {"14": {"class_type": "WanVideoModelLoader", "inputs": {"attention_mode": "cudnn_fp8"}},
+                       "15": {"class_type": "Other", "inputs": {"attention_mode": "sdpa", "x": 1}}}}
+
+
+def test_a_prompt_asking_for_the_mode_runs_sdpa_where_it_could_not_be_installed(caplog):
+    """The >= 38 GiB rows ask for cudnn_fp8 in every job: where the mode never made it into the wrapper's loader (the
+    wrapper's attention module not found here), ComfyUI's on-prompt handler, which runs before ComfyUI validates the
+    prompt, turns it into sdpa and says so, instead of the loader refusing the job."""
+    patches = comfy_nodes_parts.load("wan_patches")
+    with caplog.at_level(logging.ERROR):
+        prompt = patches.on_prompt(prompt_with_modes())
+    assert prompt["prompt"]["14"]["inputs"]["attention_mode"] == "sdpa"
+    assert prompt["prompt"]["15"]["inputs"] == {"attention_mode": "sdpa", "x": 1}
+    assert "attention_mode cudnn_fp8 is not installed in WanVideoWrapper's loader" in caplog.text
+    assert "node(s) 14 run sdpa" in caplog.text
+
+
+def test_a_prompt_asking_for_the_installed_mode_keeps_it(wrapper_modules):
+    patches = comfy_nodes_parts.load("wan_patches")
+    patches.apply(capability=lambda: (8, 0), vram_gib=lambda: 80.0, fp8_problem=lambda: "no CUDA GPU")  # in the list
+    prompt = patches.sdpa_where_the_mode_is_missing(prompt_with_modes())
+    assert prompt == prompt_with_modes()
+
+
 # Runs in ComfyUI's venv (torch, no GPU): the op gets a CPU kernel (the module's own sdpa fallback, which computes
 # what cuDNN's graph computes, in bf16), so that the model's path, quantization and dequantization included, runs
 # and is traced by torch.compile as on the GPU. Prints one JSON line.
