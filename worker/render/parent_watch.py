@@ -5,7 +5,7 @@ worker died cannot: without this watch its segment jobs would render on until th
 a GPU for a result nobody reads. So every FANOUT_PARENT_CHECK_S a segment job asks the endpoint for its parent's
 /status, and stops (its cancel event) where the parent
   - has ended: COMPLETED, FAILED, CANCELLED or TIMED_OUT;
-  - is queued again (RunPod gives the job of a lost worker to another one);
+  - is queued again (a parent that has sent segments is queued again only where it is retried: its worker is gone);
   - runs on a worker other than the one that sent the segment (its progress names its worker): a new run of the
     parent plans and sends its segments again.
 Anything else changes nothing: IN_PROGRESS on the sending worker, a 404 (a parent that is not a job of this endpoint,
