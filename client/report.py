@@ -83,6 +83,7 @@ def job_summary(output: dict, video: bool = True) -> str:
                      f"{s.get('start_frame'):>5}-{s.get('end_frame'):<5} ({s.get('frames'):>4} frames) "
                      f"{_number(s.get('seconds'), '7.2f')} s (ComfyUI {_number(s.get('comfy_seconds'))} s{retried}){ran}")
     lines += seam_lines(output)
+    lines += [f"  warning: {warning}" for warning in output.get("warnings") or []]
     expected = output.get("estimate")
     if isinstance(expected, dict) and isinstance(expected.get("wall_s"), (int, float)):
         took = (output.get("timings") or {}).get("generate")

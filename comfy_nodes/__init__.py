@@ -249,12 +249,14 @@ class SaveClock:
 
 
 class FrameMeasures:
-    """What the node measures of the frames it saves, for the worker's seam report (segment_format.SegmentStats):
-    the change from each frame to the next, and, where they are matched, every frame's mean colour before."""
+    """What the node measures of the frames it saves, for the worker's seam report and output check
+    (segment_format.SegmentStats): the change from each frame to the next, each frame's spread, and, where they are
+    matched, every frame's mean colour before."""
 
     def __init__(self, count: int):
         self.count = count
         self._changes: list[float] = []
+        self._spreads: list[float] = []
         self._last_luma: torch.Tensor | None = None
         self._unmatched: list[list[float]] = []
 
@@ -263,8 +265,10 @@ class FrameMeasures:
         return (batch.shape[1] + batch.shape[1] % 2) * (batch.shape[2] + batch.shape[2] % 2)
 
     def changes(self, luma: torch.Tensor) -> None:
-        """The next frames' Y planes, in order: the mean absolute change from each frame to the next."""
+        """The next frames' Y planes, in order: the mean absolute change from each frame to the next, and each
+        frame's standard deviation."""
         luma = luma.to(torch.int16)
+        self._spreads += [round(s, 2) for s in luma.float().std(dim=1).tolist()]
         if self._last_luma is not None:
             luma = torch.cat([self._last_luma, luma])
         if luma.shape[0] > 1:
@@ -277,7 +281,7 @@ class FrameMeasures:
 
     def stats(self):
         return segment_format.SegmentStats(self.count, [round(c, 3) for c in self._changes], bool(self._unmatched),
-                                           self._unmatched or None)
+                                           self._unmatched or None, self._spreads)
 
 
 # Luma weights of segment_format.MATRIX (BT.709): Y = KR R + KG G + KB B; U and V scale B - Y and R - Y to +-0.5.

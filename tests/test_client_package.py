@@ -223,6 +223,14 @@ def test_the_summary_of_a_gpu_job_with_units_and_no_none():
     assert "None" not in job_summary(SUMMARY_RESPONSE)
 
 
+def test_the_summary_says_the_output_checks_warnings():
+    warned = {**SUMMARY_RESPONSE, "flat_frames": 12, "warnings": ["12 of 842 frames are one colour (black or blank)"]}
+    lines = job_summary(warned).splitlines()
+    assert lines[lines.index("  seam 0: frames 418-424 blended (moved -3), audio n/a, disagreement 1.20 (overlap "
+                             "3.10), colour 2.50 -> 0.40, change n/a (median n/a)") + 1] == \
+        "  warning: 12 of 842 frames are one colour (black or blank)"
+
+
 def test_the_estimate_of_a_frame_by_frame_template_on_cpu_instances():
     dry = {"dry_run": True, "workflow": "still", "quality": None, "frames": 163, "fps": 25.0, "duration_s": 6.52,
            "instances_available": 2, "instance_names": ["cpu:8188", "cpu:8189"], "overlap_frames": 4,

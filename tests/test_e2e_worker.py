@@ -52,7 +52,31 @@ def test_video_job_keeps_every_frame_in_order(worker, tmp_path):
         assert any(name.endswith(" SaveSegmentVideo") for name in nodes), nodes
         assert 0 < sum(nodes.values()) <= segment["comfy_seconds"] + 0.05
     assert set(output["timings"]) == {"prepare", "generate", "stitch", "deliver", "total"}
+    # frame 0 shows index 0, no cell lit: one colour, and said
+    assert output["flat_frames"] == 1 and output["warnings"][0].startswith("1 of 133 frames are one colour")
     assert worker.leftover_job_files() == []
+
+
+def test_frames_of_one_colour_are_counted_once_and_said(worker, tmp_path):
+    """The output check: frames 50-89 of the source are black (the index drawn black on black), across the
+    overlap of the two segments, and frame 0 (index 0: no cell lit) is one grey; the response counts each once
+    and warns, and the job still succeeds."""
+    black = ((0, 0, 0), (0, 0, 0))
+    video = make_index_video(worker.media / "black_middle.mp4", 133, 25,
+                             colours=lambda i: black if 50 <= i < 90 else ((16, 16, 16), (235, 235, 235)))
+    audio = make_tone(worker.media / "tone_5.3.wav", 5.3)
+    result = worker.runsync({"workflow": "restyle", "input_type": "video", "video": b64(video), "audio": str(audio),
+                             "width": 128, "height": 64, "fps": 25})
+    assert result["status"] == "COMPLETED", result
+    output = result["output"]
+    assert output["segments_processed"] == 2
+    first, second = output["segments"]
+    assert 50 < second["start_frame"] < first["end_frame"] < 90  # the black frames span the overlap
+    assert output["flat_frames"] == 41
+    assert output["warnings"] == ["41 of 133 frames are one colour (black or blank): check the video; where the "
+                                  "inputs are not blank, the model failed on those frames"]
+    frames = read_indices(save_video(output, tmp_path / "out.mp4"))
+    assert frames[:50] == list(range(50)) and frames[90:] == list(range(90, 133))
 
 
 def test_one_and_two_instances_give_the_same_frames(worker, tmp_path):

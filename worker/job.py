@@ -104,6 +104,8 @@ def run_job(job_input: Any, pool: InstancePool, settings: WorkerSettings, job_id
                                   loudness.median_db, len(lanes), started)
         progress.finish()
     result = response.model_dump()
+    for warning in response.warnings:
+        log.warning("job %s: %s", job_id, warning)
     log.info("job %s done\n%s", job_id, job_summary(result))  # client/report.py: what the client prints too
     return result
 

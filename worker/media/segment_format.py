@@ -61,6 +61,7 @@ class SegmentStats:
     """What SaveSegmentVideo measured of a segment's frames, in 8-bit units of the yuv420p it writes.
 
     changes[i]: the mean absolute difference of frames i and i + 1's Y planes (frame-to-frame change).
+    spreads[i]: the standard deviation of frame i's Y plane: a flat frame (black, or one colour) has almost none.
     With color_matched, the frames were matched to the job's colour reference before they were saved;
     unmatched_means[i] then holds frame i's mean Y, U and V before matching (the colour difference at a
     seam without matching).
@@ -70,6 +71,7 @@ class SegmentStats:
     changes: list[float]
     color_matched: bool = False
     unmatched_means: list[list[float]] | None = None
+    spreads: list[float] | None = None  # None from a node older than this field
 
     def write(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(asdict(self)))

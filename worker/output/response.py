@@ -104,6 +104,10 @@ class JobResponse(BaseModel):
     segments: list[SegmentReport]
     seams: list[SeamReport] = []
     seam_summary: SeamSummary | None = None
+    # Frames of the result whose picture is one colour (black, blank): a sign that the model failed there; None
+    # where the segments' save nodes did not measure it. Said in `warnings` too.
+    flat_frames: int | None = None
+    warnings: list[str] = []  # what a person should look at although the job succeeded
     timings: Timings
     estimate: Estimate | None = None  # what the worker expected for this plan, before it ran (timings: what it took)
 
@@ -188,6 +192,20 @@ def build_response(request: JobRequest, template: WorkflowTemplate, planned: Job
         seam_summary=SeamSummary(budget_frames=placement.budget_frames, cost_frames=placement.cost_frames,
                                  blend=request.seams.blend, blend_frames=request.seams.span(plan.overlap), color_matched=stitched.color_matched,
                                  audio_median_db=round(audio_median_db, 1), change_median=stitched.change_median),
+        flat_frames=stitched.flat_frames,
+        warnings=output_warnings(template, stitched),
         timings=timings,
         estimate=planned.estimate,
     )
+
+
+def output_warnings(template: WorkflowTemplate, stitched: StitchResult) -> list[str]:
+    """What the output checks found: flat frames (a model's failure shows as black or one-colour frames)."""
+    if not stitched.flat_frames:
+        return []
+    warning = (f"{stitched.flat_frames} of {stitched.frames} frames are one colour (black or blank): check the "
+               "video; where the inputs are not blank, the model failed on those frames")
+    if "attention_mode" in template.settable_params:
+        warning += ("; InfiniteTalk runs fp8 attention on H100/H200 by default (attention_mode cudnn_fp8): "
+                    'template_params {"attention_mode": "sdpa"} runs it in bf16')
+    return [warning]

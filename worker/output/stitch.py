@@ -58,6 +58,7 @@ from worker.media.segment_format import SegmentStats
 from worker.render.segment_video import SegmentVideo
 
 log = logging.getLogger(__name__)
+FLAT_SPREAD = 2.0  # 8-bit units of Y: a frame with less spread than this is one colour (black, blank)
 F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)  # Linux
 MIN_CHUNK_FRAMES = 40  # a body is split into at most one piece per encoder, none shorter than this
 SQUARE_PIXELS = segment_format.SQUARE_PIXELS.split("=")  # as an ffmpeg-python filter: name, argument
@@ -86,6 +87,10 @@ class StitchResult:
     # where no segment brought them): what a seam's change is compared with.
     change_median: float | None = None
     color_matched: bool = False  # every segment was matched to the colour reference by SaveSegmentVideo
+    # Frames of the result whose picture is one colour (black, blank: a Y spread under FLAT_SPREAD, by
+    # SaveSegmentVideo's measurements; an overlap's frames counted from the earlier segment); None where a segment
+    # came without them.
+    flat_frames: int | None = None
 
 
 @dataclass(frozen=True)
@@ -216,7 +221,8 @@ class Stitcher:
         stats = [self.stats.get(s.index) for s in self.plan.segments]
         return StitchResult(dest, self.plan.total_frames, busy, frames_copied=copied,
                             seams=tuple(self.seams[k] for k in sorted(self.seams)), change_median=self._change_median(),
-                            color_matched=all(s is not None and s.color_matched for s in stats))
+                            color_matched=all(s is not None and s.color_matched for s in stats),
+                            flat_frames=self._flat_frames())
 
     def close(self) -> None:
         """Stops (cancelling chunks not yet started) and removes the folder; safe to call twice."""
@@ -355,6 +361,18 @@ class Stitcher:
             changes += stats.changes[first:max(first, last - 1)]  # changes[i]: frame i to i + 1, both in the body
         return round(float(np.median(changes)), 2) if changes else None
 
+    def _flat_frames(self) -> int | None:
+        """How many frames of the result are flat, each counted once (an overlap's from the earlier segment, whose
+        frames the blend starts from); None where a segment's measurements lack the spreads."""
+        flat = 0
+        for segment in self.plan.segments:
+            stats = self.stats.get(segment.index)
+            if stats is None or stats.spreads is None:
+                return None
+            first = self.plan.overlap_with_previous(segment)
+            flat += sum(1 for spread in stats.spreads[first:] if spread < FLAT_SPREAD)
+        return flat
+
     def _locate(self, segment: Segment, frame: int) -> tuple[Path, int]:
         """The file holding the segment's frame `frame`, and the frame's index in that file."""
         return self.segments[segment.index].locate(frame, segment.frames, self.plan.overlap_with_previous(segment),
@@ -468,7 +486,8 @@ def _read_stats(video: SegmentVideo, segment: Segment) -> SegmentStats | None:
         log.warning("segment %d: measurements unreadable (%s); the seam report goes without them", segment.index, exc)
         return None
     if stats.frames != segment.frames or len(stats.changes) != max(0, segment.frames - 1) or \
-            len(stats.unmatched_means or [None] * segment.frames) != segment.frames:
+            len(stats.unmatched_means or [None] * segment.frames) != segment.frames or \
+            len(stats.spreads or [None] * segment.frames) != segment.frames:
         log.warning("segment %d: measurements of %d frames, not %d; left out", segment.index, stats.frames,
                     segment.frames)
         return None
