@@ -414,8 +414,8 @@ def sdpa_where_the_mode_is_missing(json_data):
             inputs["attention_mode"] = "sdpa"
             changed.append(str(node_id))
     if changed:
-        log.error("attention_mode %s is not installed in WanVideoWrapper's loader (see the error above): node(s) %s "
-                  "run sdpa", fp8_attention.MODE, ", ".join(changed))
+        log.error("attention_mode %s is not installed in WanVideoWrapper's loader (its attention module or loader was "
+                  "not found, or installing it failed): node(s) %s run sdpa", fp8_attention.MODE, ", ".join(changed))
     return json_data
 
 

@@ -61,6 +61,38 @@ def test_the_watch_cancels_once_the_parent_has_ended():
     assert watch.reason == "its parent job job-7 has ended (FAILED)" and endpoint.asked == 3
 
 
+def test_a_parent_seen_on_another_worker_twice_in_a_row_stops_the_segment_job():
+    here, there = ({"status": "IN_PROGRESS", "output": {"worker": w, "elapsed_s": n}} for w, n in (("pod-a", 1),
+                                                                                                    ("pod-b", 2)))
+    watch = ParentWatch("job-7", "pod-a", Endpoint(there, here, there, there), threading.Event(), interval_s=30)
+    assert [watch.check() for _ in range(4)] == [None, None, None, "its parent job job-7 runs again on worker pod-b, "
+                                                                    "not on pod-a that sent it"]
+    assert watch.cancel.is_set()
+
+
+def test_a_parent_whose_progress_stops_counts_as_gone_while_runpod_shows_it_running():
+    """A running parent publishes its progress every second; RunPod may go on showing a dead worker's job as
+    IN_PROGRESS, with its last progress, until the job's own timeout."""
+    now = [0.0]
+    frozen = {"status": "IN_PROGRESS", "output": {"worker": "pod-a", "elapsed_s": 12.0}}
+    moving = [{"status": "IN_PROGRESS", "output": {"worker": "pod-a", "elapsed_s": float(t)}} for t in range(3)]
+    watch = ParentWatch("job-7", "pod-a", Endpoint(*moving, frozen), threading.Event(), interval_s=30, stall_s=60,
+                        clock=lambda: now[0])
+    seen = []
+    for _ in range(8):
+        seen.append(watch.check())
+        now[0] += 30
+    assert seen[:6] == [None] * 6  # changing, then unchanged for 30 and 60 s
+    assert seen[6] == "its parent job job-7 has reported nothing for 90 s (FANOUT_STALL_S): its worker is gone"
+    assert watch.cancel.is_set()
+
+
+def test_a_check_that_returns_after_the_segment_job_ended_stops_nothing():
+    watch = ParentWatch("job-7", "pod-a", Endpoint({"status": "FAILED"}), threading.Event(), interval_s=30)
+    watch._done.set()
+    assert watch.check() is None and not watch.cancel.is_set() and watch.reason is None
+
+
 def test_an_endpoint_that_fails_or_does_not_know_the_parent_stops_nothing(caplog):
     endpoint = Endpoint(RuntimeError("502 Bad Gateway"), RuntimeError("timed out"), None, None)
     cancel = threading.Event()

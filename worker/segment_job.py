@@ -71,6 +71,8 @@ def run_segment_job(job_input: dict, pool: InstancePool, settings: WorkerSetting
         with watch, job_folder(settings, job_id) as (job_id, work_dir), \
                 JobProgressTracker(on_progress, started, job_id, worker=_pod_id()) as progress:
             inputs = fetch_inputs(request, settings, work_dir, limits)
+            if cancel.is_set():  # the inputs' downloads do not watch it
+                raise JobCancelled("the job was cancelled")
             files: dict[str, Path] = dict(zip(("audio", "audio_2"), inputs.audio_tracks))
             if inputs.video is not None:
                 files["video"] = inputs.video.path
@@ -104,7 +106,7 @@ def _parent_watch(job: SegmentJob, settings: WorkerSettings, cancel: threading.E
         return nullcontext()
     return ParentWatch(job.parent_job, job.parent_worker,
                        endpoint_status(settings.runpod_endpoint_id, settings.runpod_api_key), cancel,
-                       settings.fanout_parent_check_s)
+                       settings.fanout_parent_check_s, settings.fanout_stall_s)
 
 
 def _pod_id() -> str:

@@ -23,7 +23,7 @@ that decoders convert back with the matrix that was used.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from fractions import Fraction
 from pathlib import Path
 
@@ -78,7 +78,11 @@ class SegmentStats:
 
     @classmethod
     def read(cls, path: str | Path) -> SegmentStats:
-        return cls(**json.loads(Path(path).read_text()))
+        """The measurements in `path`; fields a newer node added are left out (a worker reads an older or newer
+        worker's segment jobs' files while an endpoint updates)."""
+        data = json.loads(Path(path).read_text())
+        known = {f.name for f in fields(cls)}
+        return cls(**{name: value for name, value in data.items() if name in known})
 
 
 def frame_rate(fps: float) -> Fraction:

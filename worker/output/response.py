@@ -206,6 +206,6 @@ def output_warnings(template: WorkflowTemplate, stitched: StitchResult) -> list[
     warning = (f"{stitched.flat_frames} of {stitched.frames} frames are one colour (black or blank): check the "
                "video; where the inputs are not blank, the model failed on those frames")
     if "attention_mode" in template.settable_params:
-        warning += ("; InfiniteTalk runs fp8 attention on H100/H200 by default (attention_mode cudnn_fp8): "
-                    'template_params {"attention_mode": "sdpa"} runs it in bf16')
+        warning += ("; if it ran with fp8 attention (attention_mode cudnn_fp8, InfiniteTalk's default on H100 and "
+                    'H200), template_params {"attention_mode": "sdpa"} runs bf16 attention')
     return [warning]

@@ -47,6 +47,7 @@ class SeamMeasure:
     color_before: float  # the sides' colour difference (color_difference) before matching
     color_after: float  # ... as they were blended
     change_at_seam: float | None  # the largest frame-to-frame change in the overlap's output (luma_change)
+    flat_frames: int = 0  # frames of the overlap's output that are one colour (luma_spread under FLAT_SPREAD)
 
 
 @dataclass(frozen=True)
@@ -77,6 +78,14 @@ def luma_change(a: np.ndarray, b: np.ndarray, width: int, height: int) -> float:
     """Frame-to-frame change: the mean absolute difference of two frames' Y planes."""
     luma = width * height
     return mean_absolute_difference(a[:luma], b[:luma])
+
+
+FLAT_SPREAD = 2.0  # 8-bit units of Y: a frame with less spread than this is one colour (black, blank)
+
+
+def luma_spread(frame: np.ndarray, width: int, height: int) -> float:
+    """The standard deviation of a frame's Y plane (SaveSegmentVideo measures the same of every frame it saves)."""
+    return float(frame[:width * height].std())
 
 
 def color_difference(means_a: np.ndarray, means_b: np.ndarray) -> float:

@@ -52,13 +52,12 @@ from worker.request.errors import JobFailed
 from worker.media.ffmpeg import DEFAULT_LIMITS, Limits, ProbeError, Watchdog, probe, run, start
 from worker.media.loudness import LoudnessEnvelope
 from worker.planning.segment_plan import Segment, SegmentPlan
-from worker.output.seam_blend import (BlendOptions, SeamMeasure, Span, blend_frame, choose_span, color_difference, luma_change,
-                               mean_absolute_difference, plane_means)
+from worker.output.seam_blend import (FLAT_SPREAD, BlendOptions, SeamMeasure, Span, blend_frame, choose_span,
+                                      color_difference, luma_change, luma_spread, mean_absolute_difference, plane_means)
 from worker.media.segment_format import SegmentStats
 from worker.render.segment_video import SegmentVideo
 
 log = logging.getLogger(__name__)
-FLAT_SPREAD = 2.0  # 8-bit units of Y: a frame with less spread than this is one colour (black, blank)
 F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)  # Linux
 MIN_CHUNK_FRAMES = 40  # a body is split into at most one piece per encoder, none shorter than this
 SQUARE_PIXELS = segment_format.SQUARE_PIXELS.split("=")  # as an ffmpeg-python filter: name, argument
@@ -87,9 +86,8 @@ class StitchResult:
     # where no segment brought them): what a seam's change is compared with.
     change_median: float | None = None
     color_matched: bool = False  # every segment was matched to the colour reference by SaveSegmentVideo
-    # Frames of the result whose picture is one colour (black, blank: a Y spread under FLAT_SPREAD, by
-    # SaveSegmentVideo's measurements; an overlap's frames counted from the earlier segment); None where a segment
-    # came without them.
+    # Frames of the result whose picture is one colour (black, blank: a Y spread under FLAT_SPREAD): the bodies' by
+    # SaveSegmentVideo's measurements, the overlaps' as the stitch wrote them; None where a segment came without.
     flat_frames: int | None = None
 
 
@@ -302,7 +300,7 @@ class Stitcher:
         levels = self.loudness.levels_db[chunk.start:chunk.end] if self.loudness is not None else None
         span = (choose_span(np.array(disagreement), levels, self.blend.span_frames(chunk.frames)) if self.blend.focused
                 else Span(0, chunk.frames))
-        changes = []
+        changes, flat = [], 0
         encoder = start(_raw_input(out.width, out.height, out.fps).output(str(dest), **self._codec(threads)),
                         nice=True, stdin=subprocess.PIPE, stderr=subprocess.PIPE)
         what = f"encode the cross-fade {chunk.start}-{chunk.end}"
@@ -312,6 +310,7 @@ class Stitcher:
                 head = self._raw_frames(after, 0, chunk.frames)
                 for position, (first, second) in enumerate(zip(tail, head, strict=True)):
                     frame = blend_frame(first, second, position, span)
+                    flat += luma_spread(frame, out.width, out.height) < FLAT_SPREAD
                     if previous is not None:
                         changes.append(luma_change(previous, frame, out.width, out.height))
                     encoder.stdin.write(frame.tobytes())
@@ -337,7 +336,7 @@ class Stitcher:
             disagreement_blend=round(float(np.mean(disagreement[span.start:span.end])), 2),
             color_before=round(color_difference(*unmatched) if unmatched else color_difference(tail_means, head_means), 2),
             color_after=round(color_difference(tail_means, head_means), 2),
-            change_at_seam=round(max(changes), 2) if changes else None)
+            change_at_seam=round(max(changes), 2) if changes else None, flat_frames=flat)
         with self.lock:
             self.seams[before.index] = measure
 
@@ -362,15 +361,15 @@ class Stitcher:
         return round(float(np.median(changes)), 2) if changes else None
 
     def _flat_frames(self) -> int | None:
-        """How many frames of the result are flat, each counted once (an overlap's from the earlier segment, whose
-        frames the blend starts from); None where a segment's measurements lack the spreads."""
-        flat = 0
+        """How many frames of the result are one colour: each body's (overlaps left out) by its save node's
+        measurements, each overlap's as the cross-fade wrote it; None where a segment's measurements lack them."""
+        flat = sum(seam.flat_frames for seam in self.seams.values())
         for segment in self.plan.segments:
             stats = self.stats.get(segment.index)
-            if stats is None or stats.spreads is None:
+            if stats is None or not stats.spreads:
                 return None
-            first = self.plan.overlap_with_previous(segment)
-            flat += sum(1 for spread in stats.spreads[first:] if spread < FLAT_SPREAD)
+            first, last = self.plan.overlap_with_previous(segment), segment.frames - self.plan.overlap_with_next(segment)
+            flat += sum(1 for spread in stats.spreads[first:last] if spread < FLAT_SPREAD)
         return flat
 
     def _locate(self, segment: Segment, frame: int) -> tuple[Path, int]:
@@ -487,7 +486,8 @@ def _read_stats(video: SegmentVideo, segment: Segment) -> SegmentStats | None:
         return None
     if stats.frames != segment.frames or len(stats.changes) != max(0, segment.frames - 1) or \
             len(stats.unmatched_means or [None] * segment.frames) != segment.frames or \
-            len(stats.spreads or [None] * segment.frames) != segment.frames:
+            len(stats.spreads or [None] * segment.frames) != segment.frames or \
+            not all(isinstance(x, (int, float)) for x in stats.changes + (stats.spreads or [])):
         log.warning("segment %d: measurements of %d frames, not %d; left out", segment.index, stats.frames,
                     segment.frames)
         return None

@@ -6,8 +6,10 @@ a GPU for a result nobody reads. So every FANOUT_PARENT_CHECK_S a segment job as
 /status, and stops (its cancel event) where the parent
   - has ended: COMPLETED, FAILED, CANCELLED or TIMED_OUT;
   - is queued again (a parent that has sent segments is queued again only where it is retried: its worker is gone);
-  - runs on a worker other than the one that sent the segment (its progress names its worker): a new run of the
-    parent plans and sends its segments again.
+  - runs on a worker other than the one that sent the segment (its progress names its worker; seen at two checks in
+    a row): a new run of the parent plans and sends its segments again;
+  - reports nothing new for FANOUT_STALL_S while IN_PROGRESS (a running parent publishes its progress every
+    second): its worker is gone, whatever RunPod shows of it yet.
 Anything else changes nothing: IN_PROGRESS on the sending worker, a 404 (a parent that is not a job of this endpoint,
 such as a local API job, or one whose result has expired), or an endpoint that does not answer.
 """
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import Callable
 
 log = logging.getLogger(__name__)
@@ -46,10 +49,15 @@ class ParentWatch:
     /status body, None for a 404, or raises where the endpoint does not answer."""
 
     def __init__(self, parent_job: str, parent_worker: str, status_of: Callable[[str], dict | None],
-                 cancel: threading.Event, interval_s: float):
+                 cancel: threading.Event, interval_s: float, stall_s: float = float("inf"),
+                 clock: Callable[[], float] = time.monotonic):
         self.parent_job, self.parent_worker = parent_job, parent_worker
         self.status_of, self.cancel, self.interval_s = status_of, cancel, interval_s
+        self.stall_s, self.clock = stall_s, clock
         self.reason: str | None = None
+        self._last_output: object = None
+        self._last_change = clock()
+        self._elsewhere = False  # the last check saw the parent on another worker
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"parent-watch-{parent_job}", daemon=True)
         self._failing = False
@@ -69,18 +77,38 @@ class ParentWatch:
         try:
             state = self.status_of(self.parent_job)
         except Exception as exc:  # the endpoint did not answer: asked again at the next check
-            if not self._failing:
+            if not self._failing and not self._done.is_set():
                 log.warning("could not check parent job %s (asked again every %.0f s): %s", self.parent_job,
                             self.interval_s, exc)
             self._failing = True
             return None
         self._failing = False
+        if self._done.is_set():  # the segment job has ended meanwhile: nothing to stop
+            return None
         reason = why_stop(state, self.parent_job, self.parent_worker)
+        if reason and "runs again on worker" in reason:  # once could be a new run's first moments: twice is sure
+            reason, self._elsewhere = (reason if self._elsewhere else None), True
+        else:
+            self._elsewhere = False
+        reason = reason or self._stalled(state)
         if reason and self.reason is None:
             self.reason = reason
             log.warning("segment job stops: %s", reason)
             self.cancel.set()
         return reason
+
+    def _stalled(self, state: dict | None) -> str | None:
+        """Why the parent counts as gone although RunPod shows it running: its progress has not changed for
+        stall_s (it changes every second while the parent's worker lives)."""
+        now = self.clock()
+        if not isinstance(state, dict) or state.get("status") != "IN_PROGRESS" or state.get("output") != self._last_output:
+            self._last_output = state.get("output") if isinstance(state, dict) else None
+            self._last_change = now
+            return None
+        if now - self._last_change > self.stall_s:
+            return (f"its parent job {self.parent_job} has reported nothing for {now - self._last_change:.0f} s "
+                    "(FANOUT_STALL_S): its worker is gone")
+        return None
 
     def _run(self) -> None:
         while not self.cancel.is_set():  # a first look at once: the parent may have ended while this job queued

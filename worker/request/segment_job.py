@@ -28,7 +28,8 @@ class SegmentJob(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     parent_job: str = Field(pattern=r"^[A-Za-z0-9_-]{1,80}$")  # the parent's job id (names files and logs)
-    parent_worker: str = Field(default="", max_length=120)  # the parent's RUNPOD_POD_ID, for logs
+    parent_worker: str = Field(default="", max_length=120)  # the parent's RUNPOD_POD_ID: logs, and the parent
+    # watch (worker/render/parent_watch.py) stops this job where the parent runs on another worker
     request: dict[str, Any]
     segments: list[tuple[int, int]] = Field(min_length=1, max_length=10_000)
     index: int = Field(ge=0)
