@@ -7,8 +7,10 @@ stand-in), where the other workers take them. A real S3 server (moto) carries wh
 
 from __future__ import annotations
 
+import re
 import signal
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -51,11 +53,11 @@ def endpoint(tmp_path_factory):
     s3.close()
 
 
-def restyle_job(media: Path, name: str, frames: int, audio_rate: int = 16000) -> dict:
+def restyle_job(media: Path, name: str, frames: int, audio_rate: int = 16000, size: tuple[int, int] = (128, 64)) -> dict:
     video = make_index_video(media / f"{name}.mp4", frames, 25)
     audio = make_tone(media / f"{name}.wav", frames / 25, rate=audio_rate)
     return {"workflow": "restyle", "input_type": "video", "video": str(video), "audio": str(audio),
-            "width": 128, "height": 64, "output": {"destination": "volume"}}
+            "width": size[0], "height": size[1], "output": {"destination": "volume"}}
 
 
 def segment_jobs(standin: RunPodStandIn, parent: StandInJob) -> list[StandInJob]:
@@ -187,35 +189,69 @@ def test_cancelling_the_parent_cancels_every_segment_job_and_leaves_nothing(endp
     check_video(output, 100)
 
 
-def test_segment_jobs_of_a_parent_that_died_stop_by_themselves(endpoint):
-    """The parent's worker is killed mid-job, so nothing cancels its segment jobs; once RunPod shows the parent
-    ended (cancelled here), each segment job sees it at its next check (FANOUT_PARENT_CHECK_S, 2 s here) and stops,
-    long before it would have finished, leaving its worker clean and serving."""
+@contextmanager
+def parent_worker_killed(endpoint, name: str, size: tuple[int, int] = (128, 64)):
+    """A long job (of frames `size`) sent as a parent with two segment jobs on the other workers, its worker
+    SIGKILLed once both run; yields (parent, its segment jobs, the other workers) and starts the killed worker again
+    afterwards."""
     standin, workers, media, s3 = endpoint
-    parent = standin.submit(restyle_job(media, "orphaned", 2500))
+    parent = standin.submit(restyle_job(media, name, 2500, size=size))
     wait_for(lambda: len([c for c in segment_jobs(standin, parent) if c.status == "IN_PROGRESS"]) == 2, 120,
              "both segment jobs to run")
     dead = next(w for w in workers if w.pod == standin.jobs[parent.id].worker)
     dead.process.send_signal(signal.SIGKILL)
     dead.process.wait(10)
     try:
+        yield parent, segment_jobs(standin, parent), [w for w in workers if w is not dead]
+    finally:
+        standin.cancel(parent.id)  # what RunPod does in the end with a dead worker's job; a no-op where it ended
+        for proc in dead.comfy_processes():
+            proc.kill()
+        dead.start(standin)
+
+
+def the_rest_is_clean_and_serving(endpoint, others, name: str) -> None:
+    standin, _, media, _ = endpoint
+    wait_for(lambda: all(not w.leftover_job_files() for w in others), 60, "their job folders to empty")
+    output = finished(standin, standin.submit(restyle_job(media, name, 100)))
+    check_video(output, 100)
+
+
+def test_segment_jobs_of_a_parent_that_died_stop_by_themselves(endpoint):
+    """The parent's worker is killed mid-job, so nothing cancels its segment jobs; once RunPod shows the parent
+    ended (cancelled here), each segment job sees it at its next check (FANOUT_PARENT_CHECK_S, 2 s here) and stops,
+    long before it would have finished, leaving its worker clean and serving."""
+    standin = endpoint[0]
+    with parent_worker_killed(endpoint, "orphaned") as (parent, children, others):
         standin.cancel(parent.id)
         stopped_at = time.monotonic()
-        children = segment_jobs(standin, parent)
         wait_for(lambda: all(c.status not in ("IN_QUEUE", "IN_PROGRESS") for c in children), 30,
                  "the orphaned segment jobs to stop")
         assert time.monotonic() - stopped_at < 15
         for child in children:
             assert child.status == "FAILED", child
             assert child.error == f"segment job stopped: its parent job {parent.id} has ended (CANCELLED)", child.error
-        others = [w for w in workers if w is not dead]
-        wait_for(lambda: all(not w.leftover_job_files() for w in others), 60, "their job folders to empty")
-        output = finished(standin, standin.submit(restyle_job(media, "after-orphans", 100)))
-        check_video(output, 100)
-    finally:
-        for proc in dead.comfy_processes():
-            proc.kill()
-        dead.start(standin)
+        the_rest_is_clean_and_serving(endpoint, others, "after-orphans")
+
+
+def test_segment_jobs_of_a_parent_shown_running_by_a_dead_worker_stop_when_its_progress_stops(endpoint):
+    """RunPod may go on showing a dead worker's job IN_PROGRESS for a while: nothing ends the parent, its progress
+    only stops changing (a live parent's changes every second). Each segment job stops once the parent has reported
+    nothing for FANOUT_STALL_S (15 s here), while the parent still shows as running."""
+    standin = endpoint[0]
+    # larger frames than elsewhere: the segment jobs must outlast FANOUT_STALL_S
+    with parent_worker_killed(endpoint, "stalled", size=(512, 256)) as (parent, children, others):
+        killed_at = time.monotonic()
+        wait_for(lambda: all(c.status not in ("IN_QUEUE", "IN_PROGRESS") for c in children), 60,
+                 "the segment jobs of the silent parent to stop")
+        waited = time.monotonic() - killed_at
+        assert standin.jobs[parent.id].status == "IN_PROGRESS"  # the stall stopped them, not the parent's end
+        assert 13 < waited < 40, waited  # the last update came at most a second before the kill
+        for child in children:
+            assert child.status == "FAILED", child
+            assert re.fullmatch(rf"segment job stopped: its parent job {parent.id} has reported nothing for "
+                                r"1\d s \(FANOUT_STALL_S\): its worker is gone", child.error), child.error
+        the_rest_is_clean_and_serving(endpoint, others, "after-stall")
 
 
 @pytest.mark.parametrize("change, field, words", [
