@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import shutil
 import threading
 import time
@@ -62,7 +61,7 @@ def run_job(job_input: Any, pool: InstancePool, settings: WorkerSettings, job_id
     limits = Limits.of(settings, cancel)
     output = output_format(request)
     with job_folder(settings, job_id) as (job_id, work_dir), \
-            JobProgressTracker(on_progress, started, job_id, worker=os.environ.get("RUNPOD_POD_ID")) as progress:
+            JobProgressTracker(on_progress, started, job_id, worker=settings.runpod_pod_id) as progress:
         inputs = fetch_inputs(request, settings, work_dir, limits)
         frames = inputs.total_frames(request.fps)
         check_deliverable(request.output.destination, output, frames, settings)  # before any GPU time

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import base64
 import logging
-import os
 import threading
 import time
 from contextlib import nullcontext
@@ -69,7 +68,7 @@ def run_segment_job(job_input: dict, pool: InstancePool, settings: WorkerSetting
     watch = _parent_watch(job, settings, cancel)
     try:
         with watch, job_folder(settings, job_id) as (job_id, work_dir), \
-                JobProgressTracker(on_progress, started, job_id, worker=_pod_id()) as progress:
+                JobProgressTracker(on_progress, started, job_id, worker=_pod_id(settings)) as progress:
             inputs = fetch_inputs(request, settings, work_dir, limits)
             if cancel.is_set():  # the inputs' downloads do not watch it
                 raise JobCancelled("the job was cancelled")
@@ -94,7 +93,7 @@ def run_segment_job(job_input: dict, pool: InstancePool, settings: WorkerSetting
     log.info("segment job %s done: segment %d on %s in %.1f s", job_id, segment.index, result.instance,
              time.monotonic() - started)
     return {RESULT_KEY: {
-        "index": segment.index, "worker": _pod_id(), "instance": result.instance,
+        "index": segment.index, "worker": _pod_id(settings), "instance": result.instance,
         "gpu": result.gpu, "seconds": round(result.seconds, 3), "comfy_seconds": round(result.comfy_seconds, 3),
         "node_seconds": result.node_seconds, "attempts": result.attempts, "device_settings": result.device_settings,
         "cold": result.cold, "split": result.video.split, "parts": parts}}
@@ -109,8 +108,8 @@ def _parent_watch(job: SegmentJob, settings: WorkerSettings, cancel: threading.E
                        settings.fanout_parent_check_s, settings.fanout_stall_s)
 
 
-def _pod_id() -> str:
-    return os.environ.get("RUNPOD_POD_ID") or "worker"
+def _pod_id(settings: WorkerSettings) -> str:
+    return settings.runpod_pod_id or "worker"
 
 
 def _overlap(job: SegmentJob) -> int:

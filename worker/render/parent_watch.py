@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from functools import partial
 from typing import Callable
 
 log = logging.getLogger(__name__)
@@ -36,11 +37,18 @@ def why_stop(state: dict | None, parent_job: str, parent_worker: str) -> str | N
         return f"its parent job {parent_job} has ended ({status})"
     if status == "IN_QUEUE":
         return f"its parent job {parent_job} is queued again (its worker {parent_worker or '?'} was lost)"
-    output = state.get("output")
-    worker = output.get("worker") if status == "IN_PROGRESS" and isinstance(output, dict) else None
-    if worker and parent_worker and worker != parent_worker:
+    worker = other_worker(state, parent_worker)
+    if worker:
         return f"its parent job {parent_job} runs again on worker {worker}, not on {parent_worker} that sent it"
     return None
+
+
+def other_worker(state: dict, parent_worker: str) -> str | None:
+    """The worker the parent's progress names where it runs on one other than `parent_worker` that sent the
+    segment ('' where unknown: never another); None: it does not."""
+    output = state.get("output")
+    worker = output.get("worker") if state.get("status") == "IN_PROGRESS" and isinstance(output, dict) else None
+    return worker if worker and parent_worker and worker != parent_worker else None
 
 
 class ParentWatch:
@@ -86,10 +94,10 @@ class ParentWatch:
         if self._done.is_set():  # the segment job has ended meanwhile: nothing to stop
             return None
         reason = why_stop(state, self.parent_job, self.parent_worker)
-        if reason and "runs again on worker" in reason:  # once could be a new run's first moments: twice is sure
-            reason, self._elsewhere = (reason if self._elsewhere else None), True
-        else:
-            self._elsewhere = False
+        elsewhere = isinstance(state, dict) and other_worker(state, self.parent_worker) is not None
+        if elsewhere and not self._elsewhere:  # once could be a new run's first moments: twice is sure
+            reason = None
+        self._elsewhere = elsewhere
         reason = reason or self._stalled(state)
         if reason and self.reason is None:
             self.reason = reason
@@ -118,18 +126,9 @@ class ParentWatch:
 
 def endpoint_status(endpoint_id: str, api_key: str) -> Callable[[str], dict | None]:
     """status_of for ParentWatch through the runpod SDK's endpoint client (RUNPOD_ENDPOINT_BASE_URL moves its base
-    URL): a job's /status body, None for a 404."""
-    import requests
+    URL): remote.job_status, the read the parent's own watch on its segment jobs makes."""
     import runpod
 
-    endpoint = runpod.Endpoint(endpoint_id, api_key=api_key)
+    from worker.render.remote import job_status
 
-    def status_of(job_id: str) -> dict | None:
-        try:
-            return endpoint.rp_client.get(f"{endpoint.endpoint_id}/status/{job_id}")
-        except requests.HTTPError as exc:
-            if exc.response is not None and exc.response.status_code == 404:
-                return None
-            raise
-
-    return status_of
+    return partial(job_status, runpod.Endpoint(endpoint_id, api_key=api_key))

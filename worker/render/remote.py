@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import base64
 import logging
-import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -139,7 +138,7 @@ class RemoteSegments:
                                      "bucket (BUCKET_*) is set to carry them")
             return None
         timeout_s = self._execution_s(segment)
-        return {"input": {"segment_job": {"parent_job": self.job.job_id, "parent_worker": _pod_id(),
+        return {"input": {"segment_job": {"parent_job": self.job.job_id, "parent_worker": self.settings.runpod_pod_id or "",
                                           "request": request, "index": segment.index,
                                           "segments": [[s.start, s.end] for s in self.plan.segments]}},
                 "policy": {"executionTimeout": int(timeout_s * 1000), "ttl": int(self._ttl_s(segment) * 1000)}}
@@ -158,10 +157,8 @@ class RemoteSegments:
                 self._cancel(job_id)
                 raise JobCancelled("the job was cancelled")
             try:
-                state = self.endpoint.rp_client.get(f"{self.endpoint.endpoint_id}/status/{job_id}")
+                state = job_status(self.endpoint, job_id)
             except requests.HTTPError as exc:
-                if exc.response is not None and exc.response.status_code == 404:
-                    return self._take_back(segment, f"segment job {job_id} vanished (404)", job_id)
                 if time.monotonic() - last_change > self.settings.fanout_stall_s:
                     return self._take_back(segment, f"the endpoint kept failing for segment job {job_id}: {exc}", job_id)
                 continue  # a 429 or 5xx: asked again at the next poll
@@ -169,6 +166,8 @@ class RemoteSegments:
                 if time.monotonic() - last_change > self.settings.fanout_stall_s:
                     return self._take_back(segment, f"the endpoint did not answer for segment job {job_id}: {exc}", job_id)
                 continue
+            if state is None:
+                return self._take_back(segment, f"segment job {job_id} vanished (404)", job_id)
             now = time.monotonic()
             if state.get("status") != status or state.get("output") != last_report:
                 status, last_report, last_change = state.get("status"), state.get("output"), now
@@ -295,8 +294,15 @@ class RemoteSegments:
             bucket.delete_keys(keys, self.settings)
 
 
-def _pod_id() -> str:
-    return os.environ.get("RUNPOD_POD_ID", "")
+def job_status(endpoint, job_id: str) -> dict | None:
+    """A job's /status body through the runpod SDK's endpoint client (runpod.Endpoint); None for a 404 (no such job
+    of the endpoint, or its result has expired); raises where the endpoint fails otherwise or does not answer."""
+    try:
+        return endpoint.rp_client.get(f"{endpoint.endpoint_id}/status/{job_id}")
+    except requests.HTTPError as exc:
+        if exc.response is not None and exc.response.status_code == 404:
+            return None
+        raise
 
 
 def _worker_of(report: dict | None) -> str:

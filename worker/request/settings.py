@@ -52,6 +52,9 @@ class WorkerSettings(EnvSettings):
     # API key from a secret (RUNPOD_API_KEY). 0, or no key: every segment runs on this worker's instances.
     runpod_api_key: str | None = env("RUNPOD_API_KEY", None, repr=False)
     runpod_endpoint_id: str | None = env("RUNPOD_ENDPOINT_ID", None)
+    # This worker's id on RunPod (set by RunPod): its jobs' progress names it, and a segment job's parent watch
+    # compares it with where the parent runs (worker/render/parent_watch.py).
+    runpod_pod_id: str | None = env("RUNPOD_POD_ID", None)
     fanout_max_workers: int = env("FANOUT_MAX_WORKERS", 0, ge=0, le=64)
     # A segment job still queued this long is cancelled and rendered here; one whose progress stops changing
     # this long (its worker died) is taken back too.
