@@ -268,7 +268,7 @@ class FrameMeasures:
         """The next frames' Y planes, in order: the mean absolute change from each frame to the next, and each
         frame's standard deviation."""
         luma = luma.to(torch.int16)
-        self._spreads += [round(s, 2) for s in luma.float().std(dim=1).tolist()]
+        self._spreads += [round(s, 2) for s in luma.float().std(dim=1, correction=0).tolist()]
         if self._last_luma is not None:
             luma = torch.cat([self._last_luma, luma])
         if luma.shape[0] > 1:

@@ -356,7 +356,7 @@ class Stitcher:
             stats = self.stats.get(segment.index)
             if stats is None:
                 continue
-            first, last = self.plan.overlap_with_previous(segment), segment.frames - self.plan.overlap_with_next(segment)
+            first, last = self.plan.body(segment)
             changes += stats.changes[first:max(first, last - 1)]  # changes[i]: frame i to i + 1, both in the body
         return round(float(np.median(changes)), 2) if changes else None
 
@@ -368,7 +368,7 @@ class Stitcher:
             stats = self.stats.get(segment.index)
             if stats is None or not stats.spreads:
                 return None
-            first, last = self.plan.overlap_with_previous(segment), segment.frames - self.plan.overlap_with_next(segment)
+            first, last = self.plan.body(segment)
             flat += sum(1 for spread in stats.spreads[first:last] if spread < FLAT_SPREAD)
         return flat
 

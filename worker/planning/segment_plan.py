@@ -38,6 +38,10 @@ class SegmentPlan:
             return 0
         return segment.end - self.segments[segment.index + 1].start
 
+    def body(self, segment: Segment) -> tuple[int, int]:
+        """The segment's own frames, first and last (exclusive), counted from its start: the overlaps left out."""
+        return self.overlap_with_previous(segment), segment.frames - self.overlap_with_next(segment)
+
 
 def segment_count(total_frames: int, parallelism: int, overlap: int,
                   min_segment_frames: int = 1, max_segment_frames: int | None = None) -> int:
