@@ -130,8 +130,12 @@ def test_save_segment_video_writes_exact_frames(standin, tmp_path, count, width,
                                                            "filename_prefix": "save/seg", "crf": 12,
                                                            "preset": "ultrafast"}},
     }
-    result = client.run_prompt(graph, timeout_s=60, is_alive=instance.is_alive)
+    reports = []
+    result = client.run_prompt(graph, timeout_s=60, is_alive=instance.is_alive, on_progress=reports.append)
     assert [(o.node_id, o.kind, o.subfolder, o.type) for o in result.outputs] == [("2", "images", "save", "output")]
+    # The frames written, a report a batch of 16 (the worker's live progress for the segment), up to all of them.
+    written = [(r.value, r.max) for r in reports if r.kind == "progress" and r.node == "2"]
+    assert written == [(float(min(n, count)), float(count)) for n in range(16, count + 16, 16)], written
     path = client.download(result.outputs[0], tmp_path / "seg.mp4")
     assert frame_count(path) == count
     probe = subprocess.run(["ffprobe", "-v", "error", "-select_streams", "v:0", "-show_entries",

@@ -75,8 +75,10 @@ def test_progress_reaches_the_local_api_rises_to_100_and_has_a_sane_eta(worker):
     running = [s for seen in segments_seen for s in seen if s["state"] == "running"]
     assert {s["instance"] for s in running} == {s["instance"] for s in output["segments"]}
     assert any(0 < s["percent"] < 100 for s in running), "a segment's percent between its ends"
-    assert any(s["node"] and s["node"].endswith("SaveSegmentVideo") and s["node_steps"] for s in running), \
-        "SaveSegmentVideo reports the frames it has written"
+    # The node each segment is in (from ComfyUI's `executing` reports). Its steps (SaveSegmentVideo's frames
+    # written) last well under a poll on a fast CPU: tests/test_gpu_standin.py checks every one of those reports.
+    nodes = {s["node"].split(" ", 1)[1] for s in running if s["node"]}
+    assert nodes and nodes <= {"LoadVideo", "GetVideoComponents", "ImageScale", "ImageSharpen", "SaveSegmentVideo"}, nodes
     for s in output["segments"]:  # the response's timeline fields
         assert 0 < s["started_s"] < s["finished_s"] <= output["timings"]["total"]
         assert s["started_s"] >= output["timings"]["prepare"] - 0.01
