@@ -11,6 +11,11 @@ it launched (names, from torch.profiler: which backend sdpa really picked), and 
 reference on a slice (2 heads x 2,048 queries against all 32,760 keys): ||out - ref|| / ||ref||.
 fp8 kernels are timed on q, k, v quantized beforehand (per-tensor scale from the amax); cuDNN's also as the model
 calls it (comfy_nodes/fp8_attention.py, whose quantization and graph these cases use), quantization included.
+
+    python3 benchmarks/attention_bench.py --centring --out $OUT/centring.json
+
+only the centring of k and v before quantizing (fp8_attention.smooth()): the model's call with and without it
+(its cost), and its error on keys or values that carry a constant offset in a few channels (what it is for).
 """
 
 from __future__ import annotations
@@ -93,6 +98,7 @@ def main() -> None:
     parser.add_argument("--out", required=True)
     parser.add_argument("--reps", type=int, default=10)
     parser.add_argument("--only-fp8", action="store_true", help="only the fp8 candidates (and the default sdpa)")
+    parser.add_argument("--centring", action="store_true", help="only the centring study (see the module's doc)")
     args = parser.parse_args()
     torch.manual_seed(0)
     dev = "cuda"
@@ -123,6 +129,11 @@ def main() -> None:
         return F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)).transpose(1, 2)
 
     record("sdpa, wrapper layout, default dispatch", wrapper_sdpa)
+    if args.centring:
+        centring(record, q, k, v, results)
+        with open(args.out, "w") as f:
+            json.dump(results, f, indent=1)
+        return
     forced = (SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION)
     for backend in () if args.only_fp8 else forced:
         def forced(backend=backend):
@@ -207,6 +218,46 @@ def model_fp8(record, q, k, v, results: dict) -> None:
            lambda: fp8.self_attention(q, k, v))
     compiled = torch.compile(fp8.self_attention)
     record("attention_mode cudnn_fp8, torch.compile", lambda: compiled(q, k, v))
+
+
+def uncentred_self_attention(q, k, v):
+    """fp8_attention.self_attention without its centring of k and v: q, k and v quantized as they come."""
+    fp8 = fp8_attention
+    (q8, dq), (k8, dk), (v8, dv) = fp8.quantize(q), fp8.quantize(k), fp8.quantize(v)
+    return (fp8._OP(q8, k8, v8, dq, dk, dv).float() * (dv * fp8.O_HEADROOM)).to(q.dtype)
+
+
+def centring(record, q, k, v, results: dict) -> None:
+    """The model's fp8 call with and without the centring (eager and compiled: its cost), then its errors, as
+    tests/test_fp8_attention.py measures them on the CPU, at the real shape: keys with 40 added to 1 channel in 16
+    (as real models' keys have), then values with 2 added to the same channels, each error relative to the part of
+    the output that varies from token to token (over every channel for the keys, the offset ones for the values),
+    for the centred call, the uncentred one and bf16 sdpa."""
+    fp8 = fp8_attention
+    results["fp8_attention_problem"] = fp8.problem_here()
+    if results["fp8_attention_problem"]:
+        print("fp8_attention:", results["fp8_attention_problem"], flush=True)
+        return
+    fp8.register_op()
+    calls = {"centred": fp8.self_attention, "uncentred": uncentred_self_attention}
+    for name, fn in calls.items():
+        record(f"cudnn_fp8 {name}, eager", lambda fn=fn: fn(q, k, v))
+        compiled = torch.compile(fn)
+        record(f"cudnn_fp8 {name}, torch.compile", lambda compiled=compiled: compiled(q, k, v))
+    calls["sdpa bf16"] = lambda q, k, v: F.scaled_dot_product_attention(
+        q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)).transpose(1, 2)
+    channels = torch.zeros(1, 1, H, D, device=q.device)
+    channels[..., ::16] = 1.0
+    errors = {}
+    for name, k2, v2, where in (("keys +40", (k.float() + 40 * channels).bfloat16(), v, torch.ones_like(channels)),
+                                ("values +2", k, (v.float() + 2 * channels).bfloat16(), channels)):
+        ref2 = reference(q, k2, v2)
+        sel = (where[:, :, :REF_HEADS] == 1).expand_as(ref2)
+        varying = (ref2 - ref2.mean(dim=1, keepdim=True))[sel].norm()
+        errors[name] = {call: round(float((fn(q, k2, v2)[:, :REF_QUERIES, :REF_HEADS].float() - ref2)[sel].norm()
+                                          / varying), 5) for call, fn in calls.items()}
+    results["offset_errors"] = errors
+    print(json.dumps(errors), flush=True)
 
 
 def sage_kernels(record, q, k, v) -> None:
