@@ -129,12 +129,13 @@ def pool(tmp_path_factory) -> InstancePool:
 def worker(tmp_path_factory):
     """The real worker, `python handler.py --rp_serve_api`, with its own two CPU ComfyUI instances.
 
-    Its limits are set low so the bad-input tests can reach them with small files.
+    Its limits are set low so the bad-input tests can reach them with small files; its progress is sent every
+    0.2 s, so that the progress tests see jobs of a few seconds several times in each stage.
     """
     from local_platform.workers import WorkerApi
 
     api = WorkerApi(tmp_path_factory.mktemp("worker"), api_port=shifted_port(8031), comfy_port=shifted_port(8400),
-                    env={"MAX_DURATION_S": "30", "MAX_INPUT_MB": "2"}).start()
+                    env={"MAX_DURATION_S": "30", "MAX_INPUT_MB": "2", "PROGRESS_INTERVAL_S": "0.2"}).start()
     yield api
     api.stop()
 

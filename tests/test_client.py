@@ -26,7 +26,8 @@ MB = 1024**2
 def local_api(tmp_path_factory):
     """The real worker's local API, allowed to download from this machine (the test's S3 server)."""
     api = WorkerApi(tmp_path_factory.mktemp("client-worker"), api_port=shifted_port(8032),
-                    comfy_port=shifted_port(8410), env={"ALLOW_PRIVATE_URLS": "1", "MAX_DURATION_S": "120"}).start()
+                    comfy_port=shifted_port(8410), env={"ALLOW_PRIVATE_URLS": "1", "MAX_DURATION_S": "120",
+                                                         "PROGRESS_INTERVAL_S": "0.2"}).start()
     yield api
     api.stop()
 
@@ -37,7 +38,7 @@ def test_files_in_video_out_with_live_progress_summary_and_timeline(local_api, t
     out, timeline = tmp_path / "out.mp4", tmp_path / "job.svg"
     result = run_client("submit", "--url", local_api.url, "--image", str(image), "--audio", str(speech),
                         "-o", str(out), "--width", "128", "--height", "96", "--timeline", str(timeline),
-                        env=client_env(COLUMNS="80"))
+                        "--poll-s", "0.2", env=client_env(COLUMNS="80"))
     assert result.returncode == 0, result.stdout + result.stderr
 
     assert frame_count(out) == math.ceil(6.5 * 25)  # the default 25 fps

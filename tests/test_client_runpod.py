@@ -23,7 +23,8 @@ from local_platform.workers import WorkerOnPlatform
 def platform(tmp_path_factory):
     standin = RunPodStandIn()
     worker = WorkerOnPlatform(tmp_path_factory.mktemp("platform-worker"), api_port=0, comfy_port=shifted_port(8420),
-                              env={**standin.worker_env(), "MAX_DURATION_S": "120"}).start(standin)
+                              env={**standin.worker_env(), "MAX_DURATION_S": "120",
+                                   "PROGRESS_INTERVAL_S": "0.2"}).start(standin)
     yield standin, worker
     worker.stop()
     standin.close()
@@ -39,7 +40,7 @@ def test_a_job_through_the_endpoint_shows_progress_from_status_and_saves_the_vid
     speech = make_tone(tmp_path / "speech.wav", 8.0)
     out = tmp_path / "out.mp4"
     result = run_client("submit", "--endpoint", standin.endpoint_id, "--image", str(image), "--audio", str(speech),
-                        "--width", "128", "--height", "96", "-o", str(out), "--poll-s", "0.3",
+                        "--width", "128", "--height", "96", "-o", str(out), "--poll-s", "0.1",
                         env=endpoint_env(standin))
     assert result.returncode == 0, result.stdout + result.stderr + worker.log_tail()
     assert frame_count(out) == math.ceil(8.0 * 25) and abs(media_duration(out, "a") - 8.0) < 0.03

@@ -24,6 +24,9 @@ from local_platform.workers import WorkerOnPlatform
 pytestmark = pytest.mark.comfy  # three workers, each with its ComfyUI instance
 PODS = ("pod-a", "pod-b", "pod-c")
 BUCKET = "fanout-bucket"
+# Frames for the jobs a test stops midway: a segment of ~800 of them takes ~50 s on a 2-core CPU, against ~1.6 s at
+# restyle_job's 128x64, which a check or a cancel 2 s after the start can miss (it did once on CI)
+SLOW_SIZE = (512, 256)
 
 
 @pytest.fixture(scope="module")
@@ -168,7 +171,7 @@ def test_a_worker_killed_mid_segment_does_not_lose_the_segment(endpoint):
 
 def test_cancelling_the_parent_cancels_every_segment_job_and_leaves_nothing(endpoint):
     standin, workers, media, s3 = endpoint
-    parent = standin.submit(restyle_job(media, "cancelled", 1500))
+    parent = standin.submit(restyle_job(media, "cancelled", 1500, size=SLOW_SIZE))
     wait_for(lambda: len([c for c in segment_jobs(standin, parent) if c.status == "IN_PROGRESS"]) == 2, 120,
              "both segment jobs to run")
     standin.cancel(parent.id)
@@ -190,12 +193,12 @@ def test_cancelling_the_parent_cancels_every_segment_job_and_leaves_nothing(endp
 
 
 @contextmanager
-def parent_worker_killed(endpoint, name: str, size: tuple[int, int] = (128, 64)):
-    """A long job (of frames `size`) sent as a parent with two segment jobs on the other workers, its worker
+def parent_worker_killed(endpoint, name: str):
+    """A long job (of SLOW_SIZE frames) sent as a parent with two segment jobs on the other workers, its worker
     SIGKILLed once both run; yields (parent, its segment jobs, the other workers) and starts the killed worker again
     afterwards."""
     standin, workers, media, s3 = endpoint
-    parent = standin.submit(restyle_job(media, name, 2500, size=size))
+    parent = standin.submit(restyle_job(media, name, 2500, size=SLOW_SIZE))
     wait_for(lambda: len([c for c in segment_jobs(standin, parent) if c.status == "IN_PROGRESS"]) == 2, 120,
              "both segment jobs to run")
     dead = next(w for w in workers if w.pod == standin.jobs[parent.id].worker)
@@ -239,8 +242,7 @@ def test_segment_jobs_of_a_parent_shown_running_by_a_dead_worker_stop_when_its_p
     only stops changing (a live parent's changes every second). Each segment job stops once the parent has reported
     nothing for FANOUT_STALL_S (15 s here), while the parent still shows as running."""
     standin = endpoint[0]
-    # larger frames than elsewhere: the segment jobs must outlast FANOUT_STALL_S
-    with parent_worker_killed(endpoint, "stalled", size=(512, 256)) as (parent, children, others):
+    with parent_worker_killed(endpoint, "stalled") as (parent, children, others):
         killed_at = time.monotonic()
         wait_for(lambda: all(c.status not in ("IN_QUEUE", "IN_PROGRESS") for c in children), 60,
                  "the segment jobs of the silent parent to stop")

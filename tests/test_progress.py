@@ -29,7 +29,7 @@ def progress_job(worker: WorkerApi, frames: int = 300) -> dict:
             "width": 320, "height": 192, "fps": 25, "output": {"destination": "volume"}}
 
 
-def run_and_watch(worker: WorkerApi, job_input: dict, poll_s: float = 0.2) -> tuple[dict, list[dict], float]:
+def run_and_watch(worker: WorkerApi, job_input: dict, poll_s: float = 0.1) -> tuple[dict, list[dict], float]:
     """Submits with /run, runs it with the local /status (which returns at the end) and meanwhile polls the
     worker's GET /progress/{id}; returns (the /status answer, every progress report seen, wall seconds)."""
     job_id = requests.post(worker.url + "/run", json={"input": job_input}, timeout=30).json()["id"]
@@ -183,6 +183,22 @@ def test_eta_from_the_learned_rate_then_from_the_segments_own_pace_and_percent_n
     assert (tracker.snapshot().percent, tracker.snapshot().eta_s) == (100, 0)
 
 
+def test_a_segment_past_its_expected_time_with_nothing_done_yet_still_has_an_eta():
+    clock = Clock()
+    # 104 frames at 0.1 s a frame: 10.4 s expected; no stitch tail, nothing to deliver
+    tracker = tracker_with_plan(clock, LearnedRates(0.1, 0.0, 0.0, {"1 LoadVideo": 0.0, "2 KSampler": 1.0,
+                                                                    "3 SaveSegmentVideo": 0.0}))
+    tracker.segment_started(0, "cpu0", None, GRAPH)
+    tracker.segment_started(1, "cpu1", None, GRAPH)
+    tracker.segment_event(1, PromptProgress("executing", "2"))
+    clock.now += 5
+    tracker.segment_event(1, PromptProgress("progress", "2", 1, 2))
+    clock.now += 10
+    tracker.segment_event(1, PromptProgress("progress", "2", 1.5, 2))  # 75% in 15 s: 5 s left
+    # segment 0 has run 15 s of its 10.4 and reported nothing: as long again (it was None: "ETA ?")
+    assert tracker.snapshot().eta_s == pytest.approx(15.0, abs=0.01)
+
+
 def test_before_anything_is_learned_a_node_with_steps_sets_a_floor_under_the_eta():
     clock = Clock()
     tracker = tracker_with_plan(clock, None)
@@ -224,6 +240,32 @@ def test_updates_are_published_about_once_a_second_and_at_each_stage():
     assert 3 <= len(published) <= 7
     assert published[-1].stage == "done" and published[-1].percent == 100
     assert any(p.stage == "generating" for p in published)
+
+
+def test_a_segment_starting_ending_or_waiting_again_is_published_at_once():
+    published = []
+
+    def next_update(count: int):
+        deadline = time.monotonic() + 5  # far below the 60 s interval: only the change itself publishes
+        while len(published) < count:
+            assert time.monotonic() < deadline, f"update {count} never came: {published}"
+            time.sleep(0.01)
+        return [s.state for s in published[count - 1].segments]
+
+    with JobProgressTracker(published.append, interval_s=60) as tracker:
+        tracker.planned(plan_segments(200, 2, 8), TEMPLATE, None)
+        tracker.stage("generating")
+        assert next_update(1) == ["waiting", "waiting"]
+        tracker.segment_started(0, "cpu:8188", None, {"1": {"class_type": "LoadVideo"}})
+        assert next_update(2) == ["running", "waiting"]
+        tracker.segment_remote(1, "pod-b", None)
+        assert next_update(3) == ["running", "running"]
+        tracker.segment_done(0)
+        assert next_update(4) == ["done", "running"]
+        tracker.segment_retrying(1)
+        assert next_update(5) == ["done", "waiting"]
+        time.sleep(0.2)
+        assert len(published) == 5  # nothing else changed: nothing more is sent
 
 
 def test_infinitetalk_segments_report_their_sampling_windows_as_the_dry_run_counts_them():

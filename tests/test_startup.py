@@ -197,6 +197,21 @@ def test_the_vram_rule(monkeypatch, gpus, limit, fits):
     assert startup.ok is fits, startup.problems
 
 
+def test_a_stall_shorter_than_a_few_progress_updates_is_a_bad_setting(monkeypatch):
+    monkeypatch.setenv("PROGRESS_INTERVAL_S", "2")
+    monkeypatch.setenv("FANOUT_STALL_S", "9")
+    startup = startup_module.read_settings()
+    startup_module.check(startup)
+    assert startup.problems == [
+        "bad setting FANOUT_STALL_S=9: a job whose progress stays the same that long is taken for dead, and progress "
+        "is sent every PROGRESS_INTERVAL_S (2 s). Fix: set FANOUT_STALL_S to at least 10 (the default is 120), or "
+        "lower PROGRESS_INTERVAL_S"]
+    monkeypatch.setenv("FANOUT_STALL_S", "10")
+    startup = startup_module.read_settings()
+    startup_module.check(startup)
+    assert startup.ok, startup.problems
+
+
 def test_a_setting_that_does_not_parse_falls_back_to_its_default(monkeypatch):
     monkeypatch.setenv("MAX_CONCURRENT_JOBS", "many")
     monkeypatch.setenv("MAX_DURATION_S", "90")

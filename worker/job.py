@@ -41,8 +41,8 @@ def run_job(job_input: Any, pool: InstancePool, settings: WorkerSettings, job_id
             learned: Learned | None = None) -> dict:
     """Runs one job and returns the response as a dict; raises JobInputError, JobFailed or JobCancelled.
 
-    `on_progress` gets the job's progress (worker.progress.tracker.JobProgress) about once a second, from a
-    thread of its own. Setting `cancel` stops the job: its prompts are interrupted and dequeued, its files
+    `on_progress` gets the job's progress (worker.progress.tracker.JobProgress) every PROGRESS_INTERVAL_S
+    and at each change of stage or segment state, from a thread of its own. Setting `cancel` stops the job: its prompts are interrupted and dequeued, its files
     removed (a comfy_manager.CancelEvent also wakes segments waiting for an instance at once). `learned`: the
     worker's, which learns from each job how to size the next one's segments and how long jobs take (default:
     a fresh one). WorkerUnhealthy (within seconds) when no ComfyUI instance is left in service.
@@ -61,7 +61,8 @@ def run_job(job_input: Any, pool: InstancePool, settings: WorkerSettings, job_id
     limits = Limits.of(settings, cancel)
     output = output_format(request)
     with job_folder(settings, job_id) as (job_id, work_dir), \
-            JobProgressTracker(on_progress, started, job_id, worker=settings.runpod_pod_id) as progress:
+            JobProgressTracker(on_progress, started, job_id, settings.progress_interval_s,
+                               worker=settings.runpod_pod_id) as progress:
         inputs = fetch_inputs(request, settings, work_dir, limits)
         frames = inputs.total_frames(request.fps)
         check_deliverable(request.output.destination, output, frames, settings)  # before any GPU time

@@ -68,7 +68,8 @@ def run_segment_job(job_input: dict, pool: InstancePool, settings: WorkerSetting
     watch = _parent_watch(job, settings, cancel)
     try:
         with watch, job_folder(settings, job_id) as (job_id, work_dir), \
-                JobProgressTracker(on_progress, started, job_id, worker=_pod_id(settings)) as progress:
+                JobProgressTracker(on_progress, started, job_id, settings.progress_interval_s,
+                                   worker=_pod_id(settings)) as progress:
             inputs = fetch_inputs(request, settings, work_dir, limits)
             if cancel.is_set():  # the inputs' downloads do not watch it
                 raise JobCancelled("the job was cancelled")

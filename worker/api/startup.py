@@ -33,6 +33,8 @@ from worker.templates.template import available_templates
 
 log = logging.getLogger("startup")
 JOB_FOLDER = re.compile(r"^[A-Za-z0-9_-]{1,64}-[0-9a-f]{8}$")  # <job id>-<8 hex>: worker/job.py's job_folder
+# FANOUT_STALL_S must span this many progress updates: a live job's progress changes at each one
+STALL_INTERVALS = 5
 
 
 @dataclass
@@ -146,6 +148,12 @@ def check(startup: Startup) -> None:
             f"{rows}, and its instances ({devices}; VRAM as NVML reports it, capped by "
             f"COMFY_VRAM_LIMIT_GB) fit none of them. Fix: run it on {need}, raise or unset COMFY_VRAM_LIMIT_GB, "
             "or serve templates that fit (DEFAULT_WORKFLOWS)")
+    least_stall = STALL_INTERVALS * settings.progress_interval_s
+    if settings.fanout_stall_s < least_stall:
+        startup.report(f"bad setting FANOUT_STALL_S={settings.fanout_stall_s:g}: a job whose progress stays the same "
+                       f"that long is taken for dead, and progress is sent every PROGRESS_INTERVAL_S "
+                       f"({settings.progress_interval_s:g} s). Fix: set FANOUT_STALL_S to at least {least_stall:g} "
+                       f"(the default is 120), or lower PROGRESS_INTERVAL_S")
     problem = missing_models_problem(settings)
     if problem:
         startup.report(f"{problem} (REQUIRE_MODELS=1 asks for every required model)")

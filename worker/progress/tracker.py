@@ -1,5 +1,6 @@
 """A job's live progress: every running segment's ComfyUI reports combined into one figure (stage, percent,
-ETA, and per segment its instance, frames, windows and percent), published about once a second.
+ETA, and per segment its instance, frames, windows and percent), published every PROGRESS_INTERVAL_S (1 s) and
+at once when the stage or a segment's state (waiting, running, done) changes.
 
 A segment's own percent comes from ComfyUI's websocket: the nodes it has finished or skipped (cached) and
 the steps of the node running now, each node weighted by its share of the ComfyUI time in the worker's
@@ -121,7 +122,9 @@ class _Segment:
         fraction = self.fraction()
         own = elapsed * (1 - fraction) / fraction if fraction >= MIN_FRACTION else None
         by_rate = expected - elapsed if expected is not None and expected > elapsed else None
-        if own is None or by_rate is None:
+        if own is None and by_rate is None and expected is not None:
+            estimate = elapsed  # past what it was expected to take, and too little done to tell: as long again
+        elif own is None or by_rate is None:
             estimate = own if by_rate is None else by_rate
         else:
             estimate = fraction * own + (1 - fraction) * by_rate
@@ -149,7 +152,7 @@ class _Segment:
 
 class JobProgressTracker:
     """Holds one job's progress as its steps report it, and publishes it to `sink` from a thread of its own:
-    every `interval_s`, and at once when the stage changes. Use as a context manager; finish() when done."""
+    every `interval_s`, and at once when the stage or a segment's state changes. Use as a context manager; finish() when done."""
 
     def __init__(self, sink: ProgressSink | None = None, started: float | None = None, job_id: str = "job",
                  interval_s: float = 1.0, clock: Callable[[], float] = time.monotonic, worker: str | None = None):
@@ -207,6 +210,7 @@ class JobProgressTracker:
             seg.remote_fraction = None
             seg.started_at, seg.weights, seg.names = self.clock(), weights, names
             seg.finished, seg.node, seg.node_started_at, seg.steps = set(), None, None, None
+        self._wake.set()
 
     def segment_event(self, index: int, event: PromptProgress) -> None:
         """A report from the segment's ComfyUI prompt (comfy_manager.client.PromptProgress)."""
@@ -238,7 +242,8 @@ class JobProgressTracker:
                 return
             theirs = (report or {}).get("segments") or [{}]
             theirs = theirs if isinstance(theirs, list) and isinstance(theirs[0], dict) else [{}]
-            if seg.state != "running":
+            started = seg.state != "running"
+            if started:
                 seg.state, seg.attempt, seg.started_at = "running", seg.attempt + 1, self.clock()
                 seg.weights, seg.names, seg.finished, seg.node, seg.steps = {}, {}, set(), None, None
             seg.instance = f"{worker} {theirs[0].get('instance') or 'queued'}"
@@ -250,6 +255,8 @@ class JobProgressTracker:
             seg.names = {node: node} if node else {}
             seg.node = node
             seg.steps = tuple(steps) if isinstance(steps, list) and len(steps) == 2 else None
+        if started:
+            self._wake.set()
 
     def segment_retrying(self, index: int) -> None:
         """The segment's try failed and it waits to run again (its percent starts over)."""
@@ -257,6 +264,7 @@ class JobProgressTracker:
             seg = self._segment(index)
             seg.state, seg.started_at, seg.node, seg.steps, seg.finished = "waiting", None, None, None, set()
             seg.remote_fraction = None
+        self._wake.set()
 
     def where(self, index: int) -> str:
         """Where segment `index` is, for the log: `in node 6 SaveSegmentVideo (step 64 of 133), 53% done`,
@@ -273,6 +281,7 @@ class JobProgressTracker:
         with self._lock:
             seg = self._segment(index)
             seg.state, seg.node, seg.steps = "done", None, None
+        self._wake.set()
 
     def _segment(self, index: int) -> _Segment:
         return next(s for s in self._segments if s.segment.index == index)

@@ -88,6 +88,9 @@ class WorkerSettings(EnvSettings):
     require_models: bool = env("REQUIRE_MODELS", False)
     models_manifest: Path | None = env("MODELS_MANIFEST", None)  # None: models/manifest.json
     log_level: str = env("LOG_LEVEL", "INFO")
+    # A job's progress (worker/progress/tracker.py) is sent this often, and at once when its stage or a segment's
+    # state changes: to RunPod (progress_update, what /status shows), the local API and a parent's segment watch.
+    progress_interval_s: float = env("PROGRESS_INTERVAL_S", 1.0, ge=0.1, le=60.0)
     # Set by RunPod on its machines (not in local test or serve-api modes): progress updates have a receiver.
     runpod_webhook_post_output: str | None = env("RUNPOD_WEBHOOK_POST_OUTPUT", None, repr=False)
 
