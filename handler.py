@@ -11,6 +11,9 @@ import sys
 import threading
 
 import runpod
+# The SDK's progress sending itself, without the thread progress_update starts for each update (runpod==1.12.0,
+# requirements/worker.lock): ProgressSender calls it from one thread, so that updates arrive in order.
+from runpod.serverless.modules.rp_progress import _thread_target as send_progress_to_runpod
 
 from comfy_manager import InstancePool
 from worker.request.errors import JobCancelled, JobFailed, JobInputError, WorkerUnhealthy
@@ -19,6 +22,7 @@ from worker.request.segment_job import SEGMENT_JOB_KEY
 from worker.segment_job import run_segment_job
 from worker.planning.learned import Learned
 from worker.api.live_jobs import LiveJobs
+from worker.api.progress_sender import ProgressSender
 from worker.api.startup import check_and_start, read_settings
 from worker.api.warmup import warm_up
 from worker.progress.tracker import JobProgress
@@ -57,13 +61,15 @@ async def handler(job: dict) -> dict:
 
 def run_one(job: dict, cancel: threading.Event) -> dict:
     job_id = str(job.get("id", "job"))
+    # Local test and serve-api modes have no endpoint to send progress to.
+    sender = ProgressSender(lambda payload: send_progress_to_runpod(job, payload), job_id) if settings.on_runpod \
+        else None
 
     def progress(update: JobProgress) -> None:
         live_jobs.update(job_id, update)
-        # Local test and serve-api modes have no endpoint to send progress to. "done" is not sent: the result
-        # follows at once, and a progress update (sent from a thread of the SDK's) must not arrive after it.
-        if settings.on_runpod and update.stage != "done":
-            runpod.serverless.progress_update(job, update.model_dump(mode="json"))
+        # "done" is not sent: the result follows at once, and no progress update must arrive after it.
+        if sender is not None and update.stage != "done":
+            sender.put(update.model_dump(mode="json"))
 
     job_input = job.get("input")
     try:
@@ -84,6 +90,9 @@ def run_one(job: dict, cancel: threading.Event) -> dict:
     except Exception as exc:  # a bug: the worker must go on serving
         log.exception("job %s crashed", job.get("id"))
         return {"error": f"internal error: {type(exc).__name__}: {exc}"}
+    finally:
+        if sender is not None:
+            sender.close()
 
 
 def set_sdk_log_level(serve_api: bool) -> None:

@@ -231,13 +231,16 @@ def quantize(x):
     return (x / descale).to(torch.float8_e4m3fn).contiguous(), descale.reshape(1, 1, 1, 1)
 
 
-def self_attention(q, k, v):
+def self_attention(q, k, v, centre: bool = True):
     """softmax(q k^T / sqrt(d)) v for [B, L, H, D] bf16 q, k, v, through cuDNN's fp8 kernel (register_op() first);
-    bf16 out. k and v are centred first (smooth()), so that a channel's offset does not take e4m3's range."""
-    k, v, v_mean = smooth(k, v)
+    bf16 out. k and v are centred first (smooth()), so that a channel's offset does not take e4m3's range
+    (centre=False: not, for benchmarks/attention_bench.py --centring to compare)."""
+    v_mean = None
+    if centre:
+        k, v, v_mean = smooth(k, v)
     (q8, dq), (k8, dk), (v8, dv) = quantize(q), quantize(k), quantize(v)
-    out = _OP(q8, k8, v8, dq, dk, dv)
-    return (out.float() * (dv * O_HEADROOM) + v_mean.float()).to(q.dtype)  # rounded to bf16 once
+    out = _OP(q8, k8, v8, dq, dk, dv).float() * (dv * O_HEADROOM)
+    return (out if v_mean is None else out + v_mean.float()).to(q.dtype)  # rounded to bf16 once
 
 
 def smooth(k, v):

@@ -239,8 +239,8 @@ def test_segment_jobs_of_a_parent_that_died_stop_by_themselves(endpoint):
 
 def test_segment_jobs_of_a_parent_shown_running_by_a_dead_worker_stop_when_its_progress_stops(endpoint):
     """RunPod may go on showing a dead worker's job IN_PROGRESS for a while: nothing ends the parent, its progress
-    only stops changing (a live parent's changes every second). Each segment job stops once the parent has reported
-    nothing for FANOUT_STALL_S (15 s here), while the parent still shows as running."""
+    only stops changing (a live parent's changes every PROGRESS_INTERVAL_S, 1 s here). Each segment job stops once
+    the parent has reported nothing for FANOUT_STALL_S (15 s here), while the parent still shows as running."""
     standin = endpoint[0]
     with parent_worker_killed(endpoint, "stalled") as (parent, children, others):
         killed_at = time.monotonic()

@@ -71,8 +71,8 @@ def test_a_parent_seen_on_another_worker_twice_in_a_row_stops_the_segment_job():
 
 
 def test_a_parent_whose_progress_stops_counts_as_gone_while_runpod_shows_it_running():
-    """A running parent publishes its progress every second; RunPod may go on showing a dead worker's job as
-    IN_PROGRESS, with its last progress, until the job's own timeout."""
+    """A running parent publishes its progress every PROGRESS_INTERVAL_S (1 s); RunPod may go on showing a dead
+    worker's job as IN_PROGRESS, with its last progress, until the job's own timeout."""
     now = [0.0]
     frozen = {"status": "IN_PROGRESS", "output": {"worker": "pod-a", "elapsed_s": 12.0}}
     moving = [{"status": "IN_PROGRESS", "output": {"worker": "pod-a", "elapsed_s": float(t)}} for t in range(3)]

@@ -121,7 +121,8 @@ def _setting_line(variable: str, error: dict, default: Any) -> str:
 
 
 def check(startup: Startup) -> None:
-    """What can be known before any ComfyUI starts: the templates served, their device rows, the models."""
+    """What can be known before any ComfyUI starts: the templates served, their device rows, the fan-out's stall
+    against the progress interval, the models."""
     settings = startup.settings
     templates = available_templates(settings.extra_workflow_dirs)
     served = sorted(set(settings.default_workflows.values()))
@@ -148,15 +149,24 @@ def check(startup: Startup) -> None:
             f"{rows}, and its instances ({devices}; VRAM as NVML reports it, capped by "
             f"COMFY_VRAM_LIMIT_GB) fit none of them. Fix: run it on {need}, raise or unset COMFY_VRAM_LIMIT_GB, "
             "or serve templates that fit (DEFAULT_WORKFLOWS)")
-    least_stall = STALL_INTERVALS * settings.progress_interval_s
-    if settings.fanout_stall_s < least_stall:
-        startup.report(f"bad setting FANOUT_STALL_S={settings.fanout_stall_s:g}: a job whose progress stays the same "
-                       f"that long is taken for dead, and progress is sent every PROGRESS_INTERVAL_S "
-                       f"({settings.progress_interval_s:g} s). Fix: set FANOUT_STALL_S to at least {least_stall:g} "
-                       f"(the default is 120), or lower PROGRESS_INTERVAL_S")
+    problem = _stall_problem(settings)
+    if problem:
+        startup.report(problem)
     problem = missing_models_problem(settings)
     if problem:
         startup.report(f"{problem} (REQUIRE_MODELS=1 asks for every required model)")
+
+
+def _stall_problem(settings: WorkerSettings) -> str | None:
+    """On RunPod (where jobs fan out), FANOUT_STALL_S must span STALL_INTERVALS progress updates: a job whose
+    progress stays the same that long is taken for dead (worker/render/remote.py, parent_watch.py)."""
+    least = STALL_INTERVALS * settings.progress_interval_s
+    if not settings.on_runpod or settings.fanout_stall_s >= least:
+        return None
+    default = WorkerSettings.model_fields["fanout_stall_s"].default
+    return (f"bad setting FANOUT_STALL_S={settings.fanout_stall_s:g}: a job whose progress stays the same that long "
+            f"is taken for dead, and progress is sent every PROGRESS_INTERVAL_S ({settings.progress_interval_s:g} s). "
+            f"Fix: set FANOUT_STALL_S to at least {least:g} (the default is {default:g}), or lower PROGRESS_INTERVAL_S")
 
 
 def start_instances(startup: Startup, pool: InstancePool) -> None:

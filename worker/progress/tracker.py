@@ -152,7 +152,8 @@ class _Segment:
 
 class JobProgressTracker:
     """Holds one job's progress as its steps report it, and publishes it to `sink` from a thread of its own:
-    every `interval_s`, and at once when the stage or a segment's state changes. Use as a context manager; finish() when done."""
+    every `interval_s`, and at once when the stage or a segment's state changes. Use as a context manager;
+    finish() when done."""
 
     def __init__(self, sink: ProgressSink | None = None, started: float | None = None, job_id: str = "job",
                  interval_s: float = 1.0, clock: Callable[[], float] = time.monotonic, worker: str | None = None):
@@ -242,8 +243,8 @@ class JobProgressTracker:
                 return
             theirs = (report or {}).get("segments") or [{}]
             theirs = theirs if isinstance(theirs, list) and isinstance(theirs[0], dict) else [{}]
-            started = seg.state != "running"
-            if started:
+            began_running = seg.state != "running"
+            if began_running:
                 seg.state, seg.attempt, seg.started_at = "running", seg.attempt + 1, self.clock()
                 seg.weights, seg.names, seg.finished, seg.node, seg.steps = {}, {}, set(), None, None
             seg.instance = f"{worker} {theirs[0].get('instance') or 'queued'}"
@@ -255,7 +256,7 @@ class JobProgressTracker:
             seg.names = {node: node} if node else {}
             seg.node = node
             seg.steps = tuple(steps) if isinstance(steps, list) and len(steps) == 2 else None
-        if started:
+        if began_running:
             self._wake.set()
 
     def segment_retrying(self, index: int) -> None:

@@ -9,7 +9,7 @@ a GPU for a result nobody reads. So every FANOUT_PARENT_CHECK_S a segment job as
   - runs on a worker other than the one that sent the segment (its progress names its worker; seen at two checks in
     a row): a new run of the parent plans and sends its segments again;
   - reports nothing new for FANOUT_STALL_S while IN_PROGRESS (a running parent publishes its progress every
-    second): its worker is gone, whatever RunPod shows of it yet.
+    PROGRESS_INTERVAL_S): its worker is gone, whatever RunPod shows of it yet.
 Anything else changes nothing: IN_PROGRESS on the sending worker, a 404 (a parent that is not a job of this endpoint,
 such as a local API job, or one whose result has expired), or an endpoint that does not answer.
 """
@@ -107,7 +107,7 @@ class ParentWatch:
 
     def _stalled(self, state: dict | None) -> str | None:
         """Why the parent counts as gone although RunPod shows it running: its progress has not changed for
-        stall_s (it changes every second while the parent's worker lives)."""
+        stall_s (it changes every PROGRESS_INTERVAL_S while the parent's worker lives)."""
         now = self.clock()
         if not isinstance(state, dict) or state.get("status") != "IN_PROGRESS" or state.get("output") != self._last_output:
             self._last_output = state.get("output") if isinstance(state, dict) else None

@@ -1,0 +1,62 @@
+"""worker/api/progress_sender.py: a job's updates reach RunPod one after the other, newest last, never an older one
+after a newer; the job never waits for a send. (The real SDK's sending, to the RunPod stand-in, is exercised by
+tests/test_client_runpod.py, whose updates must arrive in order.)"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from worker.api.progress_sender import ProgressSender
+
+
+def wait_until(condition, what: str) -> None:
+    deadline = time.monotonic() + 5
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.01)
+
+
+def test_updates_made_during_a_slow_send_are_sent_after_it_newest_only():
+    sent, first_on_its_way, release = [], threading.Event(), threading.Event()
+
+    def send(update):
+        if update == 1:
+            first_on_its_way.set()
+            release.wait(5)
+        sent.append(update)
+
+    sender = ProgressSender(send)
+    sender.put(1)
+    assert first_on_its_way.wait(5)
+    started = time.monotonic()
+    for update in (2, 3, 4):  # while 1 is on its way: the job does not wait
+        sender.put(update)
+    assert time.monotonic() - started < 0.5
+    release.set()
+    wait_until(lambda: sent == [1, 4], f"sent {sent}")
+    sender.put(5)
+    wait_until(lambda: sent == [1, 4, 5], f"sent {sent}")
+    sender.close()
+
+
+def test_after_close_nothing_more_is_sent_and_a_failed_send_does_not_stop_the_rest(caplog):
+    sent = []
+
+    def send(update):
+        if update == "bad":
+            raise ConnectionError("endpoint unreachable")
+        sent.append(update)
+
+    sender = ProgressSender(send, "job-9")
+    sender.put("bad")
+    wait_until(lambda: "could not be sent" in caplog.text, caplog.text)
+    sender.put("good")
+    wait_until(lambda: sent == ["good"], f"sent {sent}")
+    assert "job job-9: a progress update could not be sent: ConnectionError: endpoint unreachable" in caplog.text
+    sender.close()
+    sender.put("late")
+    time.sleep(0.1)
+    assert sent == ["good"]
+    sender._thread.join(5)
+    assert not sender._thread.is_alive()
