@@ -205,15 +205,22 @@ def main() -> None:
               f" {e.get('failed', '')[:120]}")
 
 
+def fp8_op_ready(results: dict) -> bool:
+    """Registers fp8_attention's cuDNN op where it can run here; else records and prints why not (False)."""
+    results["fp8_attention_problem"] = fp8_attention.problem_here()
+    if results["fp8_attention_problem"]:
+        print("fp8_attention:", results["fp8_attention_problem"], flush=True)
+        return False
+    fp8_attention.register_op()
+    return True
+
+
 def model_fp8(record, q, k, v, results: dict) -> None:
     """attention_mode "cudnn_fp8" as the model runs it (comfy_nodes/fp8_attention.py: per-tensor quantization,
     the cuDNN fp8 custom op, dequantization), eager and under torch.compile (which fuses the quantization)."""
     fp8 = fp8_attention
-    results["fp8_attention_problem"] = fp8.problem_here()
-    if results["fp8_attention_problem"]:
-        print("fp8_attention:", results["fp8_attention_problem"], flush=True)
+    if not fp8_op_ready(results):
         return
-    fp8.register_op()
     record("attention_mode cudnn_fp8 (comfy_nodes/fp8_attention.self_attention), eager",
            lambda: fp8.self_attention(q, k, v))
     compiled = torch.compile(fp8.self_attention)
@@ -229,11 +236,9 @@ def centring(record, q, k, v, results: dict) -> None:
     keys, attention is so flat that the varying part is ~0.01, under bf16's own rounding of an offset of 2; doubled,
     each query weighs ~600 keys (L e^-4) and the errors of the methods, not the rounding, tell them apart."""
     fp8 = fp8_attention
-    results["fp8_attention_problem"] = fp8.problem_here()
-    if results["fp8_attention_problem"]:
-        print("fp8_attention:", results["fp8_attention_problem"], flush=True)
+    if not fp8_op_ready(results):
         return
-    fp8.register_op()
+
     def uncentred(q, k, v):
         return fp8.self_attention(q, k, v, centre=False)
 

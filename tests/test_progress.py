@@ -12,6 +12,7 @@ import requests
 from comfy_manager.client import PromptProgress
 from media_samples.factory import make_index_video, make_tone
 from local_platform.workers import WorkerApi
+from tests.test_faults import wait_until
 from worker.planning.learned import LearnedRates
 from worker.templates.frame_grid import FrameGrid
 from worker.planning.segment_plan import plan_segments
@@ -247,10 +248,8 @@ def test_a_segment_starting_ending_or_waiting_again_is_published_at_once():
     published = []
 
     def next_update(count: int):
-        deadline = time.monotonic() + 5  # far below the 60 s interval: only the change itself publishes
-        while len(published) < count:
-            assert time.monotonic() < deadline, f"update {count} never came: {published}"
-            time.sleep(0.01)
+        # 5 s, far below the 60 s interval: only the change itself publishes
+        wait_until(lambda: len(published) >= count, 5, f"update {count} to be published")
         return [s.state for s in published[count - 1].segments]
 
     with JobProgressTracker(published.append, interval_s=60) as tracker:

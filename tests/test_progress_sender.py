@@ -7,14 +7,8 @@ from __future__ import annotations
 import threading
 import time
 
+from tests.test_faults import wait_until
 from worker.api.progress_sender import ProgressSender
-
-
-def wait_until(condition, what: str) -> None:
-    deadline = time.monotonic() + 5
-    while not condition():
-        assert time.monotonic() < deadline, what
-        time.sleep(0.01)
 
 
 def test_updates_made_during_a_slow_send_are_sent_after_it_newest_only():
@@ -34,9 +28,9 @@ def test_updates_made_during_a_slow_send_are_sent_after_it_newest_only():
         sender.put(update)
     assert time.monotonic() - started < 0.5
     release.set()
-    wait_until(lambda: sent == [1, 4], f"sent {sent}")
+    wait_until(lambda: sent == [1, 4], 5, "1, then only the newest of 2-4 (4), to be sent")
     sender.put(5)
-    wait_until(lambda: sent == [1, 4, 5], f"sent {sent}")
+    wait_until(lambda: sent == [1, 4, 5], 5, "5 to be sent after them")
     sender.close()
 
 
@@ -50,9 +44,9 @@ def test_after_close_nothing_more_is_sent_and_a_failed_send_does_not_stop_the_re
 
     sender = ProgressSender(send, "job-9")
     sender.put("bad")
-    wait_until(lambda: "could not be sent" in caplog.text, caplog.text)
+    wait_until(lambda: "could not be sent" in caplog.text, 5, "the failed send to be logged")
     sender.put("good")
-    wait_until(lambda: sent == ["good"], f"sent {sent}")
+    wait_until(lambda: sent == ["good"], 5, "the next update to be sent")
     assert "job job-9: a progress update could not be sent: ConnectionError: endpoint unreachable" in caplog.text
     sender.close()
     sender.put("late")

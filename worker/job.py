@@ -44,9 +44,8 @@ def run_job(job_input: Any, pool: InstancePool, settings: WorkerSettings, job_id
     `on_progress` gets the job's progress (worker.progress.tracker.JobProgress) every PROGRESS_INTERVAL_S
     and at each change of stage or segment state, from a thread of its own. Setting `cancel` stops the job: its
     prompts are interrupted and dequeued, its files removed (a comfy_manager.CancelEvent also wakes segments
-    waiting for an instance at once). `learned`: the
-    worker's, which learns from each job how to size the next one's segments and how long jobs take (default:
-    a fresh one). WorkerUnhealthy (within seconds) when no ComfyUI instance is left in service.
+    waiting for an instance at once). `learned`: the worker's, which learns from each job how to size the next
+    one's segments and how long jobs take (default: a fresh one). WorkerUnhealthy (within seconds) when no ComfyUI instance is left in service.
     """
     started = time.monotonic()
     try:

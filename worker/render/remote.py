@@ -138,8 +138,8 @@ class RemoteSegments:
                                      "bucket (BUCKET_*) is set to carry them")
             return None
         timeout_s = self._execution_s(segment)
-        return {"input": {"segment_job": {"parent_job": self.job.job_id, "parent_worker": self.settings.runpod_pod_id or "",
-                                          "request": request, "index": segment.index,
+        return {"input": {"segment_job": {"parent_job": self.job.job_id,
+                                          "parent_worker": self.settings.runpod_pod_id or "", "request": request, "index": segment.index,
                                           "segments": [[s.start, s.end] for s in self.plan.segments]}},
                 "policy": {"executionTimeout": int(timeout_s * 1000), "ttl": int(self._ttl_s(segment) * 1000)}}
 
